@@ -1,0 +1,20 @@
+//! Order lifecycle events, independent of Kafka and PostgreSQL.
+//!
+//! - [`OrderEvent`] is the JSON record on the `food-orders` topic, keyed by
+//!   `customer_id`; [`decode`] turns raw record bytes into one, or into a
+//!   [`DecodeError`] whose [`ErrorKind`] says why it is a dead letter.
+//! - [`state`] is the order state machine (pending → paid → shipped →
+//!   delivered, pending|paid → cancelled) and the fold of events into an
+//!   order's current state.
+//! - [`generator`] makes a deterministic, realistic stream of interleaved
+//!   order lifecycles.
+
+pub mod generator;
+pub mod state;
+mod wire;
+
+pub use state::{OrderState, Status, TransitionError};
+pub use wire::{
+    CancelledBy, DecodeError, ErrorKind, EventBody, LineItem, OrderCancelled, OrderCreated,
+    OrderDelivered, OrderEvent, OrderPaid, OrderShipped, SCHEMA_VERSION, decode,
+};

@@ -1,0 +1,224 @@
+//! The order state machine and the fold of events into an order's state.
+//!
+//! ```text
+//! pending ──paid──> paid ──shipped──> shipped ──delivered──> delivered
+//!    │                │
+//!    └──cancelled─────┴──> cancelled
+//! ```
+//!
+//! `delivered` and `cancelled` are final. An event the machine forbids is
+//! not applied: the sink turns the [`TransitionError`] into a dead letter.
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use crate::wire::{EventBody, LineItem, OrderEvent};
+
+/// Where an order is in its lifecycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Status {
+    Pending,
+    Paid,
+    Shipped,
+    Delivered,
+    Cancelled,
+}
+
+impl Status {
+    /// The name stored in `orders.status`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Pending => "pending",
+            Status::Paid => "paid",
+            Status::Shipped => "shipped",
+            Status::Delivered => "delivered",
+            Status::Cancelled => "cancelled",
+        }
+    }
+
+    /// Parses the name stored in `orders.status`.
+    pub fn parse(s: &str) -> Option<Status> {
+        Some(match s {
+            "pending" => Status::Pending,
+            "paid" => Status::Paid,
+            "shipped" => Status::Shipped,
+            "delivered" => Status::Delivered,
+            "cancelled" => Status::Cancelled,
+            _ => return None,
+        })
+    }
+
+    /// The state an event of this body moves an order in `self` to, if the
+    /// machine allows it. `OrderCreated` is handled by [`OrderState::apply`]
+    /// because it has no prior state.
+    fn next(self, body: &EventBody) -> Option<Status> {
+        match (self, body) {
+            (Status::Pending, EventBody::OrderPaid(_)) => Some(Status::Paid),
+            (Status::Paid, EventBody::OrderShipped(_)) => Some(Status::Shipped),
+            (Status::Shipped, EventBody::OrderDelivered(_)) => Some(Status::Delivered),
+            (Status::Pending | Status::Paid, EventBody::OrderCancelled(_)) => {
+                Some(Status::Cancelled)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// An event the state machine does not allow.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TransitionError {
+    #[error("{event_type} for order {order_id}, which was never created")]
+    UnknownOrder {
+        event_type: &'static str,
+        order_id: Uuid,
+    },
+    #[error("OrderCreated for order {order_id}, which already exists")]
+    AlreadyCreated { order_id: Uuid },
+    #[error("{event_type} is not allowed for order {order_id} in state {from}")]
+    Forbidden {
+        event_type: &'static str,
+        order_id: Uuid,
+        from: &'static str,
+    },
+}
+
+/// The current state of one order: a row of the `orders` view.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderState {
+    pub order_id: Uuid,
+    pub customer_id: String,
+    pub restaurant_id: String,
+    pub status: Status,
+    pub items: Vec<LineItem>,
+    pub total_cents: i64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub last_event_id: Uuid,
+}
+
+impl OrderState {
+    /// Applies `event` to the order's state (`None` if the order does not
+    /// exist yet) and returns the new state, or why the machine refuses it.
+    pub fn apply(
+        state: Option<&OrderState>,
+        event: &OrderEvent,
+    ) -> Result<OrderState, TransitionError> {
+        let event_type = event.body.event_type();
+        match (state, &event.body) {
+            (None, EventBody::OrderCreated(created)) => Ok(OrderState {
+                order_id: event.order_id,
+                customer_id: event.customer_id.clone(),
+                restaurant_id: created.restaurant_id.clone(),
+                status: Status::Pending,
+                items: created.items.clone(),
+                total_cents: created.total_cents,
+                created_at: event.occurred_at,
+                updated_at: event.occurred_at,
+                last_event_id: event.event_id,
+            }),
+            (None, _) => Err(TransitionError::UnknownOrder {
+                event_type,
+                order_id: event.order_id,
+            }),
+            (Some(_), EventBody::OrderCreated(_)) => Err(TransitionError::AlreadyCreated {
+                order_id: event.order_id,
+            }),
+            (Some(current), body) => match current.status.next(body) {
+                Some(status) => Ok(OrderState {
+                    status,
+                    updated_at: event.occurred_at,
+                    last_event_id: event.event_id,
+                    ..current.clone()
+                }),
+                None => Err(TransitionError::Forbidden {
+                    event_type,
+                    order_id: event.order_id,
+                    from: current.status.as_str(),
+                }),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::*;
+
+    fn event(body: EventBody) -> OrderEvent {
+        OrderEvent {
+            event_id: Uuid::from_u128(1),
+            schema_version: SCHEMA_VERSION,
+            order_id: Uuid::from_u128(2),
+            customer_id: "CUST-0001".into(),
+            occurred_at: DateTime::UNIX_EPOCH,
+            body,
+        }
+    }
+
+    fn created() -> EventBody {
+        EventBody::OrderCreated(OrderCreated {
+            restaurant_id: "R-1".into(),
+            items: vec![],
+            total_cents: 0,
+        })
+    }
+    fn paid() -> EventBody {
+        EventBody::OrderPaid(OrderPaid {
+            payment_id: Uuid::from_u128(3),
+            amount_cents: 0,
+            method: "card".into(),
+        })
+    }
+    fn shipped() -> EventBody {
+        EventBody::OrderShipped(OrderShipped {
+            courier: "c".into(),
+        })
+    }
+    fn delivered() -> EventBody {
+        EventBody::OrderDelivered(OrderDelivered {})
+    }
+    fn cancelled() -> EventBody {
+        EventBody::OrderCancelled(OrderCancelled {
+            reason: "r".into(),
+            cancelled_by: CancelledBy::Customer,
+        })
+    }
+
+    fn fold(bodies: Vec<EventBody>) -> Result<Option<OrderState>, TransitionError> {
+        let mut state = None;
+        for body in bodies {
+            state = Some(OrderState::apply(state.as_ref(), &event(body))?);
+        }
+        Ok(state)
+    }
+
+    /// The happy path ends delivered; cancellation is allowed from pending and paid.
+    #[test]
+    fn allowed_paths() {
+        let status = |b| fold(b).expect("allowed").expect("exists").status;
+        assert_eq!(status(vec![created(), paid(), shipped(), delivered()]), Status::Delivered);
+        assert_eq!(status(vec![created(), cancelled()]), Status::Cancelled);
+        assert_eq!(status(vec![created(), paid(), cancelled()]), Status::Cancelled);
+    }
+
+    /// Skipped steps, events after a final state and events for unknown orders are refused.
+    #[test]
+    fn forbidden_paths() {
+        assert!(matches!(fold(vec![created(), delivered()]), Err(TransitionError::Forbidden { from: "pending", .. })));
+        assert!(matches!(fold(vec![created(), paid(), shipped(), cancelled()]), Err(TransitionError::Forbidden { from: "shipped", .. })));
+        assert!(matches!(fold(vec![created(), cancelled(), paid()]), Err(TransitionError::Forbidden { from: "cancelled", .. })));
+        assert!(matches!(fold(vec![created(), paid(), shipped(), delivered(), delivered()]), Err(TransitionError::Forbidden { .. })));
+        assert!(matches!(fold(vec![paid()]), Err(TransitionError::UnknownOrder { .. })));
+        assert!(matches!(fold(vec![created(), created()]), Err(TransitionError::AlreadyCreated { .. })));
+    }
+
+    /// Status names round-trip through their stored form.
+    #[test]
+    fn status_names_round_trip() {
+        for s in [Status::Pending, Status::Paid, Status::Shipped, Status::Delivered, Status::Cancelled] {
+            assert_eq!(Status::parse(s.as_str()), Some(s));
+        }
+        assert_eq!(Status::parse("teleported"), None);
+    }
+}

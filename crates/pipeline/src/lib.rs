@@ -1,0 +1,13 @@
+//! foodpipe's commands as library functions.
+//!
+//! Each command is `run(config, shutdown)`: the binary parses flags into a
+//! config and passes `ctrl_c()`; tests call the same functions directly.
+//!
+//! - [`produce`]: generate order events and produce them, keyed by
+//!   customer, to the partition Kafka's default partitioner would pick.
+//! - [`consume`]: fold every partition of the topic into PostgreSQL, one
+//!   transaction per fetched batch, from the stored offsets.
+
+pub mod consume;
+pub mod produce;
+mod retry;

@@ -1,0 +1,51 @@
+/// Errors of foodpipe's PostgreSQL side.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    #[error("invalid DATABASE_URL: {0} (expected postgres://user:password@host:port/database)")]
+    BadUrl(String),
+    #[error("cannot connect to PostgreSQL at {target}: {source}")]
+    Connect {
+        target: String,
+        source: deadpool_postgres::PoolError,
+    },
+    #[error("PostgreSQL: {0}")]
+    Db(#[from] tokio_postgres::Error),
+    #[error("migrations failed: {0}")]
+    Migrate(String),
+    #[error(
+        "the stored offset of {topic}/{partition} for group {group} is no longer {expected}: \
+         another consumer moved it"
+    )]
+    OffsetMoved {
+        group: String,
+        topic: String,
+        partition: i32,
+        expected: i64,
+    },
+}
+
+impl Error {
+    /// True for errors that say nothing about the data: the connection
+    /// broke or the server is restarting. The batch is retried as it is,
+    /// and never dead-lettered.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Connect { .. } => true,
+            Error::Db(e) => {
+                e.is_closed()
+                    || e.code().is_none()
+                    || e.code().is_some_and(|c| {
+                        let class = &c.code()[..2];
+                        // 08: connection exception; 57: operator intervention
+                        // (admin shutdown, crash recovery); 53: insufficient
+                        // resources; 40: serialization failure / deadlock.
+                        matches!(class, "08" | "57" | "53" | "40")
+                    })
+            }
+            _ => false,
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

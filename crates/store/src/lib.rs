@@ -1,0 +1,243 @@
+//! foodpipe's PostgreSQL side.
+//!
+//! - [`Store::connect`]: a deadpool pool from a `DATABASE_URL`, checked once
+//!   so a wrong URL fails at start with a clear message.
+//! - [`Store::migrate`]: the SQL files of `migrations/`, embedded and applied
+//!   by refinery under an advisory lock (several consumers may start at once).
+//! - [`fold`]: the pure part of a batch: which records are new, which are
+//!   duplicates, what each touched order becomes, which are dead letters.
+//! - [`Store::apply_batch`]: one transaction per fetched batch: history, view,
+//!   dead letters and the partition's next offset commit together or not at
+//!   all (invariant 3).
+//!
+//! This crate never depends on rskafka: it sees records as offsets and bytes.
+
+mod apply;
+mod error;
+mod report;
+pub mod fold;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::NoTls;
+use tokio_postgres::config::Host;
+
+pub use apply::{Applied, Batch};
+pub use error::{Error, Result};
+pub use fold::SourceRecord;
+pub use report::StatusReport;
+
+mod embedded {
+    refinery::embed_migrations!("../../migrations");
+}
+
+/// Advisory lock key taken while migrating ("foodpipe" in ASCII, truncated).
+const MIGRATION_LOCK: i64 = 0x666f_6f64_7069_7065;
+
+/// How to reach PostgreSQL.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// A libpq-style URL, `postgres://user:password@host:port/db`.
+    pub database_url: String,
+    /// Connections in the pool: one per partition being applied at once,
+    /// plus one for bookkeeping, is plenty.
+    pub pool_size: usize,
+    /// How long to wait for a connection before giving up.
+    pub connect_timeout: Duration,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            database_url: "postgres://kafka_user:kafka_password@localhost:5432/food_orders"
+                .to_owned(),
+            pool_size: 8,
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A pool of connections to foodpipe's database.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: Pool,
+    pg_config: tokio_postgres::Config,
+    /// `user@host:port/db`, never the password: safe to log.
+    target: String,
+}
+
+/// `user@host:port/db` of a config, for messages; never the password.
+pub fn describe_target(config: &tokio_postgres::Config) -> String {
+    let user = config.get_user().unwrap_or("(default user)");
+    let hosts: Vec<String> = config
+        .get_hosts()
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            let host = match h {
+                Host::Tcp(name) => name.clone(),
+                #[cfg(unix)]
+                Host::Unix(path) => path.display().to_string(),
+            };
+            let port = config
+                .get_ports()
+                .get(i)
+                .or_else(|| config.get_ports().first())
+                .copied()
+                .unwrap_or(5432);
+            format!("{host}:{port}")
+        })
+        .collect();
+    let db = config.get_dbname().unwrap_or(user);
+    format!("{user}@{}/{db}", hosts.join(","))
+}
+
+impl Store {
+    /// Builds the pool and opens one connection to prove the URL works.
+    pub async fn connect(config: &StoreConfig) -> Result<Store> {
+        let mut pg_config = tokio_postgres::Config::from_str(&config.database_url)
+            .map_err(|e| Error::BadUrl(e.to_string()))?;
+        if pg_config.get_connect_timeout().is_none() {
+            pg_config.connect_timeout(config.connect_timeout);
+        }
+        pg_config.application_name("foodpipe");
+        let target = describe_target(&pg_config);
+        let manager = Manager::from_config(
+            pg_config.clone(),
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(config.pool_size.max(1))
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(config.connect_timeout * 2))
+            .create_timeout(Some(config.connect_timeout))
+            .build()
+            .map_err(|e| Error::BadUrl(e.to_string()))?;
+        let store = Store {
+            pool,
+            pg_config,
+            target,
+        };
+        drop(store.client().await?);
+        Ok(store)
+    }
+
+    /// `user@host:port/db`, safe to print.
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+
+    /// A pooled connection.
+    pub async fn client(&self) -> Result<deadpool_postgres::Object> {
+        self.pool.get().await.map_err(|source| Error::Connect {
+            target: self.target.clone(),
+            source,
+        })
+    }
+
+    /// Applies the migrations in `migrations/` that are not applied yet.
+    pub async fn migrate(&self) -> Result<()> {
+        // refinery wants a plain client; a dedicated connection also keeps
+        // the session-level advisory lock away from pooled connections.
+        let (mut client, connection) = self
+            .pg_config
+            .connect(NoTls)
+            .await
+            .map_err(|e| Error::Db(e.into()))?;
+        let conn = tokio::spawn(connection);
+        client
+            .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
+            .await?;
+        let report = embedded::migrations::runner()
+            .run_async(&mut client)
+            .await
+            .map_err(|e| Error::Migrate(e.to_string()));
+        // Closing the connection releases the lock even if migrating failed.
+        drop(client);
+        let _ = conn.await;
+        for m in report?.applied_migrations() {
+            tracing::info!(migration = %m, "applied migration");
+        }
+        Ok(())
+    }
+
+    /// The stored next offset of each partition of `topic` for `group`.
+    pub async fn offsets(&self, group: &str, topic: &str) -> Result<Vec<(i32, i64)>> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(include_str!("sql/select_offsets.sql"))
+            .await?;
+        let rows = client.query(&stmt, &[&group, &topic]).await?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    /// Stores `initial` as the partition's next offset unless one is stored
+    /// already, and returns the stored one.
+    pub async fn init_offset(
+        &self,
+        group: &str,
+        topic: &str,
+        partition: i32,
+        initial: i64,
+    ) -> Result<i64> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(include_str!("sql/init_offset.sql"))
+            .await?;
+        client
+            .execute(&stmt, &[&group, &topic, &partition, &initial])
+            .await?;
+        let row = client
+            .query_one(
+                "SELECT next_offset FROM consumer_offsets \
+                 WHERE group_id = $1 AND topic = $2 AND partition = $3",
+                &[&group, &topic, &partition],
+            )
+            .await?;
+        Ok(row.get(0))
+    }
+}
+
+impl Store {
+    /// Moves the stored offset from `from` to `to` without writing data,
+    /// e.g. past records the broker no longer has. Compare-and-set, like a
+    /// batch commit: returns false if the stored offset was not `from`.
+    pub async fn move_offset(
+        &self,
+        group: &str,
+        topic: &str,
+        partition: i32,
+        from: i64,
+        to: i64,
+    ) -> Result<bool> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(include_str!("sql/advance_offset.sql"))
+            .await?;
+        let n = client
+            .execute(&stmt, &[&group, &topic, &partition, &to, &from])
+            .await?;
+        Ok(n == 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The printable target of a URL never contains its password.
+    #[test]
+    fn target_hides_password() {
+        let config =
+            tokio_postgres::Config::from_str("postgres://kafka_user:s3cret@db.example:6543/food")
+                .expect("valid url");
+        let target = describe_target(&config);
+        assert_eq!(target, "kafka_user@db.example:6543/food");
+        assert!(!target.contains("s3cret"));
+    }
+}
