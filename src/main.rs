@@ -44,7 +44,11 @@ enum Command {
 #[derive(Debug, Args)]
 struct KafkaArgs {
     /// Comma-separated host:port list used to discover the cluster.
-    #[arg(long, env = "KAFKA_BOOTSTRAP_SERVERS", default_value = "localhost:9092")]
+    #[arg(
+        long,
+        env = "KAFKA_BOOTSTRAP_SERVERS",
+        default_value = "localhost:9092"
+    )]
     bootstrap_servers: String,
     /// Give up on an unreachable cluster after this many seconds.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]

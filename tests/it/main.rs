@@ -1,1 +1,11 @@
+//! Integration tests: real `foodpipe` processes against a real
+//! Kafka-protocol broker and a real PostgreSQL, no mocks.
+//!
+//! `make up` starts both. Every test makes its own database (from the
+//! migrations) and its own random topic, so tests run in parallel. A test
+//! whose broker or database is missing FAILS with a message saying what is
+//! missing: a skipped integration test proves nothing.
 
+mod bad_input;
+mod end_to_end;
+mod harness;

@@ -134,7 +134,10 @@ impl Generator {
             .iter()
             .map(|i| i64::from(i.quantity) * i.unit_price_cents)
             .sum();
-        let cancel_from = if self.rng.random_bool(self.config.cancel_share.clamp(0.0, 1.0)) {
+        let cancel_from = if self
+            .rng
+            .random_bool(self.config.cancel_share.clamp(0.0, 1.0))
+        {
             Some(self.pick(&[Status::Pending, Status::Paid]))
         } else {
             None
@@ -277,16 +280,25 @@ mod tests {
             let next = OrderState::apply(orders.get(&event.order_id), &event)
                 .expect("generator only makes allowed transitions");
             if let Some(prev) = last_time.insert(event.order_id, event.occurred_at) {
-                assert!(prev < event.occurred_at, "occurred_at is monotonic per order");
+                assert!(
+                    prev < event.occurred_at,
+                    "occurred_at is monotonic per order"
+                );
             }
-            assert_eq!(next.customer_id, event.customer_id, "an order keeps its customer");
+            assert_eq!(
+                next.customer_id, event.customer_id,
+                "an order keeps its customer"
+            );
             orders.insert(event.order_id, next);
         }
         let finished = orders
             .values()
             .filter(|o| matches!(o.status, Status::Delivered | Status::Cancelled))
             .count();
-        let cancelled = orders.values().filter(|o| o.status == Status::Cancelled).count();
+        let cancelled = orders
+            .values()
+            .filter(|o| o.status == Status::Cancelled)
+            .count();
         assert!(finished > 3000, "most orders finish: {finished}");
         // 10% cancel share, with generous slack for chance.
         let share = cancelled as f64 / finished as f64;
@@ -312,7 +324,9 @@ mod tests {
             ..config(5)
         };
         for event in Generator::new(cfg).take(1000) {
-            let n: u32 = event.customer_id["CUST-".len()..].parse().expect("numbered");
+            let n: u32 = event.customer_id["CUST-".len()..]
+                .parse()
+                .expect("numbered");
             assert!((1..=7).contains(&n));
         }
     }

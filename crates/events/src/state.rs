@@ -197,26 +197,65 @@ mod tests {
     #[test]
     fn allowed_paths() {
         let status = |b| fold(b).expect("allowed").expect("exists").status;
-        assert_eq!(status(vec![created(), paid(), shipped(), delivered()]), Status::Delivered);
+        assert_eq!(
+            status(vec![created(), paid(), shipped(), delivered()]),
+            Status::Delivered
+        );
         assert_eq!(status(vec![created(), cancelled()]), Status::Cancelled);
-        assert_eq!(status(vec![created(), paid(), cancelled()]), Status::Cancelled);
+        assert_eq!(
+            status(vec![created(), paid(), cancelled()]),
+            Status::Cancelled
+        );
     }
 
     /// Skipped steps, events after a final state and events for unknown orders are refused.
     #[test]
     fn forbidden_paths() {
-        assert!(matches!(fold(vec![created(), delivered()]), Err(TransitionError::Forbidden { from: "pending", .. })));
-        assert!(matches!(fold(vec![created(), paid(), shipped(), cancelled()]), Err(TransitionError::Forbidden { from: "shipped", .. })));
-        assert!(matches!(fold(vec![created(), cancelled(), paid()]), Err(TransitionError::Forbidden { from: "cancelled", .. })));
-        assert!(matches!(fold(vec![created(), paid(), shipped(), delivered(), delivered()]), Err(TransitionError::Forbidden { .. })));
-        assert!(matches!(fold(vec![paid()]), Err(TransitionError::UnknownOrder { .. })));
-        assert!(matches!(fold(vec![created(), created()]), Err(TransitionError::AlreadyCreated { .. })));
+        assert!(matches!(
+            fold(vec![created(), delivered()]),
+            Err(TransitionError::Forbidden {
+                from: "pending",
+                ..
+            })
+        ));
+        assert!(matches!(
+            fold(vec![created(), paid(), shipped(), cancelled()]),
+            Err(TransitionError::Forbidden {
+                from: "shipped",
+                ..
+            })
+        ));
+        assert!(matches!(
+            fold(vec![created(), cancelled(), paid()]),
+            Err(TransitionError::Forbidden {
+                from: "cancelled",
+                ..
+            })
+        ));
+        assert!(matches!(
+            fold(vec![created(), paid(), shipped(), delivered(), delivered()]),
+            Err(TransitionError::Forbidden { .. })
+        ));
+        assert!(matches!(
+            fold(vec![paid()]),
+            Err(TransitionError::UnknownOrder { .. })
+        ));
+        assert!(matches!(
+            fold(vec![created(), created()]),
+            Err(TransitionError::AlreadyCreated { .. })
+        ));
     }
 
     /// Status names round-trip through their stored form.
     #[test]
     fn status_names_round_trip() {
-        for s in [Status::Pending, Status::Paid, Status::Shipped, Status::Delivered, Status::Cancelled] {
+        for s in [
+            Status::Pending,
+            Status::Paid,
+            Status::Shipped,
+            Status::Delivered,
+            Status::Cancelled,
+        ] {
             assert_eq!(Status::parse(s.as_str()), Some(s));
         }
         assert_eq!(Status::parse("teleported"), None);

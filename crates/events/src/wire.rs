@@ -193,9 +193,8 @@ pub fn decode(value: Option<&[u8]>) -> Result<OrderEvent, DecodeError> {
     let bytes = value.ok_or_else(|| {
         DecodeError::new(ErrorKind::EmptyValue, "record has no value (tombstone)")
     })?;
-    let text = std::str::from_utf8(bytes).map_err(|e| {
-        DecodeError::new(ErrorKind::NotUtf8, format!("value is not UTF-8: {e}"))
-    })?;
+    let text = std::str::from_utf8(bytes)
+        .map_err(|e| DecodeError::new(ErrorKind::NotUtf8, format!("value is not UTF-8: {e}")))?;
 
     let header: Header<'_> = serde_json::from_str(text).map_err(|e| {
         if e.is_data() {
@@ -305,12 +304,18 @@ mod tests {
     /// Each kind of bad record is classified by what is wrong with it.
     #[test]
     fn bad_records_are_classified() {
-        assert_eq!(decode(None).expect_err("tombstone").kind, ErrorKind::EmptyValue);
+        assert_eq!(
+            decode(None).expect_err("tombstone").kind,
+            ErrorKind::EmptyValue
+        );
         assert_eq!(kind_of(&[0xff, 0xfe, b'{']), ErrorKind::NotUtf8);
         assert_eq!(kind_of(b"{not json"), ErrorKind::MalformedJson);
         assert_eq!(kind_of(b"[1,2,3]"), ErrorKind::MalformedJson);
         assert_eq!(
-            kind_of(GOOD.replace("\"schema_version\":1", "\"schema_version\":2").as_bytes()),
+            kind_of(
+                GOOD.replace("\"schema_version\":1", "\"schema_version\":2")
+                    .as_bytes()
+            ),
             ErrorKind::UnknownSchemaVersion
         );
         assert_eq!(
@@ -318,11 +323,17 @@ mod tests {
             ErrorKind::UnknownEventType
         );
         assert_eq!(
-            kind_of(GOOD.replace("\"customer_id\":\"CUST-0001\",", "").as_bytes()),
+            kind_of(
+                GOOD.replace("\"customer_id\":\"CUST-0001\",", "")
+                    .as_bytes()
+            ),
             ErrorKind::InvalidField
         );
         assert_eq!(
-            kind_of(GOOD.replace("\"amount_cents\":1250", "\"amount_cents\":\"lots\"").as_bytes()),
+            kind_of(
+                GOOD.replace("\"amount_cents\":1250", "\"amount_cents\":\"lots\"")
+                    .as_bytes()
+            ),
             ErrorKind::InvalidField
         );
     }

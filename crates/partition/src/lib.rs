@@ -124,8 +124,12 @@ mod tests {
             (b"foobar", -790_332_482),
             (b"a-little-bit-long-string", -985_981_536),
             (b"a-little-bit-longer-string", -1_486_304_829),
-            (b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8", -58_897_971),
-            (&[b'a', b'b', b'c'], 479_470_107),
+            (
+                b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8",
+                -58_897_971,
+            ),
+            // Java writes this one as `new byte[]{'a', 'b', 'c'}`.
+            (b"abc", 479_470_107),
         ];
         for (key, expected) in cases {
             assert_eq!(

@@ -107,8 +107,13 @@ pub async fn run(
             topic.partitions
         );
     }
-    let producer = Producer::start(&client, &config.topic, topic.partitions, config.producer.clone())
-        .await?;
+    let producer = Producer::start(
+        &client,
+        &config.topic,
+        topic.partitions,
+        config.producer.clone(),
+    )
+    .await?;
 
     let bar = if config.progress {
         let bar = ProgressBar::new(config.count);
@@ -173,10 +178,7 @@ pub async fn run(
         topic_created: topic.created,
         events: report.delivered(),
         failed: report.failed(),
-        last_error: report
-            .partitions
-            .iter()
-            .find_map(|p| p.last_error.clone()),
+        last_error: report.partitions.iter().find_map(|p| p.last_error.clone()),
         bytes: report.bytes(),
         elapsed_secs: elapsed,
         events_per_sec: report.delivered() as f64 / elapsed,

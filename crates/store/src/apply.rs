@@ -80,13 +80,7 @@ impl Store {
             current.insert(c.state.order_id, c);
         }
 
-        let plan = fold::plan(
-            batch.topic,
-            batch.partition,
-            batch.records,
-            &known,
-            current,
-        );
+        let plan = fold::plan(batch.topic, batch.partition, batch.records, &known, current);
 
         if !plan.history.is_empty() {
             insert_history(&tx, batch, &plan.history).await?;

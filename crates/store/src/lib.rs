@@ -14,8 +14,8 @@
 
 mod apply;
 mod error;
-mod report;
 pub mod fold;
+mod report;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -144,11 +144,7 @@ impl Store {
     pub async fn migrate(&self) -> Result<()> {
         // refinery wants a plain client; a dedicated connection also keeps
         // the session-level advisory lock away from pooled connections.
-        let (mut client, connection) = self
-            .pg_config
-            .connect(NoTls)
-            .await
-            .map_err(|e| Error::Db(e.into()))?;
+        let (mut client, connection) = self.pg_config.connect(NoTls).await?;
         let conn = tokio::spawn(connection);
         client
             .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])

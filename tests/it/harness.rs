@@ -1,0 +1,259 @@
+//! Shared helpers: where the stack is, a fresh database per test, a random
+//! topic per test, running the `foodpipe` binary, reading a topic back.
+
+use std::collections::BTreeMap;
+use std::process::Output;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rskafka::client::partition::{OffsetAt, UnknownTopicHandling};
+use rskafka::client::{Client, ClientBuilder};
+use tokio::process::Command;
+use tokio_postgres::NoTls;
+
+/// The bootstrap list under test, as users set it.
+pub fn bootstrap_servers() -> String {
+    std::env::var("KAFKA_BOOTSTRAP_SERVERS").unwrap_or_else(|_| "localhost:9092".to_owned())
+}
+
+/// A URL of the PostgreSQL under test whose role may create databases.
+fn admin_url() -> String {
+    std::env::var("FOODPIPE_TEST_DATABASE_URL").unwrap_or_else(|_| {
+        "postgres://kafka_user:kafka_password@127.0.0.1:5432/food_orders".to_owned()
+    })
+}
+
+fn random_suffix() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
+
+/// A topic name no other test uses.
+pub fn random_topic_name() -> String {
+    format!("it-{}", random_suffix())
+}
+
+/// Connects to PostgreSQL or fails the test saying what is missing.
+async fn pg_connect(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, NoTls)
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "integration tests need PostgreSQL (FOODPIPE_TEST_DATABASE_URL or \
+             kafka_user@127.0.0.1:5432/food_orders): {e}. Run `make up` first."
+            )
+        });
+    tokio::spawn(connection);
+    client
+}
+
+/// A database of its own for one test, dropped by [`TestDb::drop_db`].
+#[derive(Debug)]
+pub struct TestDb {
+    pub name: String,
+    /// The `DATABASE_URL` to give foodpipe.
+    pub url: String,
+}
+
+impl TestDb {
+    /// Creates an empty database; foodpipe applies the migrations on start.
+    pub async fn create() -> TestDb {
+        let admin = pg_connect(&admin_url()).await;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("clock after 1970")
+            .as_secs();
+        drop_stale_databases(&admin, now).await;
+        let name = format!("fp_test_{now}_{}", &random_suffix()[..8]);
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .unwrap_or_else(|e| panic!("cannot create test database {name}: {e}"));
+        let url = rewrite_dbname(&admin_url(), &name);
+        TestDb { name, url }
+    }
+
+    pub async fn client(&self) -> tokio_postgres::Client {
+        pg_connect(&self.url).await
+    }
+
+    /// Drops the database; call at the end of a passing test. A failing
+    /// test leaves it for inspection; later runs drop it after an hour.
+    pub async fn drop_db(self) {
+        let admin = pg_connect(&admin_url()).await;
+        let _ = admin
+            .batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ))
+            .await;
+    }
+}
+
+/// Drops test databases left behind by failed runs more than an hour ago.
+async fn drop_stale_databases(admin: &tokio_postgres::Client, now: u64) {
+    let Ok(rows) = admin
+        .query(
+            "SELECT datname FROM pg_database WHERE datname LIKE 'fp\\_test\\_%'",
+            &[],
+        )
+        .await
+    else {
+        return;
+    };
+    for row in rows {
+        let name: String = row.get(0);
+        let created: Option<u64> = name.split('_').nth(2).and_then(|s| s.parse().ok());
+        if created.is_some_and(|t| t + 3600 < now) {
+            let _ = admin
+                .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .await;
+        }
+    }
+}
+
+/// `url` with its database name replaced by `dbname`.
+fn rewrite_dbname(url: &str, dbname: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let scheme_end = base.find("://").map(|i| i + 3).unwrap_or(0);
+    let base = match base[scheme_end..].find('/') {
+        Some(i) => &base[..scheme_end + i],
+        None => base,
+    };
+    match query {
+        Some(q) => format!("{base}/{dbname}?{q}"),
+        None => format!("{base}/{dbname}"),
+    }
+}
+
+/// A client of the broker under test, or a failed test saying what is missing.
+pub async fn kafka_client() -> Client {
+    let servers: Vec<String> = bootstrap_servers()
+        .split(',')
+        .map(|s| s.trim().to_owned())
+        .collect();
+    let backoff = rskafka::BackoffConfig {
+        deadline: Some(Duration::from_secs(10)),
+        ..Default::default()
+    };
+    ClientBuilder::new(servers)
+        .backoff_config(backoff)
+        .build()
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "integration tests need a Kafka broker at {}: {e}. Run `make up` first.",
+                bootstrap_servers()
+            )
+        })
+}
+
+/// A `foodpipe` command aimed at the stack under test, logging at defaults.
+pub fn foodpipe(args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_foodpipe"));
+    cmd.args(args)
+        .env("KAFKA_BOOTSTRAP_SERVERS", bootstrap_servers())
+        .env_remove("RUST_LOG")
+        .env_remove("DATABASE_URL")
+        .env_remove("FOODPIPE_TOPIC")
+        .env_remove("FOODPIPE_GROUP")
+        .kill_on_drop(true);
+    cmd
+}
+
+/// Runs a command to completion, failing the test if it takes over `limit`.
+pub async fn run_within(mut cmd: Command, limit: Duration) -> Output {
+    let child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("foodpipe binary runs");
+    match tokio::time::timeout(limit, child.wait_with_output()).await {
+        Ok(output) => output.expect("foodpipe output readable"),
+        Err(_) => panic!("foodpipe did not exit within {limit:?}: {cmd:?}"),
+    }
+}
+
+/// Runs a command that must succeed, returning its stdout.
+pub async fn run_ok(cmd: Command) -> String {
+    let output = run_within(cmd, Duration::from_secs(120)).await;
+    assert!(
+        output.status.success(),
+        "foodpipe failed ({}):\nstdout: {}\nstderr: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("utf-8 stdout")
+}
+
+/// A record read back from the topic, independently of foodpipe.
+#[derive(Debug, Clone)]
+pub struct TopicRecord {
+    pub partition: i32,
+    pub offset: i64,
+    pub value: serde_json::Value,
+}
+
+/// Every record of every partition of `topic`, read with rskafka directly,
+/// and each partition's high watermark.
+pub async fn read_topic(topic: &str) -> (Vec<TopicRecord>, BTreeMap<i32, i64>) {
+    let client = kafka_client().await;
+    let partitions = client
+        .list_topics()
+        .await
+        .expect("list topics")
+        .into_iter()
+        .find(|t| t.name == topic)
+        .unwrap_or_else(|| panic!("topic {topic} exists"))
+        .partitions;
+    let mut records = Vec::new();
+    let mut watermarks = BTreeMap::new();
+    for partition in partitions {
+        let pc = client
+            .partition_client(topic, partition, UnknownTopicHandling::Retry)
+            .await
+            .expect("partition client");
+        let end = pc
+            .get_offset(OffsetAt::Latest)
+            .await
+            .expect("latest offset");
+        watermarks.insert(partition, end);
+        let mut offset = pc
+            .get_offset(OffsetAt::Earliest)
+            .await
+            .expect("earliest offset");
+        while offset < end {
+            let (batch, _) = pc
+                .fetch_records(offset, 1..4_000_000, 100)
+                .await
+                .expect("fetch");
+            for r in batch {
+                let value = r.record.value.as_deref().expect("record has a value");
+                records.push(TopicRecord {
+                    partition,
+                    offset: r.offset,
+                    value: serde_json::from_slice(value).expect("JSON value"),
+                });
+                offset = r.offset + 1;
+            }
+        }
+    }
+    (records, watermarks)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The per-test database URL keeps user, password, host and query.
+    #[test]
+    fn dbname_is_rewritten() {
+        assert_eq!(
+            rewrite_dbname("postgres://u:p@h:5432/food_orders?sslmode=disable", "x"),
+            "postgres://u:p@h:5432/x?sslmode=disable"
+        );
+        assert_eq!(rewrite_dbname("postgres://u@h", "x"), "postgres://u@h/x");
+    }
+}
