@@ -14,7 +14,7 @@ CARGO ?= cargo
 DEMO_EVENTS ?= 5000
 FOODPIPE := ./target/release/foodpipe
 
-.PHONY: help up down build demo test lint bench clean
+.PHONY: help up down build demo test lint no-c bench clean
 
 help:
 	@sed -n 's/^#   //p' Makefile
@@ -38,7 +38,15 @@ lint:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	docker-compose -f docker-compose.yml config -q
 
-test: up lint
+# The default build compiles no C: with CC=false any crate that tries fails
+# the build, and no -sys crate may appear among normal or build dependencies.
+# (criterion, a dev-dependency for benchmarks only, does compile a C shim.)
+no-c:
+	CC=false CXX=false $(CARGO) build --workspace
+	@if $(CARGO) tree --workspace -e normal,build --prefix none | grep -E -- '-sys( |$$)'; then \
+		echo "error: a -sys crate is in the default build" >&2; exit 1; fi
+
+test: up lint no-c
 	$(CARGO) test --workspace
 
 bench:
