@@ -9,11 +9,13 @@ use std::io::{BufRead, IsTerminal};
 use std::process::ExitCode;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use events::generator::GeneratorConfig;
 use kafka::{Compression, KafkaConfig, ProducerConfig};
 use pipeline::consume::{ConsumeConfig, OffsetReset};
-use pipeline::produce::ProduceConfig;
+use pipeline::produce::{Amount, ProduceConfig};
+use pipeline::send::SendConfig;
 use store::{Store, StoreConfig};
 
 /// A pure-Rust Kafka → PostgreSQL event-sourcing pipeline for food orders.
@@ -32,6 +34,10 @@ struct Cli {
 enum Command {
     /// Generate realistic order events and produce them to the topic.
     Produce(ProduceArgs),
+    /// Produce `KEY<TAB>VALUE` (or `VALUE`) lines from stdin, like kafka-console-producer.
+    Send(SendArgs),
+    /// Print generated events as `KEY<TAB>JSON` lines, without producing them.
+    Generate(GenerateArgs),
     /// Fold the topic into PostgreSQL from the stored offsets.
     Consume(ConsumeArgs),
     /// Show stored offsets, events per partition and orders per status.
@@ -102,27 +108,13 @@ enum CompressionArg {
     Snappy,
 }
 
+/// How records are batched and sent; shared by `produce` and `send`.
 #[derive(Debug, Args)]
-struct ProduceArgs {
-    #[command(flatten)]
-    kafka: KafkaArgs,
-    /// How many events to produce.
-    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
-    count: u64,
+struct ProducerArgs {
     /// Partitions to create the topic with if it does not exist. An
     /// existing topic keeps its own count.
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    #[arg(long, default_value_t = 3, value_parser = parse_partitions, allow_negative_numbers = true)]
     partitions: u32,
-    /// Seed of the generator: the same seed produces the same events.
-    /// Random if not given.
-    #[arg(long)]
-    seed: Option<u64>,
-    /// Size of the customer population (the keys).
-    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..))]
-    customers: u32,
-    /// Share of orders that get cancelled, 0.0 to 1.0.
-    #[arg(long, default_value_t = 0.1)]
-    cancel_share: f64,
     /// How long a partition's batch waits for more records (linger.ms).
     #[arg(long, default_value_t = 5)]
     linger_ms: u64,
@@ -132,12 +124,164 @@ struct ProduceArgs {
     /// Compression of produced batches.
     #[arg(long, value_enum, default_value_t = CompressionArg::None)]
     compression: CompressionArg,
+    /// Bytes handed to the producer but not yet acknowledged; above this the
+    /// source waits (backpressure), so memory stays flat.
+    #[arg(long, default_value_t = 32 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1024..=(u32::MAX as u64)))]
+    max_inflight_bytes: u64,
     /// Print the summary as JSON.
     #[arg(long)]
     json: bool,
     /// No progress bar and no summary.
     #[arg(long, short)]
     quiet: bool,
+}
+
+impl ProducerArgs {
+    fn config(&self) -> ProducerConfig {
+        ProducerConfig {
+            linger: Duration::from_millis(self.linger_ms),
+            batch_max_bytes: self.batch_max_bytes as usize,
+            compression: match self.compression {
+                CompressionArg::None => Compression::NoCompression,
+                CompressionArg::Gzip => Compression::Gzip,
+                CompressionArg::Snappy => Compression::Snappy,
+            },
+            max_inflight_bytes: self.max_inflight_bytes as usize,
+            ..ProducerConfig::default()
+        }
+    }
+
+    fn progress(&self) -> bool {
+        !self.quiet && !self.json && std::io::stderr().is_terminal()
+    }
+
+    /// Prints the summary as asked and fails if any record was lost.
+    fn report(&self, summary: &pipeline::produce::ProduceSummary) -> anyhow::Result<()> {
+        if self.json {
+            println!("{}", serde_json::to_string(summary)?);
+        } else if !self.quiet {
+            print!("{summary}");
+        }
+        anyhow::ensure!(
+            summary.failed == 0,
+            "{} records could not be delivered: {}",
+            summary.failed,
+            summary.last_error.as_deref().unwrap_or("unknown error")
+        );
+        Ok(())
+    }
+}
+
+/// What the generator makes; shared by `produce` and `generate`.
+#[derive(Debug, Args)]
+struct GeneratorArgs {
+    /// Seed of the generator: the same seed produces the same events.
+    /// Random if not given.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Size of the customer population (the keys).
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..))]
+    customers: u32,
+    /// Share of orders that get cancelled, 0.0 to 1.0.
+    #[arg(long, default_value_t = 0.1, value_parser = parse_share)]
+    cancel_share: f64,
+}
+
+impl GeneratorArgs {
+    fn config(&self) -> GeneratorConfig {
+        GeneratorConfig {
+            seed: self.seed.unwrap_or_else(rand_seed),
+            customers: self.customers,
+            cancel_share: self.cancel_share,
+            start: chrono::Utc::now(),
+            ..GeneratorConfig::default()
+        }
+    }
+}
+
+fn parse_share(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|_| format!("{s:?} is not a number"))?;
+    if (0.0..=1.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("{v} is not between 0.0 and 1.0"))
+    }
+}
+
+/// A whole number of at least 1, with a message that says so (also for
+/// negative numbers, which clap would otherwise take for a flag).
+fn parse_positive_u64(s: &str) -> Result<u64, String> {
+    match s.trim().parse::<i128>() {
+        Ok(v) if v >= 1 && v <= i128::from(u64::MAX) => Ok(v as u64),
+        Ok(v) => Err(format!("must be at least 1, got {v}")),
+        Err(_) => Err(format!("{s:?} is not a whole number")),
+    }
+}
+
+fn parse_partitions(s: &str) -> Result<u32, String> {
+    let v = parse_positive_u64(s)?;
+    u32::try_from(v)
+        .ok()
+        .filter(|v| *v <= 10_000)
+        .ok_or_else(|| format!("{v} partitions is more than the 10000 foodpipe allows"))
+}
+
+fn parse_rate(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|_| format!("{s:?} is not a number"))?;
+    if v > 0.0 && v.is_finite() {
+        Ok(v)
+    } else {
+        Err(format!(
+            "{v} must be a positive number of events per second"
+        ))
+    }
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("{e} (write e.g. 30s, 5m, 1h)"))?;
+    if d.is_zero() {
+        return Err("must be longer than zero".to_owned());
+    }
+    Ok(d)
+}
+
+#[derive(Debug, Args)]
+struct ProduceArgs {
+    #[command(flatten)]
+    kafka: KafkaArgs,
+    /// How many events to produce [default: 1000 unless --duration is given].
+    #[arg(long, value_parser = parse_positive_u64, allow_negative_numbers = true, conflicts_with = "duration")]
+    count: Option<u64>,
+    /// Produce for this long instead of a count, e.g. 30s, 5m.
+    #[arg(long, value_parser = parse_duration)]
+    duration: Option<Duration>,
+    /// Aim for this many events per second (default: as fast as the broker takes them).
+    #[arg(long, value_parser = parse_rate, allow_negative_numbers = true)]
+    rate: Option<f64>,
+    #[command(flatten)]
+    generator: GeneratorArgs,
+    #[command(flatten)]
+    producer: ProducerArgs,
+}
+
+#[derive(Debug, Args)]
+struct SendArgs {
+    #[command(flatten)]
+    kafka: KafkaArgs,
+    /// Read lines from this file instead of stdin.
+    #[arg(long)]
+    input: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    producer: ProducerArgs,
+}
+
+#[derive(Debug, Args)]
+struct GenerateArgs {
+    /// How many events to print.
+    #[arg(long, default_value_t = 1000, value_parser = parse_positive_u64, allow_negative_numbers = true)]
+    count: u64,
+    #[command(flatten)]
+    generator: GeneratorArgs,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -187,7 +331,7 @@ struct StatusArgs {
 #[derive(Debug, Args)]
 struct PartitionArgs {
     /// Number of partitions of the topic.
-    #[arg(long, short = 'n', value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, short = 'n', value_parser = parse_partitions, allow_negative_numbers = true)]
     partitions: u32,
     /// Keys to place; `-` reads one key per line from stdin.
     #[arg(required = true)]
@@ -195,7 +339,24 @@ struct PartitionArgs {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => e.exit(), // --help, --version
+        Err(e) => {
+            // clap's first line says what is wrong; the rest is usage,
+            // which `--help` gives in full. One line, exit status 2.
+            let rendered = e.render().to_string();
+            let mut lines = rendered.lines().map(str::trim).filter(|l| !l.is_empty());
+            let first = lines.next().unwrap_or("error: invalid arguments");
+            // Keep clap's list of allowed values, which is on its own line.
+            let allowed = lines.find(|l| l.starts_with("[possible values"));
+            match allowed {
+                Some(values) => eprintln!("{first} {values} (see --help)"),
+                None => eprintln!("{first} (see --help)"),
+            }
+            return ExitCode::from(2);
+        }
+    };
     init_tracing();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -225,6 +386,7 @@ fn init_tracing() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .init();
 }
@@ -254,6 +416,8 @@ async fn shutdown_signal() {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Produce(args) => produce(args).await,
+        Command::Send(args) => send(args).await,
+        Command::Generate(args) => generate(args),
         Command::Consume(args) => consume(args).await,
         Command::Status(args) => status(args).await,
         Command::Partition(args) => partition(args),
@@ -261,47 +425,56 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn produce(args: ProduceArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        (0.0..=1.0).contains(&args.cancel_share),
-        "--cancel-share must be between 0.0 and 1.0, got {}",
-        args.cancel_share
-    );
     let config = ProduceConfig {
         kafka: args.kafka.config()?,
         topic: args.kafka.topic.clone(),
-        partitions: args.partitions,
-        count: args.count,
-        generator: GeneratorConfig {
-            seed: args.seed.unwrap_or_else(rand_seed),
-            customers: args.customers,
-            cancel_share: args.cancel_share,
-            start: chrono::Utc::now(),
-            ..GeneratorConfig::default()
+        partitions: args.producer.partitions,
+        amount: match (args.count, args.duration) {
+            (_, Some(d)) => Amount::Duration(d),
+            (Some(n), None) => Amount::Count(n),
+            (None, None) => Amount::Count(1000),
         },
-        producer: ProducerConfig {
-            linger: Duration::from_millis(args.linger_ms),
-            batch_max_bytes: args.batch_max_bytes as usize,
-            compression: match args.compression {
-                CompressionArg::None => Compression::NoCompression,
-                CompressionArg::Gzip => Compression::Gzip,
-                CompressionArg::Snappy => Compression::Snappy,
-            },
-            ..ProducerConfig::default()
-        },
-        progress: !args.quiet && !args.json && std::io::stderr().is_terminal(),
+        rate: args.rate,
+        generator: args.generator.config(),
+        producer: args.producer.config(),
+        progress: args.producer.progress(),
     };
     let summary = pipeline::produce::run(config, shutdown_signal()).await?;
-    if args.json {
-        println!("{}", serde_json::to_string(&summary)?);
-    } else if !args.quiet {
-        print!("{summary}");
+    args.producer.report(&summary)
+}
+
+async fn send(args: SendArgs) -> anyhow::Result<()> {
+    let input: Box<dyn BufRead + Send> = match &args.input {
+        Some(path) => Box::new(std::io::BufReader::new(
+            std::fs::File::open(path)
+                .with_context(|| format!("cannot open --input {}", path.display()))?,
+        )),
+        None => Box::new(std::io::BufReader::new(std::io::stdin())),
+    };
+    let config = SendConfig {
+        kafka: args.kafka.config()?,
+        topic: args.kafka.topic.clone(),
+        partitions: args.producer.partitions,
+        separator: b'\t',
+        producer: args.producer.config(),
+        progress: args.producer.progress(),
+    };
+    let summary = pipeline::send::run(config, input, shutdown_signal()).await?;
+    args.producer.report(&summary)
+}
+
+fn generate(args: GenerateArgs) -> anyhow::Result<()> {
+    use std::io::Write;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let generator = events::generator::Generator::new(args.generator.config());
+    for event in generator.take(args.count as usize) {
+        out.write_all(event.customer_id.as_bytes())?;
+        out.write_all(b"\t")?;
+        out.write_all(&event.to_json())?;
+        out.write_all(b"\n")?;
     }
-    anyhow::ensure!(
-        summary.failed == 0,
-        "{} events could not be delivered: {}",
-        summary.failed,
-        summary.last_error.as_deref().unwrap_or("unknown error")
-    );
+    out.flush()?;
     Ok(())
 }
 

@@ -5,9 +5,13 @@
 //!
 //! - [`produce`]: generate order events and produce them, keyed by
 //!   customer, to the partition Kafka's default partitioner would pick.
+//! - [`send`]: produce `key<TAB>value` lines from stdin, like
+//!   `kafka-console-producer`.
 //! - [`consume`]: fold every partition of the topic into PostgreSQL, one
 //!   transaction per fetched batch, from the stored offsets.
 
 pub mod consume;
+mod outbound;
 pub mod produce;
 mod retry;
+pub mod send;

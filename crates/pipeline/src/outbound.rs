@@ -1,0 +1,254 @@
+//! The producing half shared by `produce` and `send`: a source thread makes
+//! records, this module places them on partitions and drives the
+//! [`Producer`], then reports.
+//!
+//! ```text
+//! source (blocking thread) ──bounded channel──> partitioner ──> Producer ──> broker
+//! ```
+//!
+//! The channel is bounded and the producer's budget is bounded, so a source
+//! faster than the broker is slowed down, not buffered without end.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use indicatif::{ProgressBar, ProgressStyle};
+use kafka::{KafkaConfig, Producer, ProducerConfig, Record};
+use partition::RoundRobin;
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+/// A record on its way to the topic; the partition is chosen from its key.
+#[derive(Debug)]
+pub(crate) struct Outgoing {
+    pub key: Option<Vec<u8>>,
+    pub value: Vec<u8>,
+    pub timestamp: DateTime<Utc>,
+}
+
+/// Where a source reports why it stopped early, if it failed.
+pub(crate) type SourceError = Arc<Mutex<Option<String>>>;
+
+/// Records in the channel between the source and the producer: enough to
+/// keep the producer busy, small enough not to matter for memory.
+const CHANNEL_RECORDS: usize = 4096;
+
+#[derive(Debug, Clone)]
+pub(crate) struct DriveConfig {
+    pub kafka: KafkaConfig,
+    pub topic: String,
+    /// Partitions to create the topic with, if it does not exist.
+    pub partitions: u32,
+    pub producer: ProducerConfig,
+    pub progress: bool,
+    /// The number of records expected, for the progress bar.
+    pub expected: Option<u64>,
+}
+
+/// Events of one partition.
+#[derive(Debug, Clone, Serialize)]
+pub struct PartitionCount {
+    pub partition: i32,
+    pub events: u64,
+}
+
+/// What a produce or send run did; printed as text or JSON.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProduceSummary {
+    pub topic: String,
+    pub partitions: u32,
+    pub topic_created: bool,
+    /// Records the broker acknowledged.
+    pub events: u64,
+    /// Records given up on after every retry.
+    pub failed: u64,
+    pub last_error: Option<String>,
+    /// Key and value bytes acknowledged.
+    pub bytes: u64,
+    /// From the first record handed to the producer to the last
+    /// acknowledgement (connecting is not included).
+    pub elapsed_secs: f64,
+    pub events_per_sec: f64,
+    pub mb_per_sec: f64,
+    pub latency_p50_ms: f64,
+    pub latency_p99_ms: f64,
+    pub per_partition: Vec<PartitionCount>,
+    /// True if a shutdown signal stopped the run early.
+    pub interrupted: bool,
+}
+
+impl fmt::Display for ProduceSummary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "produced {} events ({:.1} MB) to {} in {:.2} s: {:.0} events/s, {:.2} MB/s",
+            self.events,
+            self.bytes as f64 / 1e6,
+            self.topic,
+            self.elapsed_secs,
+            self.events_per_sec,
+            self.mb_per_sec
+        )?;
+        writeln!(
+            f,
+            "latency send→ack: p50 {:.1} ms, p99 {:.1} ms",
+            self.latency_p50_ms, self.latency_p99_ms
+        )?;
+        for p in &self.per_partition {
+            writeln!(f, "  partition {:>3}: {:>8} events", p.partition, p.events)?;
+        }
+        if self.failed > 0 {
+            writeln!(
+                f,
+                "LOST {} events: {}",
+                self.failed,
+                self.last_error.as_deref().unwrap_or("unknown error")
+            )?;
+        }
+        if self.interrupted {
+            writeln!(f, "interrupted: stopped early by a signal")?;
+        }
+        Ok(())
+    }
+}
+
+/// Connects, makes sure the topic exists, runs `source` on a blocking
+/// thread and produces everything it sends until it ends or `shutdown`
+/// completes. Everything handed to the producer is delivered or reported
+/// lost before this returns.
+pub(crate) async fn drive<S>(
+    config: DriveConfig,
+    source: S,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<ProduceSummary>
+where
+    S: FnOnce(mpsc::Sender<Outgoing>, SourceError) + Send + 'static,
+{
+    let client = kafka::connect(&config.kafka).await?;
+    let topic = kafka::ensure_topic(&client, &config.topic, config.partitions).await?;
+    if !topic.created && topic.partitions != config.partitions {
+        tracing::warn!(
+            "topic {} already exists with {} partitions (--partitions {} applies only when creating it); using {}",
+            config.topic,
+            topic.partitions,
+            config.partitions,
+            topic.partitions
+        );
+    }
+    let producer = Producer::start(
+        &client,
+        &config.topic,
+        topic.partitions,
+        config.producer.clone(),
+    )
+    .await?;
+
+    let bar = progress_bar(config.progress, config.expected);
+    let (tx, mut rx) = mpsc::channel::<Outgoing>(CHANNEL_RECORDS);
+    let source_error: SourceError = Arc::default();
+    let source_thread = {
+        let source_error = Arc::clone(&source_error);
+        tokio::task::spawn_blocking(move || source(tx, source_error))
+    };
+
+    let round_robin = RoundRobin::default();
+    let started = Instant::now();
+    let mut interrupted = false;
+    let mut shutdown = std::pin::pin!(shutdown);
+    let mut last_tick = Instant::now();
+    loop {
+        let next = tokio::select! {
+            biased;
+            () = &mut shutdown => { interrupted = true; break; }
+            next = rx.recv() => next,
+        };
+        let Some(out) = next else { break };
+        let partition = match &out.key {
+            Some(key) => partition::partition_for_key(key, topic.partitions),
+            None => round_robin.next(topic.partitions),
+        };
+        let record = Record {
+            key: out.key,
+            value: Some(out.value),
+            headers: BTreeMap::new(),
+            timestamp: out.timestamp,
+        };
+        tokio::select! {
+            biased;
+            () = &mut shutdown => { interrupted = true; break; }
+            sent = producer.send(partition, record) => sent?,
+        }
+        if last_tick.elapsed() > Duration::from_millis(100) {
+            bar.set_position(producer.delivered());
+            last_tick = Instant::now();
+        }
+    }
+    // Closing the channel stops the source at its next record.
+    drop(rx);
+    let _ = source_thread.await;
+    bar.set_message("flushing");
+    let report = producer.close().await;
+    bar.finish_and_clear();
+    let elapsed = started.elapsed().as_secs_f64().max(1e-9);
+
+    let source_failure = source_error.lock().ok().and_then(|mut e| e.take());
+    if let Some(e) = source_failure {
+        anyhow::bail!("{e} (after {} records were delivered)", report.delivered());
+    }
+    let latency = report.latency_us();
+    Ok(ProduceSummary {
+        topic: config.topic,
+        partitions: topic.partitions,
+        topic_created: topic.created,
+        events: report.delivered(),
+        failed: report.failed(),
+        last_error: report.partitions.iter().find_map(|p| p.last_error.clone()),
+        bytes: report.bytes(),
+        elapsed_secs: elapsed,
+        events_per_sec: report.delivered() as f64 / elapsed,
+        mb_per_sec: report.bytes() as f64 / 1e6 / elapsed,
+        latency_p50_ms: latency.value_at_quantile(0.5) as f64 / 1000.0,
+        latency_p99_ms: latency.value_at_quantile(0.99) as f64 / 1000.0,
+        per_partition: report
+            .partitions
+            .iter()
+            .map(|p| PartitionCount {
+                partition: p.partition,
+                events: p.delivered,
+            })
+            .collect(),
+        interrupted,
+    })
+}
+
+fn progress_bar(enabled: bool, expected: Option<u64>) -> ProgressBar {
+    if !enabled {
+        return ProgressBar::hidden();
+    }
+    match expected {
+        Some(n) => {
+            let bar = ProgressBar::new(n);
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} events ({per_sec}, eta {eta}) {msg}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            bar
+        }
+        None => {
+            let bar = ProgressBar::new_spinner();
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{spinner} [{elapsed_precise}] {pos} events ({per_sec}) {msg}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+            );
+            bar
+        }
+    }
+}
