@@ -120,9 +120,20 @@ start_broker() {
 
 # --- tools -------------------------------------------------------------------
 
+# librdkafka (PyPI confluent-kafka, which ships its own librdkafka build) is
+# the independent client that tests cross-check partitioning against and
+# that `make bench-produce` measures foodpipe against.
+CONFLUENT_KAFKA_VERSION="2.16.1"
+VENV="$STACK_DIR/venv"
+
 ensure_tools() {
     if ! command -v docker-compose >/dev/null; then
         apt_install docker-compose
+    fi
+    if ! "$VENV/bin/python" -c "import confluent_kafka" >/dev/null 2>&1; then
+        say "creating $VENV with confluent-kafka $CONFLUENT_KAFKA_VERSION (librdkafka)"
+        python3 -m venv "$VENV" 2>/dev/null || { apt_install python3-venv; python3 -m venv "$VENV"; }
+        "$VENV/bin/pip" install -q --disable-pip-version-check "confluent-kafka==$CONFLUENT_KAFKA_VERSION"
     fi
 }
 

@@ -190,6 +190,15 @@ pub async fn run_ok(cmd: Command) -> String {
 
 /// A record read back from the topic, independently of foodpipe.
 #[derive(Debug, Clone)]
+pub struct RawRecord {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+}
+
+/// A record whose value is JSON, parsed.
+#[derive(Debug, Clone)]
 pub struct TopicRecord {
     pub partition: i32,
     pub offset: i64,
@@ -198,7 +207,7 @@ pub struct TopicRecord {
 
 /// Every record of every partition of `topic`, read with rskafka directly,
 /// and each partition's high watermark.
-pub async fn read_topic(topic: &str) -> (Vec<TopicRecord>, BTreeMap<i32, i64>) {
+pub async fn read_topic_raw(topic: &str) -> (Vec<RawRecord>, BTreeMap<i32, i64>) {
     let client = kafka_client().await;
     let partitions = client
         .list_topics()
@@ -230,17 +239,65 @@ pub async fn read_topic(topic: &str) -> (Vec<TopicRecord>, BTreeMap<i32, i64>) {
                 .await
                 .expect("fetch");
             for r in batch {
-                let value = r.record.value.as_deref().expect("record has a value");
-                records.push(TopicRecord {
+                records.push(RawRecord {
                     partition,
                     offset: r.offset,
-                    value: serde_json::from_slice(value).expect("JSON value"),
+                    key: r.record.key,
+                    value: r.record.value,
                 });
                 offset = r.offset + 1;
             }
         }
     }
     (records, watermarks)
+}
+
+/// Like [`read_topic_raw`], for topics of JSON values.
+pub async fn read_topic(topic: &str) -> (Vec<TopicRecord>, BTreeMap<i32, i64>) {
+    let (raw, watermarks) = read_topic_raw(topic).await;
+    let records = raw
+        .into_iter()
+        .map(|r| TopicRecord {
+            partition: r.partition,
+            offset: r.offset,
+            value: serde_json::from_slice(r.value.as_deref().expect("record has a value"))
+                .expect("JSON value"),
+        })
+        .collect();
+    (records, watermarks)
+}
+
+/// Creates `topic` with `partitions` partitions through rskafka.
+pub async fn create_topic(topic: &str, partitions: i32) {
+    let client = kafka_client().await;
+    client
+        .controller_client()
+        .expect("controller client")
+        .create_topic(topic, partitions, 1, 5_000)
+        .await
+        .unwrap_or_else(|e| panic!("cannot create topic {topic}: {e}"));
+}
+
+/// The Python of the venv `make up` made, with librdkafka (confluent-kafka).
+pub fn librdkafka_python() -> std::path::PathBuf {
+    let python = std::env::var_os("FOODPIPE_PYTHON")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".stack/venv/bin/python")
+        });
+    assert!(
+        python.exists(),
+        "{} is missing: run `make up` to create the venv with confluent-kafka",
+        python.display()
+    );
+    python
+}
+
+/// A script of `scripts/`.
+pub fn script(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("scripts")
+        .join(name)
 }
 
 #[cfg(test)]

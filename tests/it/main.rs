@@ -9,3 +9,4 @@
 mod bad_input;
 mod end_to_end;
 mod harness;
+mod partitioner;
