@@ -5,6 +5,7 @@
 #   make demo    up, produce a few thousand orders, consume, print a summary
 #   make test    up, then fmt, clippy, compose check and every test
 #   make bench   the criterion benchmarks
+#   make bench-produce   foodpipe's producer vs librdkafka, same broker and events
 
 SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
@@ -14,7 +15,7 @@ CARGO ?= cargo
 DEMO_EVENTS ?= 5000
 FOODPIPE := ./target/release/foodpipe
 
-.PHONY: help up down build demo test lint no-c bench clean
+.PHONY: help up down build demo test lint no-c bench bench-produce clean
 
 help:
 	@sed -n 's/^#   //p' Makefile
@@ -51,6 +52,10 @@ test: up lint no-c
 
 bench:
 	$(CARGO) bench --bench murmur2
+
+BENCH_EVENTS ?= 200000
+bench-produce: up build
+	.stack/venv/bin/python scripts/bench_produce.py $(FOODPIPE) --events $(BENCH_EVENTS)
 
 clean: down
 	$(CARGO) clean

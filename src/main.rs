@@ -128,6 +128,10 @@ struct ProducerArgs {
     /// source waits (backpressure), so memory stays flat.
     #[arg(long, default_value_t = 32 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1024..=(u32::MAX as u64)))]
     max_inflight_bytes: u64,
+    /// Give up on a record not acknowledged this many seconds after it was
+    /// handed to the producer (delivery.timeout.ms); it is reported lost.
+    #[arg(long, default_value_t = 120, value_parser = parse_positive_u64)]
+    delivery_timeout_secs: u64,
     /// Print the summary as JSON.
     #[arg(long)]
     json: bool,
@@ -147,7 +151,7 @@ impl ProducerArgs {
                 CompressionArg::Snappy => Compression::Snappy,
             },
             max_inflight_bytes: self.max_inflight_bytes as usize,
-            ..ProducerConfig::default()
+            delivery_timeout: Duration::from_secs(self.delivery_timeout_secs),
         }
     }
 

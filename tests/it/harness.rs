@@ -314,3 +314,115 @@ mod tests {
         assert_eq!(rewrite_dbname("postgres://u@h", "x"), "postgres://u@h/x");
     }
 }
+
+/// A Tansu broker of a test's own, on a free port with its own data
+/// directory, for tests that kill or restart the broker without
+/// disturbing the shared one.
+#[derive(Debug)]
+pub struct PrivateBroker {
+    pub address: String,
+    dir: std::path::PathBuf,
+    child: Option<tokio::process::Child>,
+}
+
+impl PrivateBroker {
+    pub async fn start() -> PrivateBroker {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("tansu-{port}-{}", &random_suffix()[..8]));
+        std::fs::create_dir_all(&dir).expect("broker data dir");
+        let mut broker = PrivateBroker {
+            address: format!("127.0.0.1:{port}"),
+            dir,
+            child: None,
+        };
+        broker.spawn().await;
+        broker
+    }
+
+    async fn spawn(&mut self) {
+        let tansu = which_tansu();
+        let url = format!("tcp://{}", self.address);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("tansu.log"))
+            .expect("broker log");
+        // Relative sqlite path: Tansu 0.6.0 doubles an absolute one.
+        let child = Command::new(&tansu)
+            .args(["broker", "--storage-engine", "sqlite://tansu.db"])
+            .args(["--listener-url", &url, "--advertised-listener-url", &url])
+            .current_dir(&self.dir)
+            .stdout(log.try_clone().expect("log handle"))
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", tansu.display()));
+        self.child = Some(child);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let servers = vec![self.address.clone()];
+            let backoff = rskafka::BackoffConfig {
+                deadline: Some(Duration::from_secs(1)),
+                ..Default::default()
+            };
+            let client = ClientBuilder::new(servers)
+                .backoff_config(backoff)
+                .build()
+                .await;
+            if client.is_ok() {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "private Tansu on {} did not answer within 30 s; see {}",
+                self.address,
+                self.dir.join("tansu.log").display()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// SIGKILL: no chance to flush or say goodbye.
+    pub async fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill().await;
+        }
+    }
+
+    /// Starts it again on the same port and data.
+    pub async fn restart(&mut self) {
+        self.kill().await;
+        self.spawn().await;
+    }
+}
+
+impl Drop for PrivateBroker {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.start_kill();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The `tansu` binary `make up` installs.
+fn which_tansu() -> std::path::PathBuf {
+    let candidates = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .chain(std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".cargo/bin")));
+    for dir in candidates {
+        let path = dir.join("tansu");
+        if path.is_file() {
+            return path;
+        }
+    }
+    panic!(
+        "this test runs a broker of its own and needs the tansu binary: run `make up` to install it"
+    )
+}

@@ -10,3 +10,4 @@ mod bad_input;
 mod end_to_end;
 mod harness;
 mod partitioner;
+mod producer;

@@ -45,10 +45,13 @@ pub struct ProducerConfig {
     /// Bytes accepted by `send` but not yet acknowledged, over all
     /// partitions; `send` waits above this.
     pub max_inflight_bytes: usize,
-    /// How many more times a failed batch is sent before its records are
-    /// reported lost. Each attempt already retries retriable errors inside
-    /// rskafka until the client's timeout.
-    pub retries: u32,
+    /// How long a record may take from `send` to acknowledgement
+    /// (`delivery.timeout.ms`, 120 s by default in Kafka). A failed batch
+    /// is sent again with backoff until its oldest record is this old; then
+    /// its records are reported lost. Batches that have waited this long
+    /// in the queue fail without an attempt, so a dead broker is reported
+    /// promptly instead of once per batch.
+    pub delivery_timeout: Duration,
 }
 
 impl Default for ProducerConfig {
@@ -58,7 +61,7 @@ impl Default for ProducerConfig {
             batch_max_bytes: 1_000_000,
             compression: Compression::NoCompression,
             max_inflight_bytes: 32 * 1024 * 1024,
-            retries: 3,
+            delivery_timeout: Duration::from_secs(120),
         }
     }
 }
@@ -293,14 +296,28 @@ async fn send_batch(
     delivered: &AtomicU64,
 ) {
     let records: Vec<Record> = batch.iter().map(|p| p.record.clone()).collect();
-    let mut attempt = 0;
+    // The batch's deadline is its oldest record's.
+    let deadline = batch
+        .first()
+        .map(|p| p.enqueued + config.delivery_timeout)
+        .unwrap_or_else(Instant::now);
+    let mut attempt = 0u32;
     let outcome = loop {
+        if Instant::now() >= deadline {
+            break Err(format!(
+                "not acknowledged within the delivery timeout of {:?} ({attempt} attempts)",
+                config.delivery_timeout
+            ));
+        }
         // rskafka takes the records by value; a retry needs them again.
         match client.produce(records.clone(), config.compression).await {
             Ok(_offsets) => break Ok(()),
-            Err(e) if attempt < config.retries => {
+            Err(e) => {
                 attempt += 1;
-                let backoff = Duration::from_millis(200 * 2u64.pow(attempt));
+                let backoff = Duration::from_millis(100 * 2u64.pow(attempt.min(5)));
+                if Instant::now() + backoff >= deadline {
+                    break Err(format!("{e} (after {attempt} attempts)"));
+                }
                 tracing::warn!(
                     partition = client.partition(),
                     attempt,
@@ -309,7 +326,6 @@ async fn send_batch(
                 );
                 tokio::time::sleep(backoff).await;
             }
-            Err(e) => break Err(e),
         }
     };
     match outcome {
@@ -331,7 +347,7 @@ async fn send_batch(
                 "giving up on a batch"
             );
             report.failed += batch.len() as u64;
-            report.last_error = Some(e.to_string());
+            report.last_error = Some(e);
         }
     }
 }
