@@ -426,3 +426,182 @@ fn which_tansu() -> std::path::PathBuf {
         "this test runs a broker of its own and needs the tansu binary: run `make up` to install it"
     )
 }
+
+/// What the `orders` view must hold for one order: the status and id of
+/// its last event, folded here independently of foodpipe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExpectedOrder {
+    pub status: &'static str,
+    pub last_event_id: String,
+}
+
+/// The status an order has after an event of this type, written out from
+/// the lifecycle rather than taken from foodpipe's state machine.
+pub fn status_after(event_type: &str) -> &'static str {
+    match event_type {
+        "OrderCreated" => "pending",
+        "OrderPaid" => "paid",
+        "OrderShipped" => "shipped",
+        "OrderDelivered" => "delivered",
+        "OrderCancelled" => "cancelled",
+        other => panic!("unexpected event type {other}"),
+    }
+}
+
+/// The view a correct fold of these (valid, generated) records gives:
+/// each order's last event by offset, all of an order's events being in
+/// one partition.
+pub fn expected_view(records: &[TopicRecord]) -> std::collections::HashMap<String, ExpectedOrder> {
+    let mut last: std::collections::HashMap<String, (i32, i64, ExpectedOrder)> =
+        std::collections::HashMap::new();
+    for r in records {
+        let order = r.value["order_id"].as_str().expect("order_id").to_owned();
+        let expected = ExpectedOrder {
+            status: status_after(r.value["event_type"].as_str().expect("event_type")),
+            last_event_id: r.value["event_id"].as_str().expect("event_id").to_owned(),
+        };
+        if let Some((p, _, _)) = last.get(&order) {
+            assert_eq!(*p, r.partition, "order {order} spans partitions");
+        }
+        let entry = last
+            .entry(order)
+            .or_insert((r.partition, r.offset, expected.clone()));
+        if r.offset >= entry.1 {
+            *entry = (r.partition, r.offset, expected);
+        }
+    }
+    last.into_iter().map(|(k, (_, _, v))| (k, v)).collect()
+}
+
+/// Asserts the database is exactly the fold of the whole topic: every
+/// event in history once, the view equal to [`expected_view`], and the
+/// group's stored offsets equal to the high watermarks.
+pub async fn assert_db_is_fold_of_topic(db: &TestDb, topic: &str, group: &str) {
+    let (records, watermarks) = read_topic(topic).await;
+    let pg = db.client().await;
+    let rows = pg
+        .query(
+            "SELECT event_id::text, kafka_partition, kafka_offset FROM order_events WHERE kafka_topic = $1",
+            &[&topic],
+        )
+        .await
+        .expect("query history");
+    let in_history: std::collections::HashMap<String, (i32, i64)> = rows
+        .iter()
+        .map(|r| (r.get::<_, String>(0), (r.get(1), r.get(2))))
+        .collect();
+    assert_eq!(in_history.len(), rows.len(), "no event_id twice in history");
+    let mut first_copy: std::collections::HashMap<String, (i32, i64)> =
+        std::collections::HashMap::new();
+    for r in &records {
+        let id = r.value["event_id"].as_str().expect("event_id").to_owned();
+        first_copy.entry(id).or_insert((r.partition, r.offset));
+    }
+    assert_eq!(
+        rows.len(),
+        first_copy.len(),
+        "one history row per distinct event"
+    );
+    for (id, at) in &first_copy {
+        assert_eq!(
+            in_history.get(id),
+            Some(at),
+            "event {id} from its first copy"
+        );
+    }
+
+    let view: std::collections::HashMap<String, ExpectedOrder> = pg
+        .query(
+            "SELECT order_id::text, status, last_event_id::text FROM orders",
+            &[],
+        )
+        .await
+        .expect("query view")
+        .iter()
+        .map(|r| {
+            let status: String = r.get(1);
+            let status = ["pending", "paid", "shipped", "delivered", "cancelled"]
+                .into_iter()
+                .find(|s| *s == status)
+                .unwrap_or_else(|| panic!("unknown status {status}"));
+            (
+                r.get(0),
+                ExpectedOrder {
+                    status,
+                    last_event_id: r.get(2),
+                },
+            )
+        })
+        .collect();
+    let expected = expected_view(&records);
+    assert_eq!(view.len(), expected.len(), "one view row per order");
+    for (order, want) in &expected {
+        assert_eq!(view.get(order), Some(want), "order {order}");
+    }
+
+    let stored: BTreeMap<i32, i64> = pg
+        .query(
+            "SELECT partition, next_offset FROM consumer_offsets WHERE group_id = $1 AND topic = $2",
+            &[&group, &topic],
+        )
+        .await
+        .expect("query offsets")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(stored, watermarks, "stored offsets equal high watermarks");
+}
+
+/// Produces `count` generated events with `seed` to `topic` (3 partitions).
+pub async fn produce_events(topic: &str, count: u32, seed: u64) {
+    let out = run_ok(foodpipe(&[
+        "produce",
+        "--topic",
+        topic,
+        "--count",
+        &count.to_string(),
+        "--partitions",
+        "3",
+        "--seed",
+        &seed.to_string(),
+        "--json",
+    ]))
+    .await;
+    let summary: serde_json::Value = serde_json::from_str(&out).expect("JSON summary");
+    assert_eq!(summary["events"], count, "all events delivered: {out}");
+}
+
+/// A `foodpipe consume` child process on `topic` into `db`.
+pub fn spawn_consumer(topic: &str, db: &TestDb, extra: &[&str]) -> tokio::process::Child {
+    let mut args = vec!["consume", "--topic", topic];
+    args.extend_from_slice(extra);
+    let mut cmd = foodpipe(&args);
+    cmd.env("DATABASE_URL", &db.url)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    cmd.spawn().expect("consumer starts")
+}
+
+/// `consume --until-caught-up` on `topic` into `db`; returns its JSON summary.
+pub async fn consume_until_caught_up(
+    topic: &str,
+    db: &TestDb,
+    extra: &[&str],
+) -> serde_json::Value {
+    let mut args = vec!["consume", "--until-caught-up", "--topic", topic, "--json"];
+    args.extend_from_slice(extra);
+    let mut cmd = foodpipe(&args);
+    cmd.env("DATABASE_URL", &db.url);
+    let out = run_ok(cmd).await;
+    serde_json::from_str(&out).expect("JSON summary")
+}
+
+/// Sends a signal to a child process.
+pub fn signal(child: &tokio::process::Child, signal: &str) {
+    let pid = child.id().expect("child is running");
+    let status = std::process::Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success(), "kill -{signal} {pid}");
+}

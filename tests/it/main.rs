@@ -7,6 +7,7 @@
 //! missing: a skipped integration test proves nothing.
 
 mod bad_input;
+mod consumer;
 mod end_to_end;
 mod harness;
 mod partitioner;

@@ -1,0 +1,378 @@
+//! The exactly-once-effect consumer against the real broker and
+//! PostgreSQL: bad records, duplicates, signals, crashes and restarts.
+
+use std::collections::BTreeMap;
+use std::process::Stdio;
+use std::time::Duration;
+
+use rand::Rng;
+use tokio::io::AsyncWriteExt;
+
+use crate::harness::{
+    TestDb, assert_db_is_fold_of_topic, consume_until_caught_up, foodpipe, produce_events,
+    random_topic_name, read_topic_raw, run_ok, signal, spawn_consumer,
+};
+
+/// `foodpipe send` of raw bytes (lines of `KEY<TAB>VALUE`) to `topic`.
+async fn send_lines(topic: &str, input: &[u8]) {
+    let mut cmd = foodpipe(&["send", "--topic", topic, "--partitions", "3", "--quiet"]);
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("send runs");
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin.write_all(input).await.expect("write lines");
+    drop(stdin);
+    let out = child.wait_with_output().await.expect("send finishes");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Generated events as `KEY<TAB>JSON` lines.
+async fn generated_lines(count: u32, seed: u64, customers: u32) -> Vec<Vec<u8>> {
+    let out = run_ok(foodpipe(&[
+        "generate",
+        "--count",
+        &count.to_string(),
+        "--seed",
+        &seed.to_string(),
+        "--customers",
+        &customers.to_string(),
+    ]))
+    .await;
+    out.lines().map(|l| l.as_bytes().to_vec()).collect()
+}
+
+fn event_line(key: &str, event_type: &str, order_id: &str, payload: &str) -> Vec<u8> {
+    format!(
+        "{key}\t{{\"event_id\":\"{}\",\"schema_version\":1,\"event_type\":\"{event_type}\",\"order_id\":\"{order_id}\",\"customer_id\":\"{key}\",\"occurred_at\":\"2026-11-24T12:00:00Z\",\"payload\":{payload}}}",
+        uuid::Uuid::new_v4()
+    )
+    .into_bytes()
+}
+
+/// Every dead-letter class, mixed between good records of one partition and one batch, is recorded with its kind while its neighbours apply.
+#[tokio::test]
+async fn every_bad_record_class_is_dead_lettered_and_neighbours_apply() {
+    let topic = random_topic_name();
+    let db = TestDb::create().await;
+    let key = "CUST-0001";
+    // Good events, all of one customer so all in one partition.
+    let good = generated_lines(20, 5, 1).await;
+    let order_x = uuid::Uuid::new_v4().to_string();
+    let created_x = event_line(
+        key,
+        "OrderCreated",
+        &order_x,
+        r#"{"restaurant_id":"REST-001","items":[{"name":"Ramen","quantity":1,"unit_price_cents":1390}],"total_cents":1390}"#,
+    );
+    let mut big = event_line(
+        key,
+        "OrderPaid",
+        &order_x,
+        r#"{"payment_id":"00000000-0000-0000-0000-000000000001","amount_cents":1,"method":"card"}"#,
+    );
+    big.extend(std::iter::repeat_n(b' ', 3000));
+    let bad: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "malformed_json",
+            format!("{key}\t{{\"event_id\": oops").into_bytes(),
+        ),
+        ("not_utf8", [key.as_bytes(), b"\t\xff\xfe\xfd"].concat()),
+        (
+            "unknown_event_type",
+            event_line(key, "OrderTeleported", &order_x, "{}"),
+        ),
+        (
+            "unknown_schema_version",
+            String::from_utf8(event_line(key, "OrderDelivered", &order_x, "{}"))
+                .expect("utf8")
+                .replace("\"schema_version\":1", "\"schema_version\":99")
+                .into_bytes(),
+        ),
+        (
+            "invalid_field",
+            String::from_utf8(event_line(
+                key,
+                "OrderShipped",
+                &order_x,
+                "{\"courier\":\"bike\"}",
+            ))
+            .expect("utf8")
+            .replace(&format!("\"order_id\":\"{order_x}\","), "")
+            .into_bytes(),
+        ),
+        ("oversize", big),
+        // Delivered before paid: a transition the machine forbids.
+        (
+            "invalid_transition",
+            event_line(key, "OrderDelivered", &order_x, "{}"),
+        ),
+        // An event for an order never created.
+        (
+            "invalid_transition",
+            event_line(
+                key,
+                "OrderPaid",
+                &uuid::Uuid::new_v4().to_string(),
+                r#"{"payment_id":"00000000-0000-0000-0000-000000000002","amount_cents":1,"method":"card"}"#,
+            ),
+        ),
+    ];
+    let mut input = Vec::new();
+    let mut expected_kinds = Vec::new();
+    input.extend_from_slice(&created_x);
+    input.push(b'\n');
+    for (i, line) in good.iter().enumerate() {
+        input.extend_from_slice(line);
+        input.push(b'\n');
+        if let Some((kind, bad_line)) = bad.get(i) {
+            input.extend_from_slice(bad_line);
+            input.push(b'\n');
+            expected_kinds.push(*kind);
+        }
+    }
+    send_lines(&topic, &input).await;
+    consume_until_caught_up(&topic, &db, &["--max-record-bytes", "2000"]).await;
+
+    let pg = db.client().await;
+    let rows = pg
+        .query(
+            "SELECT error_kind, kafka_offset, key, value, error FROM dead_letters ORDER BY kafka_offset",
+            &[],
+        )
+        .await
+        .expect("dead letters");
+    let kinds: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+    assert_eq!(
+        kinds, expected_kinds,
+        "one dead letter per bad record, in order"
+    );
+    // Raw bytes and key are kept as they were on the topic.
+    let (records, watermarks) = read_topic_raw(&topic).await;
+    let by_offset: BTreeMap<i64, &crate::harness::RawRecord> =
+        records.iter().map(|r| (r.offset, r)).collect();
+    for row in &rows {
+        let offset: i64 = row.get(1);
+        let key_bytes: Option<Vec<u8>> = row.get(2);
+        let value: Option<Vec<u8>> = row.get(3);
+        let error: String = row.get(4);
+        assert_eq!(key_bytes, by_offset[&offset].key, "key kept");
+        assert_eq!(value, by_offset[&offset].value, "raw bytes kept");
+        assert!(!error.is_empty());
+    }
+    // The neighbours applied: every good event plus order X's creation.
+    let history: i64 = pg
+        .query_one("SELECT count(*) FROM order_events", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(history, 21);
+    let x_status: String = pg
+        .query_one(
+            "SELECT status FROM orders WHERE order_id::text = $1",
+            &[&order_x],
+        )
+        .await
+        .expect("order x")
+        .get(0);
+    assert_eq!(x_status, "pending", "forbidden transitions did not move it");
+    // And the partition moved past all of them.
+    let stored: i64 = pg
+        .query_one("SELECT max(next_offset) FROM consumer_offsets", &[])
+        .await
+        .expect("offset")
+        .get(0);
+    assert_eq!(stored, *watermarks.values().max().expect("partitions"));
+    db.drop_db().await;
+}
+
+/// The same records produced twice (a producer retry) change nothing: history and view are as after one copy.
+#[tokio::test]
+async fn producer_duplicates_change_nothing() {
+    let topic = random_topic_name();
+    let db = TestDb::create().await;
+    let lines = generated_lines(200, 9, 20).await;
+    let input: Vec<u8> = lines
+        .iter()
+        .flat_map(|l| [l.as_slice(), b"\n"].concat())
+        .collect();
+    send_lines(&topic, &input).await;
+    consume_until_caught_up(&topic, &db, &[]).await;
+    let pg = db.client().await;
+    let view_once: Vec<String> = pg
+        .query(
+            "SELECT order_id::text || status || last_event_id::text FROM orders ORDER BY 1",
+            &[],
+        )
+        .await
+        .expect("view")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+
+    // The retry: every record again, after the originals.
+    send_lines(&topic, &input).await;
+    let summary = consume_until_caught_up(&topic, &db, &[]).await;
+    let duplicates: u64 = summary["partitions"]
+        .as_array()
+        .expect("partitions")
+        .iter()
+        .map(|p| p["duplicates"].as_u64().expect("duplicates"))
+        .sum();
+    assert_eq!(duplicates, 200, "every copy recognised as a duplicate");
+    let view_twice: Vec<String> = pg
+        .query(
+            "SELECT order_id::text || status || last_event_id::text FROM orders ORDER BY 1",
+            &[],
+        )
+        .await
+        .expect("view")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(view_once, view_twice);
+    assert_db_is_fold_of_topic(&db, &topic, "order-processors").await;
+    db.drop_db().await;
+}
+
+/// SIGTERM mid-stream: the consumer commits the batch in hand and exits 0 promptly, leaving a consistent prefix.
+#[tokio::test]
+async fn sigterm_finishes_the_batch_and_exits_zero() {
+    let topic = random_topic_name();
+    let db = TestDb::create().await;
+    produce_events(&topic, 20_000, 17).await;
+    let child = spawn_consumer(&topic, &db, &["--fetch-max-bytes", "16384"]);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    signal(&child, "TERM");
+    let output = tokio::time::timeout(Duration::from_secs(15), child.wait_with_output())
+        .await
+        .expect("exits within 15 s of SIGTERM")
+        .expect("output");
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    // What was committed is exactly a prefix of each partition.
+    let pg = db.client().await;
+    for row in pg
+        .query(
+            "SELECT o.partition, o.next_offset, \
+                    (SELECT count(*) FROM order_events e WHERE e.kafka_partition = o.partition), \
+                    (SELECT coalesce(max(kafka_offset), -1) FROM order_events e WHERE e.kafka_partition = o.partition) \
+             FROM consumer_offsets o",
+            &[],
+        )
+        .await
+        .expect("offsets")
+    {
+        let next: i64 = row.get(1);
+        let count: i64 = row.get(2);
+        let max: i64 = row.get(3);
+        assert_eq!(count, next, "history holds exactly offsets 0..next");
+        assert_eq!(max, next - 1);
+    }
+    consume_until_caught_up(&topic, &db, &[]).await;
+    assert_db_is_fold_of_topic(&db, &topic, "order-processors").await;
+    db.drop_db().await;
+}
+
+/// SIGKILL at many random points while folding, restarting each time: in the end every event is applied exactly once.
+#[tokio::test]
+async fn crash_at_random_points_loses_and_repeats_nothing() {
+    let topic = random_topic_name();
+    let db = TestDb::create().await;
+    produce_events(&topic, 30_000, 23).await;
+    let mut rng = rand::rng();
+    let pg = db.client().await;
+    let mut applied_after_kill = Vec::new();
+    for _ in 0..10 {
+        // Small fetches: many commits per second, so kills land anywhere
+        // between fetch, fold, write and commit.
+        let mut child = spawn_consumer(&topic, &db, &["--fetch-max-bytes", "8192"]);
+        let alive = rng.random_range(200..900);
+        tokio::time::sleep(Duration::from_millis(alive)).await;
+        child.start_kill().expect("SIGKILL");
+        let _ = child.wait().await;
+        let applied: i64 = pg
+            .query_one("SELECT count(*) FROM order_events", &[])
+            .await
+            .expect("count")
+            .get(0);
+        applied_after_kill.push(applied);
+    }
+    let mid_stream = applied_after_kill
+        .windows(2)
+        .filter(|w| w[0] < w[1] && w[1] < 30_000)
+        .count();
+    assert!(
+        mid_stream >= 3,
+        "at least 3 kills interrupted a consumer that was making progress: {applied_after_kill:?}"
+    );
+    eprintln!("history rows after each SIGKILL: {applied_after_kill:?}");
+    consume_until_caught_up(&topic, &db, &[]).await;
+    assert_db_is_fold_of_topic(&db, &topic, "order-processors").await;
+    db.drop_db().await;
+}
+
+/// Polls until the group's stored offsets reach the topic's high watermarks.
+async fn wait_caught_up(db: &TestDb, topic: &str, limit: Duration) {
+    let (_, watermarks) = read_topic_raw(topic).await;
+    let pg = db.client().await;
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let stored: BTreeMap<i32, i64> = pg
+            .query(
+                "SELECT partition, next_offset FROM consumer_offsets WHERE topic = $1",
+                &[&topic],
+            )
+            .await
+            .map(|rows| rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+            .unwrap_or_default();
+        if stored == watermarks {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not caught up within {limit:?}: stored {stored:?}, watermarks {watermarks:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// PostgreSQL connections killed mid-stream (pg_terminate_backend): the consumer retries, loses nothing and catches up by itself.
+#[tokio::test]
+async fn postgres_connection_loss_is_retried() {
+    let topic = random_topic_name();
+    let db = TestDb::create().await;
+    produce_events(&topic, 20_000, 29).await;
+    let mut child = spawn_consumer(&topic, &db, &["--fetch-max-bytes", "16384"]);
+    let admin = db.client().await;
+    let mut killed = 0i64;
+    for _ in 0..6 {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let n: i64 = admin
+            .query_one(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND application_name = 'foodpipe'",
+                &[],
+            )
+            .await
+            .expect("terminate")
+            .get(0);
+        killed += n;
+    }
+    assert!(killed > 0, "the consumer's connections were terminated");
+    wait_caught_up(&db, &topic, Duration::from_secs(90)).await;
+    signal(&child, "TERM");
+    let status = child.wait().await.expect("exits");
+    assert!(status.success());
+    assert_db_is_fold_of_topic(&db, &topic, "order-processors").await;
+    db.drop_db().await;
+}
