@@ -292,6 +292,7 @@ struct GenerateArgs {
 enum ResetArg {
     Earliest,
     Latest,
+    Fail,
 }
 
 #[derive(Debug, Args)]
@@ -306,7 +307,10 @@ struct ConsumeArgs {
     /// Exit once every partition has reached the high watermark it had at start.
     #[arg(long)]
     until_caught_up: bool,
-    /// Where a partition with no stored offset starts.
+    /// Where a partition goes on when it has no stored offset, or its stored
+    /// offset is no longer on the broker (retention, a recreated topic):
+    /// earliest, latest, or fail to stop and let you decide. Every reset is
+    /// logged and recorded in the offset_gaps table.
     #[arg(long, value_enum, default_value_t = ResetArg::Earliest)]
     offset_reset: ResetArg,
     /// Upper bound of one fetch from one partition, in bytes.
@@ -502,6 +506,7 @@ async fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
         offset_reset: match args.offset_reset {
             ResetArg::Earliest => OffsetReset::Earliest,
             ResetArg::Latest => OffsetReset::Latest,
+            ResetArg::Fail => OffsetReset::Fail,
         },
         ..ConsumeConfig::default()
     };

@@ -10,7 +10,8 @@ use tokio::io::AsyncWriteExt;
 
 use crate::harness::{
     TestDb, assert_db_is_fold_of_topic, consume_until_caught_up, foodpipe, produce_events,
-    random_topic_name, read_topic_raw, run_ok, signal, spawn_consumer,
+    produce_events_at, random_topic_name, read_topic_raw, read_topic_raw_at, run_ok, signal,
+    spawn_consumer,
 };
 
 /// `foodpipe send` of raw bytes (lines of `KEY<TAB>VALUE`) to `topic`.
@@ -323,7 +324,12 @@ async fn crash_at_random_points_loses_and_repeats_nothing() {
 
 /// Polls until the group's stored offsets reach the topic's high watermarks.
 async fn wait_caught_up(db: &TestDb, topic: &str, limit: Duration) {
-    let (_, watermarks) = read_topic_raw(topic).await;
+    wait_caught_up_at(&crate::harness::bootstrap_servers(), db, topic, limit).await;
+}
+
+/// Like [`wait_caught_up`], for a topic on the broker at `bootstrap`.
+async fn wait_caught_up_at(bootstrap: &str, db: &TestDb, topic: &str, limit: Duration) {
+    let (_, watermarks) = read_topic_raw_at(bootstrap, topic).await;
     let pg = db.client().await;
     let deadline = tokio::time::Instant::now() + limit;
     loop {
@@ -374,5 +380,125 @@ async fn postgres_connection_loss_is_retried() {
     let status = child.wait().await.expect("exits");
     assert!(status.success());
     assert_db_is_fold_of_topic(&db, &topic, "order-processors").await;
+    db.drop_db().await;
+}
+
+/// A topic deleted and recreated under a stored offset is noticed: `--offset-reset fail` stops with the numbers, `earliest` folds the new log from 0 and records the gap.
+#[tokio::test]
+async fn recreated_topic_is_detected_and_reset_by_policy() {
+    // A broker of its own: deleting a topic on Tansu 0.6.0 deletes them all.
+    let broker = crate::harness::PrivateBroker::start().await;
+    let bootstrap = broker.address.clone();
+    let topic = random_topic_name();
+    let db = TestDb::create().await;
+    let consume = |extra: &'static [&'static str]| {
+        let mut args = vec!["consume", "--until-caught-up", "--topic", &topic];
+        args.extend_from_slice(extra);
+        let mut cmd = foodpipe(&args);
+        cmd.env("DATABASE_URL", &db.url)
+            .env("KAFKA_BOOTSTRAP_SERVERS", &bootstrap);
+        cmd
+    };
+    produce_events_at(&bootstrap, &topic, 300, 31).await;
+    run_ok(consume(&[])).await;
+
+    crate::harness::delete_topic(&broker, &topic).await;
+    // More records than before, so most stored offsets still look in range.
+    produce_events_at(&bootstrap, &topic, 900, 32).await;
+
+    let output = crate::harness::run_within(
+        consume(&["--offset-reset", "fail"]),
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("--offset-reset earliest or latest"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("recreated"), "says why: {stderr}");
+
+    run_ok(consume(&[])).await;
+    let pg = db.client().await;
+    let gaps: Vec<(String, i64, i32)> = pg
+        .query(
+            "SELECT reason, reset_to, new_incarnation FROM offset_gaps ORDER BY partition",
+            &[],
+        )
+        .await
+        .expect("gaps")
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(gaps.len(), 3, "one gap per partition: {gaps:?}");
+    for (reason, reset_to, incarnation) in &gaps {
+        assert!(reason == "recreated" || reason == "log_end", "{reason}");
+        assert_eq!((*reset_to, *incarnation), (0, 1));
+    }
+
+    // Every event of the new log is in history at its new position.
+    let (records, watermarks) = read_topic_raw_at(&bootstrap, &topic).await;
+    assert_eq!(records.len(), 900);
+    let history: std::collections::HashMap<String, (i32, i32, i64)> = pg
+        .query(
+            "SELECT event_id::text, kafka_partition, kafka_incarnation, kafka_offset FROM order_events",
+            &[],
+        )
+        .await
+        .expect("history")
+        .iter()
+        .map(|r| (r.get(0), (r.get(1), r.get(2), r.get(3))))
+        .collect();
+    assert_eq!(history.len(), 1200, "old and new events, each once");
+    for r in &records {
+        let value: serde_json::Value =
+            serde_json::from_slice(r.value.as_deref().expect("value")).expect("json");
+        let id = value["event_id"].as_str().expect("event_id");
+        assert_eq!(
+            history.get(id),
+            Some(&(r.partition, 1, r.offset)),
+            "event {id}"
+        );
+    }
+    let stored: BTreeMap<i32, i64> = pg
+        .query("SELECT partition, next_offset FROM consumer_offsets", &[])
+        .await
+        .expect("offsets")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(stored, watermarks);
+    db.drop_db().await;
+}
+
+/// The broker killed and restarted mid-stream: the consumer reconnects through its bootstrap list (which also holds a dead entry), loses nothing and catches up.
+#[tokio::test]
+async fn broker_restart_is_survived() {
+    let mut broker = crate::harness::PrivateBroker::start().await;
+    let bootstrap = broker.address.clone();
+    let topic = random_topic_name();
+    let db = TestDb::create().await;
+    produce_events_at(&bootstrap, &topic, 20_000, 37).await;
+    let mut cmd = foodpipe(&["consume", "--topic", &topic, "--fetch-max-bytes", "16384"]);
+    cmd.env("DATABASE_URL", &db.url)
+        // A dead first entry: bootstrap must go on to the next one.
+        .env(
+            "KAFKA_BOOTSTRAP_SERVERS",
+            format!("127.0.0.1:1,{bootstrap}"),
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("consumer starts");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    broker.kill().await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    broker.restart().await;
+    wait_caught_up_at(&bootstrap, &db, &topic, Duration::from_secs(90)).await;
+    signal(&child, "TERM");
+    let status = child.wait().await.expect("exits");
+    assert!(status.success());
+    crate::harness::assert_db_is_fold_of_topic_at(&bootstrap, &db, &topic, "order-processors")
+        .await;
     db.drop_db().await;
 }

@@ -129,10 +129,12 @@ fn rewrite_dbname(url: &str, dbname: &str) -> String {
 
 /// A client of the broker under test, or a failed test saying what is missing.
 pub async fn kafka_client() -> Client {
-    let servers: Vec<String> = bootstrap_servers()
-        .split(',')
-        .map(|s| s.trim().to_owned())
-        .collect();
+    kafka_client_at(&bootstrap_servers()).await
+}
+
+/// A client of the broker at `bootstrap`.
+pub async fn kafka_client_at(bootstrap: &str) -> Client {
+    let servers: Vec<String> = bootstrap.split(',').map(|s| s.trim().to_owned()).collect();
     let backoff = rskafka::BackoffConfig {
         deadline: Some(Duration::from_secs(10)),
         ..Default::default()
@@ -143,8 +145,7 @@ pub async fn kafka_client() -> Client {
         .await
         .unwrap_or_else(|e| {
             panic!(
-                "integration tests need a Kafka broker at {}: {e}. Run `make up` first.",
-                bootstrap_servers()
+                "integration tests need a Kafka broker at {bootstrap}: {e}. Run `make up` first."
             )
         })
 }
@@ -208,7 +209,15 @@ pub struct TopicRecord {
 /// Every record of every partition of `topic`, read with rskafka directly,
 /// and each partition's high watermark.
 pub async fn read_topic_raw(topic: &str) -> (Vec<RawRecord>, BTreeMap<i32, i64>) {
-    let client = kafka_client().await;
+    read_topic_raw_at(&bootstrap_servers(), topic).await
+}
+
+/// Like [`read_topic_raw`], from the broker at `bootstrap`.
+pub async fn read_topic_raw_at(
+    bootstrap: &str,
+    topic: &str,
+) -> (Vec<RawRecord>, BTreeMap<i32, i64>) {
+    let client = kafka_client_at(bootstrap).await;
     let partitions = client
         .list_topics()
         .await
@@ -252,9 +261,10 @@ pub async fn read_topic_raw(topic: &str) -> (Vec<RawRecord>, BTreeMap<i32, i64>)
     (records, watermarks)
 }
 
-/// Like [`read_topic_raw`], for topics of JSON values.
-pub async fn read_topic(topic: &str) -> (Vec<TopicRecord>, BTreeMap<i32, i64>) {
-    let (raw, watermarks) = read_topic_raw(topic).await;
+/// Every record of `topic` on the broker at `bootstrap`, for topics of
+/// JSON values.
+pub async fn read_topic_at(bootstrap: &str, topic: &str) -> (Vec<TopicRecord>, BTreeMap<i32, i64>) {
+    let (raw, watermarks) = read_topic_raw_at(bootstrap, topic).await;
     let records = raw
         .into_iter()
         .map(|r| TopicRecord {
@@ -477,7 +487,12 @@ pub fn expected_view(records: &[TopicRecord]) -> std::collections::HashMap<Strin
 /// event in history once, the view equal to [`expected_view`], and the
 /// group's stored offsets equal to the high watermarks.
 pub async fn assert_db_is_fold_of_topic(db: &TestDb, topic: &str, group: &str) {
-    let (records, watermarks) = read_topic(topic).await;
+    assert_db_is_fold_of_topic_at(&bootstrap_servers(), db, topic, group).await;
+}
+
+/// Like [`assert_db_is_fold_of_topic`], for a topic on the broker at `bootstrap`.
+pub async fn assert_db_is_fold_of_topic_at(bootstrap: &str, db: &TestDb, topic: &str, group: &str) {
+    let (records, watermarks) = read_topic_at(bootstrap, topic).await;
     let pg = db.client().await;
     let rows = pg
         .query(
@@ -554,7 +569,12 @@ pub async fn assert_db_is_fold_of_topic(db: &TestDb, topic: &str, group: &str) {
 
 /// Produces `count` generated events with `seed` to `topic` (3 partitions).
 pub async fn produce_events(topic: &str, count: u32, seed: u64) {
-    let out = run_ok(foodpipe(&[
+    produce_events_at(&bootstrap_servers(), topic, count, seed).await;
+}
+
+/// Like [`produce_events`], to the broker at `bootstrap`.
+pub async fn produce_events_at(bootstrap: &str, topic: &str, count: u32, seed: u64) {
+    let mut cmd = foodpipe(&[
         "produce",
         "--topic",
         topic,
@@ -565,8 +585,9 @@ pub async fn produce_events(topic: &str, count: u32, seed: u64) {
         "--seed",
         &seed.to_string(),
         "--json",
-    ]))
-    .await;
+    ]);
+    cmd.env("KAFKA_BOOTSTRAP_SERVERS", bootstrap);
+    let out = run_ok(cmd).await;
     let summary: serde_json::Value = serde_json::from_str(&out).expect("JSON summary");
     assert_eq!(summary["events"], count, "all events delivered: {out}");
 }
@@ -604,4 +625,27 @@ pub fn signal(child: &tokio::process::Child, signal: &str) {
         .status()
         .expect("kill runs");
     assert!(status.success(), "kill -{signal} {pid}");
+}
+
+/// Deletes `topic` and waits until the cluster no longer lists it.
+///
+/// Only on a [`PrivateBroker`]: Tansu 0.6.0's DeleteTopics deletes every
+/// topic of the cluster (its `topic_delete_by.sql` filters on the cluster
+/// only), which would wreck the other tests on the shared broker.
+pub async fn delete_topic(broker: &PrivateBroker, topic: &str) {
+    let client = kafka_client_at(&broker.address).await;
+    client
+        .controller_client()
+        .expect("controller client")
+        .delete_topic(topic, 5_000)
+        .await
+        .unwrap_or_else(|e| panic!("cannot delete topic {topic}: {e}"));
+    for _ in 0..50 {
+        let topics = client.list_topics().await.expect("list topics");
+        if !topics.iter().any(|t| t.name == topic) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("topic {topic} still listed after delete");
 }

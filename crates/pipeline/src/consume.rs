@@ -21,13 +21,13 @@ use anyhow::Context as _;
 use events::{DecodeError, ErrorKind};
 use kafka::{KafkaConfig, OffsetAt, PartitionReader};
 use serde::Serialize;
-use store::{Batch, SourceRecord, Store, StoreConfig};
+use store::{Batch, Gap, SourceRecord, Store, StoreConfig, StoredOffset};
 use tokio::sync::watch;
 
 use crate::retry::Backoff;
 
-/// Where a partition with no stored offset starts (Kafka's
-/// `auto.offset.reset`).
+/// Where a partition goes on when it has no stored offset, or its stored
+/// offset is no longer on the broker (Kafka's `auto.offset.reset`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum OffsetReset {
     /// From the oldest record still on the broker: the whole history.
@@ -35,6 +35,18 @@ pub enum OffsetReset {
     Earliest,
     /// From the log end: only records produced from now on.
     Latest,
+    /// Stop with an error and let a person decide.
+    Fail,
+}
+
+impl OffsetReset {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OffsetReset::Earliest => "earliest",
+            OffsetReset::Latest => "latest",
+            OffsetReset::Fail => "fail",
+        }
+    }
 }
 
 /// Everything `consume` needs.
@@ -214,57 +226,195 @@ pub async fn run(
     })
 }
 
-/// The stored offset of the partition, creating it by the reset policy
-/// if the group has none, and moving it forward if the broker no longer
-/// has the records it points at.
+/// What to do with a partition's stored offset, given the broker's view.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Start {
+    /// The stored offset is good: go on from it.
+    Resume,
+    /// The stored offset cannot be used; continue from `to`.
+    Reset {
+        reason: &'static str,
+        to: i64,
+        new_incarnation: i32,
+    },
+    /// The policy says stop, with this message.
+    Fail(String),
+}
+
+/// Decides whether a stored offset is still valid on the broker (pure).
+///
+/// `previous_matches` tells whether the record before the stored offset is
+/// the one that was applied (`None`: nothing to compare, e.g. retention
+/// removed it or nothing was applied yet).
+fn decide(
+    stored: &StoredOffset,
+    earliest: i64,
+    latest: i64,
+    previous_matches: Option<bool>,
+    policy: OffsetReset,
+    partition: i32,
+) -> Start {
+    let next = stored.next_offset;
+    let (reason, new_incarnation, what) = if next < earliest {
+        // The same log, trimmed by retention: offsets keep their meaning.
+        (
+            "retention",
+            stored.incarnation,
+            format!(
+                "stored offset {next} is below the earliest offset {earliest} on the broker ({} records removed by retention)",
+                earliest - next
+            ),
+        )
+    } else if next > latest {
+        // Offsets before `latest` are not the ones applied: a new log.
+        (
+            "log_end",
+            stored.incarnation + 1,
+            format!(
+                "stored offset {next} is past the log end {latest} (was the topic deleted and recreated?)"
+            ),
+        )
+    } else if previous_matches == Some(false) {
+        (
+            "recreated",
+            stored.incarnation + 1,
+            format!(
+                "the record at offset {} is not the one that was applied (the topic was deleted and recreated)",
+                next - 1
+            ),
+        )
+    } else {
+        return Start::Resume;
+    };
+    let to = match policy {
+        OffsetReset::Earliest => earliest,
+        OffsetReset::Latest => latest,
+        OffsetReset::Fail => {
+            return Start::Fail(format!(
+                "partition {partition}: {what}; rerun with --offset-reset earliest or latest to go on"
+            ));
+        }
+    };
+    Start::Reset {
+        reason,
+        to,
+        new_incarnation,
+    }
+}
+
+/// The partition's stored position, created by the reset policy if the
+/// group has none and reset by it (and recorded in `offset_gaps`) if the
+/// broker no longer has the log it points into.
 async fn starting_offset(
     store: &Store,
     config: &ConsumeConfig,
     reader: &PartitionReader,
-) -> anyhow::Result<i64> {
+) -> anyhow::Result<StoredOffset> {
     let partition = reader.partition();
     let earliest = reader.offset(OffsetAt::Earliest).await?;
     let latest = reader.offset(OffsetAt::Latest).await?;
-    let initial = match config.offset_reset {
-        OffsetReset::Earliest => earliest,
-        OffsetReset::Latest => latest,
+    let stored = match store
+        .stored_offset(&config.group, &config.topic, partition)
+        .await?
+    {
+        Some(stored) => stored,
+        None => {
+            let initial = match config.offset_reset {
+                OffsetReset::Earliest => earliest,
+                OffsetReset::Latest => latest,
+                OffsetReset::Fail => anyhow::bail!(
+                    "partition {partition}: group {} has no stored offset and --offset-reset is fail; use earliest or latest",
+                    config.group
+                ),
+            };
+            return Ok(store
+                .init_offset(&config.group, &config.topic, partition, initial)
+                .await?);
+        }
     };
-    let stored = store
-        .init_offset(&config.group, &config.topic, partition, initial)
-        .await?;
-    if stored < earliest {
-        tracing::warn!(
-            partition,
-            stored,
-            earliest,
-            "stored offset is below the earliest offset on the broker (retention removed {} records); continuing from {earliest}",
-            earliest - stored
-        );
-        store
-            .move_offset(&config.group, &config.topic, partition, stored, earliest)
-            .await?;
-        return Ok(earliest);
+
+    // Is the record before the stored offset still the one we applied?
+    let previous_matches = match stored.last_fingerprint {
+        Some(expected) if stored.next_offset > earliest && stored.next_offset <= latest => {
+            let previous = stored.next_offset - 1;
+            let fetched = reader.fetch(previous, 64 * 1024, Duration::ZERO).await?;
+            fetched
+                .records
+                .first()
+                .filter(|r| r.offset == previous)
+                .map(|r| {
+                    store::fold::fingerprint(
+                        r.record.timestamp,
+                        r.record.key.as_deref(),
+                        r.record.value.as_deref(),
+                    ) == expected
+                })
+        }
+        _ => None,
+    };
+
+    match decide(
+        &stored,
+        earliest,
+        latest,
+        previous_matches,
+        config.offset_reset,
+        partition,
+    ) {
+        Start::Resume => Ok(stored),
+        Start::Fail(message) => anyhow::bail!(message),
+        Start::Reset {
+            reason,
+            to,
+            new_incarnation,
+        } => {
+            let gap = Gap {
+                group: &config.group,
+                topic: &config.topic,
+                partition,
+                reason,
+                stored,
+                earliest,
+                latest,
+                reset_to: to,
+                new_incarnation,
+                policy: config.offset_reset.as_str(),
+            };
+            anyhow::ensure!(
+                store.reset_offset(&gap).await?,
+                "partition {partition}: the stored offset moved while it was being reset; another consumer of group {} is running",
+                config.group
+            );
+            tracing::warn!(
+                partition,
+                reason,
+                stored = stored.next_offset,
+                earliest,
+                latest,
+                reset_to = to,
+                "stored offset unusable ({reason}); continuing from {to} by --offset-reset {}; recorded in offset_gaps",
+                config.offset_reset.as_str()
+            );
+            Ok(StoredOffset {
+                next_offset: to,
+                incarnation: new_incarnation,
+                last_fingerprint: None,
+            })
+        }
     }
-    if stored > latest {
-        tracing::warn!(
-            partition,
-            stored,
-            latest,
-            "stored offset is past the log end: was the topic deleted and recreated? nothing is read until the log passes it"
-        );
-    }
-    Ok(stored)
 }
 
 async fn consume_partition(
     config: Arc<ConsumeConfig>,
     store: Store,
     reader: PartitionReader,
-    start: i64,
+    start: StoredOffset,
     target: Option<i64>,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<PartitionSummary> {
     let partition = reader.partition();
+    let incarnation = start.incarnation;
+    let start = start.next_offset;
     let mut summary = PartitionSummary {
         partition,
         start_offset: start,
@@ -320,6 +470,7 @@ async fn consume_partition(
             from_offset: offset,
             next_offset,
             records: &records,
+            incarnation,
         };
 
         let mut commit_backoff = Backoff::new(config.max_backoff);
@@ -380,5 +531,92 @@ fn decode(record: kafka::RecordAndOffset, max_record_bytes: usize) -> SourceReco
         key: record.key,
         value: record.value,
         event,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stored(next_offset: i64) -> StoredOffset {
+        StoredOffset {
+            next_offset,
+            incarnation: 2,
+            last_fingerprint: Some(7),
+        }
+    }
+
+    /// A stored offset inside the log whose previous record matches (or cannot be checked) is used as it is.
+    #[test]
+    fn valid_offsets_resume() {
+        for matches in [Some(true), None] {
+            assert_eq!(
+                decide(&stored(50), 0, 100, matches, OffsetReset::Fail, 0),
+                Start::Resume
+            );
+        }
+        assert_eq!(
+            decide(&stored(100), 0, 100, None, OffsetReset::Fail, 0),
+            Start::Resume
+        );
+        assert_eq!(
+            decide(&stored(10), 10, 100, None, OffsetReset::Fail, 0),
+            Start::Resume
+        );
+    }
+
+    /// Below the earliest offset: a retention gap, same log, reset by policy.
+    #[test]
+    fn retention_gap_keeps_the_incarnation() {
+        assert_eq!(
+            decide(&stored(5), 20, 100, None, OffsetReset::Earliest, 0),
+            Start::Reset {
+                reason: "retention",
+                to: 20,
+                new_incarnation: 2
+            }
+        );
+        assert_eq!(
+            decide(&stored(5), 20, 100, None, OffsetReset::Latest, 0),
+            Start::Reset {
+                reason: "retention",
+                to: 100,
+                new_incarnation: 2
+            }
+        );
+    }
+
+    /// Past the log end, or a different record before the offset: a new log, a new incarnation.
+    #[test]
+    fn recreated_topic_is_a_new_incarnation() {
+        assert_eq!(
+            decide(&stored(150), 0, 40, None, OffsetReset::Earliest, 0),
+            Start::Reset {
+                reason: "log_end",
+                to: 0,
+                new_incarnation: 3
+            }
+        );
+        assert_eq!(
+            decide(&stored(50), 0, 400, Some(false), OffsetReset::Earliest, 0),
+            Start::Reset {
+                reason: "recreated",
+                to: 0,
+                new_incarnation: 3
+            }
+        );
+    }
+
+    /// With the fail policy every unusable offset is an error naming the partition and the numbers.
+    #[test]
+    fn fail_policy_explains() {
+        let Start::Fail(message) = decide(&stored(150), 0, 40, None, OffsetReset::Fail, 4) else {
+            panic!("must fail");
+        };
+        assert!(
+            message.contains("partition 4") && message.contains("150") && message.contains("40"),
+            "{message}"
+        );
+        assert!(message.contains("--offset-reset"), "{message}");
     }
 }

@@ -22,6 +22,8 @@ pub struct Batch<'a> {
     pub next_offset: i64,
     /// The records, in offset order.
     pub records: &'a [SourceRecord],
+    /// The incarnation of the partition's log the stored offset refers to.
+    pub incarnation: i32,
 }
 
 /// What a committed batch did.
@@ -80,7 +82,12 @@ impl Store {
             current.insert(c.state.order_id, c);
         }
 
-        let plan = fold::plan(batch.topic, batch.partition, batch.records, &known, current);
+        let source = fold::Source {
+            topic: batch.topic,
+            partition: batch.partition,
+            incarnation: batch.incarnation,
+        };
+        let plan = fold::plan(source, batch.records, &known, current);
 
         if !plan.history.is_empty() {
             insert_history(&tx, batch, &plan.history).await?;
@@ -92,6 +99,10 @@ impl Store {
             insert_dead_letters(&tx, batch, &plan.dead_letters).await?;
         }
 
+        let last_fingerprint = batch
+            .records
+            .last()
+            .map(|r| fold::fingerprint(r.timestamp, r.key.as_deref(), r.value.as_deref()));
         let stmt = tx
             .prepare_cached(include_str!("sql/advance_offset.sql"))
             .await?;
@@ -104,6 +115,8 @@ impl Store {
                     &batch.partition,
                     &batch.next_offset,
                     &batch.from_offset,
+                    &batch.incarnation,
+                    &last_fingerprint,
                 ],
             )
             .await?;
@@ -147,7 +160,8 @@ fn current_from_row(row: &tokio_postgres::Row) -> Result<Current> {
         },
         source_topic: row.get(9),
         source_partition: row.get(10),
-        source_offset: row.get(11),
+        source_incarnation: row.get(11),
+        source_offset: row.get(12),
     })
 }
 
@@ -203,6 +217,7 @@ async fn insert_history(
             &occurred_at,
             &offset,
             &timestamp,
+            &batch.incarnation,
         ],
     )
     .await?;
@@ -256,6 +271,7 @@ async fn upsert_orders(
             &updated,
             &last_event,
             &source_offset,
+            &batch.incarnation,
         ],
     )
     .await?;
@@ -305,6 +321,7 @@ async fn insert_dead_letters(
             &value,
             &kind,
             &message,
+            &batch.incarnation,
         ],
     )
     .await?;

@@ -26,6 +26,7 @@ pub struct Current {
     pub state: OrderState,
     pub source_topic: String,
     pub source_partition: i32,
+    pub source_incarnation: i32,
     pub source_offset: i64,
 }
 
@@ -54,11 +55,46 @@ pub struct Plan {
     pub stale: usize,
 }
 
-/// Folds `records` (in offset order, from `topic`/`partition`) onto
-/// `current`, the stored state of the orders they touch.
+/// Where a batch comes from: a partition of one incarnation of a topic.
+#[derive(Debug, Clone, Copy)]
+pub struct Source<'a> {
+    pub topic: &'a str,
+    pub partition: i32,
+    pub incarnation: i32,
+}
+
+/// A stable 64-bit fingerprint (FNV-1a) of a record's timestamp, key and
+/// value. Stored with the offset, it tells later whether the record before
+/// the stored offset is still the one that was applied, or the topic was
+/// recreated under the same name.
+pub fn fingerprint(timestamp: DateTime<Utc>, key: Option<&[u8]>, value: Option<&[u8]>) -> i64 {
+    const OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let mut hash = OFFSET_BASIS;
+    let mut feed = |bytes: &[u8]| {
+        for b in bytes {
+            hash ^= u64::from(*b);
+            hash = hash.wrapping_mul(PRIME);
+        }
+    };
+    feed(&timestamp.timestamp_millis().to_le_bytes());
+    // Lengths (with a marker for "absent") keep key and value apart.
+    for part in [key, value] {
+        match part {
+            Some(bytes) => {
+                feed(&(bytes.len() as u64).to_le_bytes());
+                feed(bytes);
+            }
+            None => feed(&u64::MAX.to_le_bytes()),
+        }
+    }
+    hash as i64
+}
+
+/// Folds `records` (in offset order, from `source`) onto `current`, the
+/// stored state of the orders they touch.
 pub fn plan(
-    topic: &str,
-    partition: i32,
+    source: Source<'_>,
     records: &[SourceRecord],
     known_event_ids: &HashSet<Uuid>,
     mut current: HashMap<Uuid, Current>,
@@ -87,9 +123,9 @@ pub fn plan(
         }
         let existing = current.get(&event.order_id);
         if let Some(c) = existing
-            && c.source_topic == topic
-            && c.source_partition == partition
-            && c.source_offset >= record.offset
+            && c.source_topic == source.topic
+            && c.source_partition == source.partition
+            && (c.source_incarnation, c.source_offset) >= (source.incarnation, record.offset)
         {
             plan.stale += 1;
             plan.history.push(index);
@@ -104,8 +140,9 @@ pub fn plan(
                     event.order_id,
                     Current {
                         state,
-                        source_topic: topic.to_owned(),
-                        source_partition: partition,
+                        source_topic: source.topic.to_owned(),
+                        source_partition: source.partition,
+                        source_incarnation: source.incarnation,
                         source_offset: record.offset,
                     },
                 );
@@ -131,6 +168,12 @@ mod tests {
     use super::*;
     use events::generator::{Generator, GeneratorConfig};
     use events::{DecodeError, ErrorKind, Status};
+
+    const SRC: Source<'static> = Source {
+        topic: "t",
+        partition: 0,
+        incarnation: 0,
+    };
 
     fn records(events: &[OrderEvent]) -> Vec<SourceRecord> {
         events
@@ -160,7 +203,7 @@ mod tests {
     fn batch_fold_equals_sequential_fold() {
         let events = stream(2000);
         let recs = records(&events);
-        let plan = plan("t", 0, &recs, &HashSet::new(), HashMap::new());
+        let plan = plan(SRC, &recs, &HashSet::new(), HashMap::new());
         assert_eq!(plan.history.len(), 2000);
         assert!(plan.dead_letters.is_empty());
 
@@ -183,7 +226,7 @@ mod tests {
         with_dup.push(events[0].clone());
         let recs = records(&with_dup);
         let known: HashSet<Uuid> = [events[1].event_id].into();
-        let plan = plan("t", 0, &recs, &known, HashMap::new());
+        let plan = plan(SRC, &recs, &known, HashMap::new());
         assert_eq!(plan.duplicates, 2);
         // Events that depended on the known event's order (absent from
         // `current` here) are refused; everything else is applied.
@@ -210,7 +253,7 @@ mod tests {
             event: Ok(orphan),
             ..recs[0].clone()
         });
-        let plan = plan("t", 0, &recs, &HashSet::new(), HashMap::new());
+        let plan = plan(SRC, &recs, &HashSet::new(), HashMap::new());
         let kinds: Vec<_> = plan
             .dead_letters
             .iter()
@@ -236,12 +279,61 @@ mod tests {
             },
             source_topic: "t".into(),
             source_partition: 0,
+            source_incarnation: 0,
             source_offset: 10,
         };
         let current = HashMap::from([(events[0].order_id, paid)]);
-        let plan = plan("t", 0, &recs, &HashSet::new(), current);
-        assert_eq!(plan.stale, 1);
-        assert_eq!(plan.history, vec![0]);
-        assert!(plan.view.is_empty());
+        let first = plan(SRC, &recs, &HashSet::new(), current);
+        assert_eq!(first.stale, 1);
+        assert_eq!(first.history, vec![0]);
+        assert!(first.view.is_empty());
+
+        // The same offset in a newer incarnation of the topic is new.
+        let newer = Source {
+            incarnation: 1,
+            ..SRC
+        };
+        let current = HashMap::from([(
+            events[0].order_id,
+            Current {
+                source_offset: 10,
+                ..plan_current(&events[0])
+            },
+        )]);
+        let plan2 = plan(newer, &recs, &HashSet::new(), current);
+        assert_eq!(plan2.stale, 0);
+    }
+
+    fn plan_current(event: &OrderEvent) -> Current {
+        Current {
+            state: OrderState::apply(None, event).expect("created"),
+            source_topic: "t".into(),
+            source_partition: 0,
+            source_incarnation: 0,
+            source_offset: 0,
+        }
+    }
+
+    /// The fingerprint changes with any of timestamp, key or value, and tells absent from empty.
+    #[test]
+    fn fingerprint_tells_records_apart() {
+        let t = DateTime::from_timestamp_millis(1_700_000_000_000).expect("valid");
+        let base = fingerprint(t, Some(b"k"), Some(b"v"));
+        assert_eq!(base, fingerprint(t, Some(b"k"), Some(b"v")), "stable");
+        assert_ne!(
+            base,
+            fingerprint(
+                t + chrono::Duration::milliseconds(1),
+                Some(b"k"),
+                Some(b"v")
+            )
+        );
+        assert_ne!(base, fingerprint(t, Some(b"K"), Some(b"v")));
+        assert_ne!(base, fingerprint(t, Some(b"k"), Some(b"w")));
+        assert_ne!(base, fingerprint(t, Some(b"kv"), Some(b"")));
+        assert_ne!(
+            fingerprint(t, None, Some(b"v")),
+            fingerprint(t, Some(b""), Some(b"v"))
+        );
     }
 }

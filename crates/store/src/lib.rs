@@ -172,6 +172,27 @@ impl Store {
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
+    /// The stored offset of a partition, if the group has one.
+    pub async fn stored_offset(
+        &self,
+        group: &str,
+        topic: &str,
+        partition: i32,
+    ) -> Result<Option<StoredOffset>> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(include_str!("sql/select_offset.sql"))
+            .await?;
+        let row = client
+            .query_opt(&stmt, &[&group, &topic, &partition])
+            .await?;
+        Ok(row.map(|r| StoredOffset {
+            next_offset: r.get(0),
+            incarnation: r.get(1),
+            last_fingerprint: r.get(2),
+        }))
+    }
+
     /// Stores `initial` as the partition's next offset unless one is stored
     /// already, and returns the stored one.
     pub async fn init_offset(
@@ -180,46 +201,99 @@ impl Store {
         topic: &str,
         partition: i32,
         initial: i64,
-    ) -> Result<i64> {
-        let client = self.client().await?;
-        let stmt = client
-            .prepare_cached(include_str!("sql/init_offset.sql"))
+    ) -> Result<StoredOffset> {
+        {
+            let client = self.client().await?;
+            let stmt = client
+                .prepare_cached(include_str!("sql/init_offset.sql"))
+                .await?;
+            client
+                .execute(&stmt, &[&group, &topic, &partition, &initial])
+                .await?;
+        }
+        self.stored_offset(group, topic, partition)
+            .await?
+            .ok_or_else(|| Error::Migrate("consumer_offsets row vanished after insert".into()))
+    }
+
+    /// Records `gap` in `offset_gaps` and moves the stored offset to
+    /// `gap.reset_to`, in one transaction; compare-and-set against
+    /// `gap.stored`. Returns false (and changes nothing) if the stored
+    /// offset was no longer `gap.stored`.
+    pub async fn reset_offset(&self, gap: &Gap<'_>) -> Result<bool> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let stmt = tx
+            .prepare_cached(include_str!("sql/reset_offset.sql"))
             .await?;
-        client
-            .execute(&stmt, &[&group, &topic, &partition, &initial])
-            .await?;
-        let row = client
-            .query_one(
-                "SELECT next_offset FROM consumer_offsets \
-                 WHERE group_id = $1 AND topic = $2 AND partition = $3",
-                &[&group, &topic, &partition],
+        let moved = tx
+            .execute(
+                &stmt,
+                &[
+                    &gap.group,
+                    &gap.topic,
+                    &gap.partition,
+                    &gap.reset_to,
+                    &gap.new_incarnation,
+                    &gap.stored.next_offset,
+                    &gap.stored.incarnation,
+                ],
             )
             .await?;
-        Ok(row.get(0))
+        if moved != 1 {
+            return Ok(false);
+        }
+        let stmt = tx
+            .prepare_cached(include_str!("sql/insert_gap.sql"))
+            .await?;
+        tx.execute(
+            &stmt,
+            &[
+                &gap.group,
+                &gap.topic,
+                &gap.partition,
+                &gap.reason,
+                &gap.stored.next_offset,
+                &gap.earliest,
+                &gap.latest,
+                &gap.reset_to,
+                &gap.policy,
+                &gap.stored.incarnation,
+                &gap.new_incarnation,
+            ],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(true)
     }
 }
 
-impl Store {
-    /// Moves the stored offset from `from` to `to` without writing data,
-    /// e.g. past records the broker no longer has. Compare-and-set, like a
-    /// batch commit: returns false if the stored offset was not `from`.
-    pub async fn move_offset(
-        &self,
-        group: &str,
-        topic: &str,
-        partition: i32,
-        from: i64,
-        to: i64,
-    ) -> Result<bool> {
-        let client = self.client().await?;
-        let stmt = client
-            .prepare_cached(include_str!("sql/advance_offset.sql"))
-            .await?;
-        let n = client
-            .execute(&stmt, &[&group, &topic, &partition, &to, &from])
-            .await?;
-        Ok(n == 1)
-    }
+/// A partition's stored position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoredOffset {
+    /// The next record to apply.
+    pub next_offset: i64,
+    /// Which log of the partition `next_offset` refers to; goes up when the
+    /// topic is found recreated.
+    pub incarnation: i32,
+    /// [`fold::fingerprint`] of the record at `next_offset - 1`.
+    pub last_fingerprint: Option<i64>,
+}
+
+/// A stored offset that cannot be used as it is, and what replaces it.
+#[derive(Debug, Clone)]
+pub struct Gap<'a> {
+    pub group: &'a str,
+    pub topic: &'a str,
+    pub partition: i32,
+    /// `retention`, `log_end` or `recreated`.
+    pub reason: &'static str,
+    pub stored: StoredOffset,
+    pub earliest: i64,
+    pub latest: i64,
+    pub reset_to: i64,
+    pub new_incarnation: i32,
+    pub policy: &'a str,
 }
 
 #[cfg(test)]

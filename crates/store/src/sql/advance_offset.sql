@@ -1,6 +1,7 @@
--- Compare-and-set: the offset only moves from the value this batch was
--- fetched at. If anything else moved it, no row matches and the whole
--- transaction rolls back.
+-- Compare-and-set: the offset only moves from the value (and incarnation)
+-- this batch was fetched at. If anything else moved it, no row matches
+-- and the whole transaction rolls back.
 UPDATE consumer_offsets
-SET next_offset = $4, updated_at = now()
-WHERE group_id = $1 AND topic = $2 AND partition = $3 AND next_offset = $5
+SET next_offset = $4, last_fingerprint = $7, updated_at = now()
+WHERE group_id = $1 AND topic = $2 AND partition = $3
+  AND next_offset = $5 AND incarnation = $6

@@ -3,9 +3,11 @@
 -- re-applied offset a no-op.
 INSERT INTO order_events (
     event_id, order_id, customer_id, event_type, schema_version, payload,
-    occurred_at, kafka_topic, kafka_partition, kafka_offset, kafka_timestamp)
+    occurred_at, kafka_topic, kafka_partition, kafka_incarnation, kafka_offset,
+    kafka_timestamp)
 SELECT e.event_id, e.order_id, e.customer_id, e.event_type, e.schema_version,
-       e.payload::jsonb, e.occurred_at, $1, $2, e.kafka_offset, e.kafka_timestamp
+       e.payload::jsonb, e.occurred_at, $1, $2, $12, e.kafka_offset,
+       e.kafka_timestamp
 FROM unnest($3::uuid[], $4::uuid[], $5::text[], $6::text[], $7::int4[],
             $8::text[], $9::timestamptz[], $10::int8[], $11::timestamptz[])
      AS e(event_id, order_id, customer_id, event_type, schema_version,

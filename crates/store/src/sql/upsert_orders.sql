@@ -4,10 +4,10 @@
 INSERT INTO orders (
     order_id, customer_id, restaurant_id, status, items, total_cents,
     created_at, updated_at, last_event_id, source_topic, source_partition,
-    source_offset)
+    source_incarnation, source_offset)
 SELECT v.order_id, v.customer_id, v.restaurant_id, v.status, v.items::jsonb,
        v.total_cents, v.created_at, v.updated_at, v.last_event_id, $1, $2,
-       v.source_offset
+       $13, v.source_offset
 FROM unnest($3::uuid[], $4::text[], $5::text[], $6::text[], $7::text[],
             $8::int8[], $9::timestamptz[], $10::timestamptz[], $11::uuid[],
             $12::int8[])
@@ -24,7 +24,9 @@ ON CONFLICT (order_id) DO UPDATE SET
     last_event_id = EXCLUDED.last_event_id,
     source_topic = EXCLUDED.source_topic,
     source_partition = EXCLUDED.source_partition,
+    source_incarnation = EXCLUDED.source_incarnation,
     source_offset = EXCLUDED.source_offset
 WHERE orders.source_topic <> EXCLUDED.source_topic
    OR orders.source_partition <> EXCLUDED.source_partition
-   OR orders.source_offset < EXCLUDED.source_offset
+   OR (orders.source_incarnation, orders.source_offset)
+      < (EXCLUDED.source_incarnation, EXCLUDED.source_offset)
