@@ -230,6 +230,20 @@ fn parse_partitions(s: &str) -> Result<u32, String> {
         .ok_or_else(|| format!("{v} partitions is more than the 10000 foodpipe allows"))
 }
 
+/// `--metrics-addr`: a socket address, or off.
+#[derive(Debug, Clone, Copy)]
+struct MetricsAddr(Option<std::net::SocketAddr>);
+
+fn parse_metrics_addr(s: &str) -> Result<MetricsAddr, String> {
+    match s.trim() {
+        "off" | "none" | "" => Ok(MetricsAddr(None)),
+        addr => addr
+            .parse()
+            .map(|a| MetricsAddr(Some(a)))
+            .map_err(|_| format!("{addr:?} is not an IP:port such as 127.0.0.1:9898 (or `off`)")),
+    }
+}
+
 fn parse_rate(s: &str) -> Result<f64, String> {
     let v: f64 = s.parse().map_err(|_| format!("{s:?} is not a number"))?;
     if v > 0.0 && v.is_finite() {
@@ -319,6 +333,14 @@ struct ConsumeArgs {
     /// Record values larger than this go to dead letters.
     #[arg(long, default_value_t = 1024 * 1024, value_parser = clap::value_parser!(u64).range(1..))]
     max_record_bytes: u64,
+    /// Bytes fetched but not yet committed, over all partitions; fetches
+    /// wait above it, so memory does not grow with the backlog.
+    #[arg(long, default_value_t = 64 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1024..=(u32::MAX as u64)))]
+    max_inflight_bytes: u64,
+    /// Serve Prometheus metrics on /metrics and a health check on /healthz
+    /// at this address; `off` to serve nothing.
+    #[arg(long, env = "FOODPIPE_METRICS_ADDR", default_value = "127.0.0.1:9898", value_parser = parse_metrics_addr)]
+    metrics_addr: MetricsAddr,
     /// Print the summary as JSON.
     #[arg(long)]
     json: bool,
@@ -503,6 +525,8 @@ async fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
         until_caught_up: args.until_caught_up,
         fetch_max_bytes: args.fetch_max_bytes,
         max_record_bytes: args.max_record_bytes as usize,
+        max_inflight_bytes: args.max_inflight_bytes as usize,
+        metrics_addr: args.metrics_addr.0,
         offset_reset: match args.offset_reset {
             ResetArg::Earliest => OffsetReset::Earliest,
             ResetArg::Latest => OffsetReset::Latest,

@@ -502,3 +502,145 @@ async fn broker_restart_is_survived() {
         .await;
     db.drop_db().await;
 }
+
+/// A plain HTTP GET on loopback, returning status code and body.
+async fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use tokio::io::AsyncReadExt;
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("metrics port answers");
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .expect("send request");
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .await
+        .expect("read response");
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status line");
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// `--metrics-addr` serves Prometheus text with per-partition offsets, lag and counters, and `/healthz` says ok while broker and PostgreSQL answer.
+#[tokio::test]
+async fn metrics_and_health_are_served() {
+    let topic = random_topic_name();
+    let db = TestDb::create().await;
+    produce_events(&topic, 2000, 41).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut cmd = foodpipe(&["consume", "--topic", &topic, "--metrics-addr", &addr]);
+    cmd.env("DATABASE_URL", &db.url)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let child = cmd.spawn().expect("consumer starts");
+    wait_caught_up(&db, &topic, Duration::from_secs(60)).await;
+
+    let (_, watermarks) = read_topic_raw(&topic).await;
+    // Gauges follow commits; give the last one a moment to be recorded.
+    let mut body = String::new();
+    for _ in 0..50 {
+        let (status, b) = http_get(&addr, "/metrics").await;
+        assert_eq!(status, 200);
+        body = b;
+        if watermarks.iter().all(|(p, hw)| {
+            body.contains(&format!(
+                "foodpipe_committed_offset{{group=\"order-processors\",topic=\"{topic}\",partition=\"{p}\"}} {hw}"
+            ))
+        }) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for (p, hw) in &watermarks {
+        let labels = format!("{{group=\"order-processors\",topic=\"{topic}\",partition=\"{p}\"}}");
+        assert!(
+            body.contains(&format!("foodpipe_committed_offset{labels} {hw}")),
+            "offset of {p}:\n{body}"
+        );
+        assert!(
+            body.contains(&format!("foodpipe_lag{labels} 0")),
+            "lag of {p}:\n{body}"
+        );
+        assert!(
+            body.contains(&format!("foodpipe_records_applied_total{labels} {hw}")),
+            "applied of {p}:\n{body}"
+        );
+    }
+    assert!(
+        body.contains("foodpipe_batch_seconds_bucket"),
+        "batch latency histogram:\n{body}"
+    );
+
+    let (status, health) = http_get(&addr, "/healthz").await;
+    assert_eq!((status, health.trim()), (200, "ok"));
+    signal(&child, "TERM");
+    let out = child.wait_with_output().await.expect("exits");
+    assert!(out.status.success());
+    db.drop_db().await;
+}
+
+/// `/healthz` answers 503 while the broker is down and ok again once it is back.
+#[tokio::test]
+async fn health_follows_the_broker() {
+    let mut broker = crate::harness::PrivateBroker::start().await;
+    let topic = random_topic_name();
+    let db = TestDb::create().await;
+    produce_events_at(&broker.address, &topic, 50, 43).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut cmd = foodpipe(&["consume", "--topic", &topic, "--metrics-addr", &addr]);
+    cmd.env("DATABASE_URL", &db.url)
+        .env("KAFKA_BOOTSTRAP_SERVERS", &broker.address)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let child = cmd.spawn().expect("consumer starts");
+    let wait_for = |want: u16| {
+        let addr = addr.clone();
+        async move {
+            for _ in 0..100 {
+                if let Ok(Ok(mut s)) = tokio::time::timeout(
+                    Duration::from_secs(8),
+                    tokio::net::TcpStream::connect(&addr),
+                )
+                .await
+                {
+                    drop(s.shutdown().await);
+                    let (status, body) = http_get(&addr, "/healthz").await;
+                    if status == want {
+                        return body;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            panic!("/healthz never answered {want}");
+        }
+    };
+    wait_for(200).await;
+    broker.kill().await;
+    let reason = wait_for(503).await;
+    assert!(!reason.trim().is_empty(), "503 says why");
+    broker.restart().await;
+    wait_for(200).await;
+    signal(&child, "TERM");
+    let out = child.wait_with_output().await.expect("exits");
+    assert!(out.status.success());
+    db.drop_db().await;
+}

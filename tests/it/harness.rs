@@ -159,6 +159,8 @@ pub fn foodpipe(args: &[&str]) -> Command {
         .env_remove("DATABASE_URL")
         .env_remove("FOODPIPE_TOPIC")
         .env_remove("FOODPIPE_GROUP")
+        // Tests run many consumers at once: no shared metrics port.
+        .env("FOODPIPE_METRICS_ADDR", "off")
         .kill_on_drop(true);
     cmd
 }

@@ -21,11 +21,12 @@ mod reader;
 use std::time::Duration;
 
 use rskafka::BackoffConfig;
-use rskafka::client::{Client, ClientBuilder};
+use rskafka::client::ClientBuilder;
 
 pub use error::{Error, Result};
 pub use producer::{PartitionReport, ProduceReport, Producer, ProducerConfig};
 pub use reader::{FetchedBatch, PartitionReader};
+pub use rskafka::client::Client;
 pub use rskafka::client::partition::{Compression, OffsetAt};
 pub use rskafka::record::{Record, RecordAndOffset};
 

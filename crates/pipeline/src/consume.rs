@@ -24,7 +24,9 @@ use serde::Serialize;
 use store::{Batch, Gap, SourceRecord, Store, StoreConfig, StoredOffset};
 use tokio::sync::watch;
 
+use crate::observe::PartitionMetrics;
 use crate::retry::Backoff;
+use kafka::Client as RsClient;
 
 /// Where a partition goes on when it has no stored offset, or its stored
 /// offset is no longer on the broker (Kafka's `auto.offset.reset`).
@@ -68,6 +70,13 @@ pub struct ConsumeConfig {
     pub offset_reset: OffsetReset,
     /// Cap of the backoff between retries of a failed fetch or commit.
     pub max_backoff: Duration,
+    /// Bytes fetched but not yet committed, over all partitions. Each
+    /// partition holds at most one fetch (`fetch_max_bytes`) at a time, and
+    /// fetches wait while the total would exceed this, so memory does not
+    /// grow with the backlog.
+    pub max_inflight_bytes: usize,
+    /// Where to serve `/metrics` and `/healthz`; `None` for nowhere.
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 impl Default for ConsumeConfig {
@@ -83,6 +92,8 @@ impl Default for ConsumeConfig {
             max_record_bytes: 1024 * 1024,
             offset_reset: OffsetReset::Earliest,
             max_backoff: Duration::from_secs(10),
+            max_inflight_bytes: 64 * 1024 * 1024,
+            metrics_addr: None,
         }
     }
 }
@@ -161,7 +172,7 @@ pub async fn run(
 ) -> anyhow::Result<ConsumeSummary> {
     let store = Store::connect(&config.store).await?;
     store.migrate().await?;
-    let client = kafka::connect(&config.kafka).await?;
+    let client = Arc::new(kafka::connect(&config.kafka).await?);
     let partitions = kafka::topic_partitions(&client, &config.topic)
         .await?
         .with_context(|| {
@@ -170,6 +181,21 @@ pub async fn run(
                 config.topic
             )
         })?;
+
+    if let Some(addr) = config.metrics_addr {
+        let health = health_check(store.clone(), Arc::clone(&client), config.topic.clone());
+        crate::observe::serve(addr, health).await?;
+    }
+
+    // The fetch budget is in bytes; a single fetch never asks for more
+    // than the whole budget.
+    let fetch_max_bytes = config
+        .fetch_max_bytes
+        .min(i32::try_from(config.max_inflight_bytes).unwrap_or(i32::MAX))
+        .max(1024);
+    let budget = Arc::new(tokio::sync::Semaphore::new(
+        config.max_inflight_bytes.max(fetch_max_bytes as usize),
+    ));
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let interrupted = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -182,7 +208,10 @@ pub async fn run(
         });
     }
 
-    let config = Arc::new(config);
+    let config = Arc::new(ConsumeConfig {
+        fetch_max_bytes,
+        ..config
+    });
     let mut tasks = Vec::with_capacity(partitions as usize);
     for partition in 0..partitions as i32 {
         let reader = PartitionReader::new(&client, &config.topic, partition).await?;
@@ -198,6 +227,7 @@ pub async fn run(
             reader,
             start,
             target,
+            Arc::clone(&budget),
             stop_rx.clone(),
         )));
     }
@@ -410,9 +440,11 @@ async fn consume_partition(
     reader: PartitionReader,
     start: StoredOffset,
     target: Option<i64>,
+    budget: Arc<tokio::sync::Semaphore>,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<PartitionSummary> {
     let partition = reader.partition();
+    let metrics = PartitionMetrics::new(&config.group, &config.topic, partition);
     let incarnation = start.incarnation;
     let start = start.next_offset;
     let mut summary = PartitionSummary {
@@ -435,6 +467,12 @@ async fn consume_partition(
         if target.is_some_and(|t| offset >= t) || *stop.borrow() {
             break;
         }
+        // Reserve the most this fetch can bring before asking for it.
+        let permit = tokio::select! {
+            _ = stop.changed() => break,
+            permit = Arc::clone(&budget).acquire_many_owned(config.fetch_max_bytes as u32) => permit?,
+        };
+        let fetch_started = std::time::Instant::now();
         let fetched = tokio::select! {
             _ = stop.changed() => break,
             fetched = reader.fetch(offset, config.fetch_max_bytes, max_wait) => fetched,
@@ -445,6 +483,8 @@ async fn consume_partition(
                 f
             }
             Err(e) => {
+                drop(permit);
+                metrics.retry("fetch");
                 let delay = fetch_backoff.next_delay();
                 tracing::warn!(partition, offset, error = %e, "fetch failed; retrying in {delay:?}");
                 tokio::select! {
@@ -454,6 +494,7 @@ async fn consume_partition(
             }
         };
         summary.high_watermark = fetched.high_watermark;
+        metrics.positions(offset, fetched.high_watermark);
         let Some(last) = fetched.records.last() else {
             continue;
         };
@@ -478,6 +519,7 @@ async fn consume_partition(
             match store.apply_batch(&batch).await {
                 Ok(applied) => break Some(applied),
                 Err(e) if e.is_transient() => {
+                    metrics.retry("commit");
                     let delay = commit_backoff.next_delay();
                     tracing::warn!(partition, offset, error = %e, "commit failed, nothing stored; retrying in {delay:?}");
                     // A shutdown while PostgreSQL is away gives the batch up:
@@ -493,7 +535,12 @@ async fn consume_partition(
                 Err(e) => return Err(e.into()),
             }
         };
+        // The batch is committed (or given up): its bytes are free again.
+        drop(records);
+        drop(permit);
         let Some(applied) = applied else { break };
+        metrics.batch(&applied, fetch_started.elapsed().as_secs_f64());
+        metrics.positions(next_offset, summary.high_watermark);
         tracing::debug!(
             partition,
             from = offset,
@@ -510,6 +557,28 @@ async fn consume_partition(
         summary.next_offset = offset;
     }
     Ok(summary)
+}
+
+/// `/healthz`: the broker answers metadata for the topic and PostgreSQL
+/// answers a query.
+fn health_check(store: Store, client: Arc<RsClient>, topic: String) -> crate::observe::HealthCheck {
+    Arc::new(move || {
+        let store = store.clone();
+        let client = Arc::clone(&client);
+        let topic = topic.clone();
+        Box::pin(async move {
+            match kafka::topic_partitions(&client, &topic).await {
+                Ok(Some(_)) => {}
+                Ok(None) => {
+                    return Err(format!(
+                        "broker answers, but topic {topic:?} does not exist"
+                    ));
+                }
+                Err(e) => return Err(format!("broker: {e}")),
+            }
+            store.ping().await.map_err(|e| format!("{e}"))
+        })
+    })
 }
 
 /// Turns a fetched record into a [`SourceRecord`], decoding its value.

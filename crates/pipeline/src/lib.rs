@@ -11,6 +11,7 @@
 //!   transaction per fetched batch, from the stored offsets.
 
 pub mod consume;
+mod observe;
 mod outbound;
 pub mod produce;
 mod retry;

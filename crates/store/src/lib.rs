@@ -140,6 +140,12 @@ impl Store {
         })
     }
 
+    /// Answers if PostgreSQL does: for health checks.
+    pub async fn ping(&self) -> Result<()> {
+        self.client().await?.simple_query("SELECT 1").await?;
+        Ok(())
+    }
+
     /// Applies the migrations in `migrations/` that are not applied yet.
     pub async fn migrate(&self) -> Result<()> {
         // refinery wants a plain client; a dedicated connection also keeps
