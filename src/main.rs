@@ -44,6 +44,9 @@ enum Command {
     Status(StatusArgs),
     /// Print the partition Kafka's default partitioner picks for each key.
     Partition(PartitionArgs),
+    /// Read the records that could not be applied.
+    #[command(name = "dead-letters", subcommand)]
+    DeadLetters(DeadLetterCommand),
 }
 
 /// Where the Kafka cluster is.
@@ -358,6 +361,41 @@ struct StatusArgs {
     group: String,
 }
 
+#[derive(Debug, Subcommand)]
+enum DeadLetterCommand {
+    /// The newest dead letters, one line each.
+    List(DeadLetterListArgs),
+    /// One dead letter in full, with its key and raw value.
+    Show(DeadLetterShowArgs),
+}
+
+#[derive(Debug, Args)]
+struct DeadLetterListArgs {
+    #[command(flatten)]
+    db: DbArgs,
+    /// The topic of order events.
+    #[arg(long, env = "FOODPIPE_TOPIC", default_value = "food-orders")]
+    topic: String,
+    /// Consumer group whose dead letters to list.
+    #[arg(long, env = "FOODPIPE_GROUP", default_value = "order-processors")]
+    group: String,
+    /// Only this kind, e.g. malformed_json, invalid_transition.
+    #[arg(long)]
+    kind: Option<String>,
+    /// At most this many, newest first.
+    #[arg(long, default_value_t = 50, value_parser = parse_positive_u64)]
+    limit: u64,
+}
+
+#[derive(Debug, Args)]
+struct DeadLetterShowArgs {
+    #[command(flatten)]
+    db: DbArgs,
+    /// The id from `dead-letters list`.
+    #[arg(value_parser = parse_positive_u64)]
+    id: u64,
+}
+
 #[derive(Debug, Args)]
 struct PartitionArgs {
     /// Number of partitions of the topic.
@@ -451,6 +489,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Consume(args) => consume(args).await,
         Command::Status(args) => status(args).await,
         Command::Partition(args) => partition(args),
+        Command::DeadLetters(DeadLetterCommand::List(args)) => dead_letters_list(args).await,
+        Command::DeadLetters(DeadLetterCommand::Show(args)) => dead_letters_show(args).await,
     }
 }
 
@@ -562,6 +602,74 @@ async fn status(args: StatusArgs) -> anyhow::Result<()> {
     }
     println!("dead letters: {}", report.dead_letters);
     Ok(())
+}
+
+async fn dead_letters_list(args: DeadLetterListArgs) -> anyhow::Result<()> {
+    let store = Store::connect(&args.db.config()).await?;
+    store.migrate().await?;
+    let rows = store
+        .dead_letters(
+            &args.group,
+            &args.topic,
+            args.kind.as_deref(),
+            i64::try_from(args.limit).unwrap_or(i64::MAX),
+        )
+        .await?;
+    if rows.is_empty() {
+        println!("no dead letters for group {} on {}", args.group, args.topic);
+        return Ok(());
+    }
+    println!(
+        "{:>8}  {:>9}  {:>10}  {:<22}  error",
+        "id", "partition", "offset", "kind"
+    );
+    for r in rows {
+        let mut error = r.error.replace('\n', " ");
+        if error.chars().count() > 80 {
+            error = error.chars().take(77).collect::<String>() + "...";
+        }
+        println!(
+            "{:>8}  {:>9}  {:>10}  {:<22}  {error}",
+            r.id, r.partition, r.offset, r.kind
+        );
+    }
+    Ok(())
+}
+
+async fn dead_letters_show(args: DeadLetterShowArgs) -> anyhow::Result<()> {
+    let store = Store::connect(&args.db.config()).await?;
+    store.migrate().await?;
+    let id = i64::try_from(args.id).unwrap_or(i64::MAX);
+    let r = store.dead_letter(id).await?.with_context(|| {
+        format!("no dead letter with id {id}; `foodpipe dead-letters list` shows the ids")
+    })?;
+    println!("id:          {}", r.id);
+    println!("group:       {}", r.group);
+    println!(
+        "position:    {}/{} offset {} (incarnation {})",
+        r.topic, r.partition, r.offset, r.incarnation
+    );
+    println!("timestamp:   {}", r.kafka_timestamp.to_rfc3339());
+    println!("recorded at: {}", r.recorded_at.to_rfc3339());
+    println!("kind:        {}", r.kind);
+    println!("error:       {}", r.error);
+    println!("key:         {}", show_bytes(r.key.as_deref()));
+    println!("value:       {}", show_bytes(r.value.as_deref()));
+    Ok(())
+}
+
+/// Bytes as text where they are UTF-8, with other bytes escaped as `\xNN`.
+fn show_bytes(bytes: Option<&[u8]>) -> String {
+    match bytes {
+        None => "(none)".to_owned(),
+        Some(b) => b.utf8_chunks().fold(String::new(), |mut out, chunk| {
+            out.push_str(chunk.valid());
+            for byte in chunk.invalid() {
+                out.push_str(&format!("\\x{byte:02x}"));
+            }
+            out
+        }),
+    }
 }
 
 fn partition(args: PartitionArgs) -> anyhow::Result<()> {

@@ -188,6 +188,32 @@ async fn every_bad_record_class_is_dead_lettered_and_neighbours_apply() {
         .expect("offset")
         .get(0);
     assert_eq!(stored, *watermarks.values().max().expect("partitions"));
+
+    // `dead-letters list` shows every one; `show` prints raw bytes escaped.
+    let mut cmd = foodpipe(&["dead-letters", "list", "--topic", &topic]);
+    cmd.env("DATABASE_URL", &db.url);
+    let listing = run_ok(cmd).await;
+    for kind in &expected_kinds {
+        assert!(listing.contains(kind), "{kind} listed:\n{listing}");
+    }
+    assert_eq!(
+        listing.lines().count(),
+        expected_kinds.len() + 1,
+        "header + one line each"
+    );
+    let not_utf8_id: i64 = pg
+        .query_one(
+            "SELECT id FROM dead_letters WHERE error_kind = 'not_utf8'",
+            &[],
+        )
+        .await
+        .expect("not_utf8 row")
+        .get(0);
+    let mut cmd = foodpipe(&["dead-letters", "show", &not_utf8_id.to_string()]);
+    cmd.env("DATABASE_URL", &db.url);
+    let shown = run_ok(cmd).await;
+    assert!(shown.contains("value:       \\xff\\xfe\\xfd"), "{shown}");
+    assert!(shown.contains("key:         CUST-0001"), "{shown}");
     db.drop_db().await;
 }
 

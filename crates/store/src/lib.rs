@@ -27,7 +27,7 @@ use tokio_postgres::config::Host;
 pub use apply::{Applied, Batch};
 pub use error::{Error, Result};
 pub use fold::SourceRecord;
-pub use report::StatusReport;
+pub use report::{DeadLetterRow, StatusReport};
 
 mod embedded {
     refinery::embed_migrations!("../../migrations");
