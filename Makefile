@@ -6,6 +6,8 @@
 #   make test    up, then fmt, clippy, compose check and every test
 #   make bench   the criterion benchmarks
 #   make bench-produce   foodpipe's producer vs librdkafka, same broker and events
+#   make bench-sink      foodpipe's fold vs psql \copy of the same rows
+#   make bench-memory    peak RSS of consume with a 100k and a 1M backlog
 
 SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
@@ -15,7 +17,7 @@ CARGO ?= cargo
 DEMO_EVENTS ?= 5000
 FOODPIPE := ./target/release/foodpipe
 
-.PHONY: help up down build demo test lint no-c bench bench-produce clean
+.PHONY: help up down build demo test lint no-c bench bench-produce bench-sink bench-memory clean
 
 help:
 	@sed -n 's/^#   //p' Makefile
@@ -56,6 +58,12 @@ bench:
 BENCH_EVENTS ?= 200000
 bench-produce: up build
 	.stack/venv/bin/python scripts/bench_produce.py $(FOODPIPE) --events $(BENCH_EVENTS)
+
+bench-sink: up build
+	python3 scripts/bench_consume.py sink $(FOODPIPE) --events $(BENCH_EVENTS)
+
+bench-memory: up build
+	python3 scripts/bench_consume.py memory $(FOODPIPE) --events 100000 --events 1000000
 
 clean: down
 	$(CARGO) clean
