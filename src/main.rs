@@ -331,14 +331,14 @@ struct ConsumeArgs {
     #[arg(long, value_enum, default_value_t = ResetArg::Earliest)]
     offset_reset: ResetArg,
     /// Upper bound of one fetch from one partition, in bytes.
-    #[arg(long, default_value_t = 4 * 1024 * 1024, value_parser = clap::value_parser!(i32).range(1024..))]
+    #[arg(long, default_value_t = 1024 * 1024, value_parser = clap::value_parser!(i32).range(1024..))]
     fetch_max_bytes: i32,
     /// Record values larger than this go to dead letters.
     #[arg(long, default_value_t = 1024 * 1024, value_parser = clap::value_parser!(u64).range(1..))]
     max_record_bytes: u64,
     /// Bytes fetched but not yet committed, over all partitions; fetches
     /// wait above it, so memory does not grow with the backlog.
-    #[arg(long, default_value_t = 64 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1024..=(u32::MAX as u64)))]
+    #[arg(long, default_value_t = 32 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1024..=(u32::MAX as u64)))]
     max_inflight_bytes: u64,
     /// Serve Prometheus metrics on /metrics and a health check on /healthz
     /// at this address; `off` to serve nothing.

@@ -87,12 +87,12 @@ impl Default for ConsumeConfig {
             topic: "food-orders".to_owned(),
             group: "order-processors".to_owned(),
             until_caught_up: false,
-            fetch_max_bytes: 4 * 1024 * 1024,
+            fetch_max_bytes: 1024 * 1024,
             fetch_max_wait: Duration::from_millis(500),
             max_record_bytes: 1024 * 1024,
             offset_reset: OffsetReset::Earliest,
             max_backoff: Duration::from_secs(10),
-            max_inflight_bytes: 64 * 1024 * 1024,
+            max_inflight_bytes: 32 * 1024 * 1024,
             metrics_addr: None,
         }
     }
@@ -181,6 +181,9 @@ pub async fn run(
                 config.topic
             )
         })?;
+
+    // One connection per partition applying a batch, one for the rest.
+    store.resize_pool(partitions as usize + 1);
 
     if let Some(addr) = config.metrics_addr {
         let health = health_check(store.clone(), Arc::clone(&client), config.topic.clone());
@@ -434,6 +437,21 @@ async fn starting_offset(
     }
 }
 
+/// A fetched, decoded batch on its way from the fetcher to the applier,
+/// holding its share of the byte budget until it is committed.
+struct Fetched {
+    from_offset: i64,
+    next_offset: i64,
+    high_watermark: i64,
+    records: Vec<SourceRecord>,
+    started: std::time::Instant,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+/// One partition: a fetcher that reads one batch ahead, and an applier
+/// that commits batches in offset order. Fetching the next batch while the
+/// current one is written hides the broker's latency behind PostgreSQL's.
+#[allow(clippy::too_many_arguments)]
 async fn consume_partition(
     config: Arc<ConsumeConfig>,
     store: Store,
@@ -441,28 +459,55 @@ async fn consume_partition(
     start: StoredOffset,
     target: Option<i64>,
     budget: Arc<tokio::sync::Semaphore>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) -> anyhow::Result<PartitionSummary> {
     let partition = reader.partition();
     let metrics = PartitionMetrics::new(&config.group, &config.topic, partition);
-    let incarnation = start.incarnation;
-    let start = start.next_offset;
-    let mut summary = PartitionSummary {
-        partition,
-        start_offset: start,
-        next_offset: start,
-        high_watermark: target.unwrap_or(start),
-        ..PartitionSummary::default()
-    };
-    let mut offset = start;
-    let mut fetch_backoff = Backoff::new(config.max_backoff);
+    // Capacity 1: one batch waiting while one is applied.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Fetched>(1);
+    let fetcher = fetch_loop(
+        Arc::clone(&config),
+        reader,
+        start.next_offset,
+        target,
+        budget,
+        stop.clone(),
+        tx,
+        metrics.clone(),
+    );
+    let applier = apply_loop(config, store, partition, start, rx, stop, metrics);
+    let (last_high_watermark, summary) = tokio::join!(fetcher, applier);
+    let mut summary = summary?;
+    summary.high_watermark = summary
+        .high_watermark
+        .max(last_high_watermark)
+        .max(target.unwrap_or(0));
+    Ok(summary)
+}
+
+/// Fetches batches from `offset` on and hands them to the applier, until
+/// the target is reached, `stop` is set or the applier is gone. Returns
+/// the last high watermark seen.
+#[allow(clippy::too_many_arguments)]
+async fn fetch_loop(
+    config: Arc<ConsumeConfig>,
+    reader: PartitionReader,
+    mut offset: i64,
+    target: Option<i64>,
+    budget: Arc<tokio::sync::Semaphore>,
+    mut stop: watch::Receiver<bool>,
+    tx: tokio::sync::mpsc::Sender<Fetched>,
+    metrics: PartitionMetrics,
+) -> i64 {
+    let partition = reader.partition();
+    let mut high_watermark = offset;
+    let mut backoff = Backoff::new(config.max_backoff);
     // Caught up with a known target: no need to hold fetches open long.
     let max_wait = if target.is_some() {
         config.fetch_max_wait.min(Duration::from_millis(100))
     } else {
         config.fetch_max_wait
     };
-
     loop {
         if target.is_some_and(|t| offset >= t) || *stop.borrow() {
             break;
@@ -470,22 +515,25 @@ async fn consume_partition(
         // Reserve the most this fetch can bring before asking for it.
         let permit = tokio::select! {
             _ = stop.changed() => break,
-            permit = Arc::clone(&budget).acquire_many_owned(config.fetch_max_bytes as u32) => permit?,
+            permit = Arc::clone(&budget).acquire_many_owned(config.fetch_max_bytes as u32) => match permit {
+                Ok(p) => p,
+                Err(_) => break,
+            },
         };
-        let fetch_started = std::time::Instant::now();
+        let started = std::time::Instant::now();
         let fetched = tokio::select! {
             _ = stop.changed() => break,
             fetched = reader.fetch(offset, config.fetch_max_bytes, max_wait) => fetched,
         };
         let fetched = match fetched {
             Ok(f) => {
-                fetch_backoff = Backoff::new(config.max_backoff);
+                backoff = Backoff::new(config.max_backoff);
                 f
             }
             Err(e) => {
                 drop(permit);
                 metrics.retry("fetch");
-                let delay = fetch_backoff.next_delay();
+                let delay = backoff.next_delay();
                 tracing::warn!(partition, offset, error = %e, "fetch failed; retrying in {delay:?}");
                 tokio::select! {
                     _ = stop.changed() => break,
@@ -493,8 +541,7 @@ async fn consume_partition(
                 }
             }
         };
-        summary.high_watermark = fetched.high_watermark;
-        metrics.positions(offset, fetched.high_watermark);
+        high_watermark = fetched.high_watermark;
         let Some(last) = fetched.records.last() else {
             continue;
         };
@@ -504,24 +551,69 @@ async fn consume_partition(
             .into_iter()
             .map(|r| decode(r, config.max_record_bytes))
             .collect();
+        let batch = Fetched {
+            from_offset: offset,
+            next_offset,
+            high_watermark,
+            records,
+            started,
+            _permit: permit,
+        };
+        if tx.send(batch).await.is_err() {
+            break; // The applier stopped.
+        }
+        offset = next_offset;
+    }
+    high_watermark
+}
+
+/// Commits fetched batches in order, retrying transient PostgreSQL
+/// failures, until the fetcher is done or `stop` is set (the batch in hand
+/// is finished first).
+async fn apply_loop(
+    config: Arc<ConsumeConfig>,
+    store: Store,
+    partition: i32,
+    start: StoredOffset,
+    mut rx: tokio::sync::mpsc::Receiver<Fetched>,
+    mut stop: watch::Receiver<bool>,
+    metrics: PartitionMetrics,
+) -> anyhow::Result<PartitionSummary> {
+    let mut summary = PartitionSummary {
+        partition,
+        start_offset: start.next_offset,
+        next_offset: start.next_offset,
+        high_watermark: start.next_offset,
+        ..PartitionSummary::default()
+    };
+    loop {
+        if *stop.borrow() {
+            break;
+        }
+        let fetched = tokio::select! {
+            _ = stop.changed() => break,
+            fetched = rx.recv() => match fetched {
+                Some(f) => f,
+                None => break,
+            },
+        };
         let batch = Batch {
             group: &config.group,
             topic: &config.topic,
             partition,
-            from_offset: offset,
-            next_offset,
-            records: &records,
-            incarnation,
+            from_offset: fetched.from_offset,
+            next_offset: fetched.next_offset,
+            records: &fetched.records,
+            incarnation: start.incarnation,
         };
-
-        let mut commit_backoff = Backoff::new(config.max_backoff);
+        let mut backoff = Backoff::new(config.max_backoff);
         let applied = loop {
             match store.apply_batch(&batch).await {
                 Ok(applied) => break Some(applied),
                 Err(e) if e.is_transient() => {
                     metrics.retry("commit");
-                    let delay = commit_backoff.next_delay();
-                    tracing::warn!(partition, offset, error = %e, "commit failed, nothing stored; retrying in {delay:?}");
+                    let delay = backoff.next_delay();
+                    tracing::warn!(partition, offset = fetched.from_offset, error = %e, "commit failed, nothing stored; retrying in {delay:?}");
                     // A shutdown while PostgreSQL is away gives the batch up:
                     // nothing of it was stored, the next run fetches it again.
                     if *stop.borrow() {
@@ -535,16 +627,13 @@ async fn consume_partition(
                 Err(e) => return Err(e.into()),
             }
         };
-        // The batch is committed (or given up): its bytes are free again.
-        drop(records);
-        drop(permit);
         let Some(applied) = applied else { break };
-        metrics.batch(&applied, fetch_started.elapsed().as_secs_f64());
-        metrics.positions(next_offset, summary.high_watermark);
+        metrics.batch(&applied, fetched.started.elapsed().as_secs_f64());
+        metrics.positions(fetched.next_offset, fetched.high_watermark);
         tracing::debug!(
             partition,
-            from = offset,
-            to = next_offset,
+            from = fetched.from_offset,
+            to = fetched.next_offset,
             events = applied.events,
             dead_letters = applied.dead_letters,
             "batch committed"
@@ -553,8 +642,9 @@ async fn consume_partition(
         summary.events += applied.events as u64;
         summary.dead_letters += applied.dead_letters as u64;
         summary.duplicates += applied.duplicates as u64;
-        offset = next_offset;
-        summary.next_offset = offset;
+        summary.next_offset = fetched.next_offset;
+        summary.high_watermark = fetched.high_watermark;
+        // Dropping `fetched` here frees its bytes from the budget.
     }
     Ok(summary)
 }

@@ -41,8 +41,8 @@ const MIGRATION_LOCK: i64 = 0x666f_6f64_7069_7065;
 pub struct StoreConfig {
     /// A libpq-style URL, `postgres://user:password@host:port/db`.
     pub database_url: String,
-    /// Connections in the pool: one per partition being applied at once,
-    /// plus one for bookkeeping, is plenty.
+    /// Connections in the pool to start with; a consumer resizes it to one
+    /// per partition plus one for bookkeeping and health checks.
     pub pool_size: usize,
     /// How long to wait for a connection before giving up.
     pub connect_timeout: Duration,
@@ -53,7 +53,7 @@ impl Default for StoreConfig {
         Self {
             database_url: "postgres://kafka_user:kafka_password@localhost:5432/food_orders"
                 .to_owned(),
-            pool_size: 8,
+            pool_size: 4,
             connect_timeout: Duration::from_secs(5),
         }
     }
@@ -125,6 +125,13 @@ impl Store {
         };
         drop(store.client().await?);
         Ok(store)
+    }
+
+    /// Sets how many connections the pool may hold. Each connection keeps
+    /// buffers as large as the largest batch it sent, so a consumer sizes
+    /// its pool to its partitions rather than a fixed guess.
+    pub fn resize_pool(&self, max_size: usize) {
+        self.pool.resize(max_size.max(1));
     }
 
     /// `user@host:port/db`, safe to print.
