@@ -60,7 +60,10 @@ bench-produce: up build
 	.stack/venv/bin/python scripts/bench_produce.py $(FOODPIPE) --events $(BENCH_EVENTS)
 
 bench-sink: up build
+	@echo "== end to end: Kafka (Tansu) -> foodpipe consume -> PostgreSQL, vs psql \\copy"
 	python3 scripts/bench_consume.py sink $(FOODPIPE) --events $(BENCH_EVENTS)
+	@echo "== the PostgreSQL sink alone (records in memory), vs psql \\copy"
+	BENCH_EVENTS=$(BENCH_EVENTS) $(CARGO) bench --bench sink
 
 bench-memory: up build
 	python3 scripts/bench_consume.py memory $(FOODPIPE) --events 100000 --events 1000000
