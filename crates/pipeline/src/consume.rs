@@ -632,10 +632,12 @@ async fn apply_loop(
         metrics.positions(fetched.next_offset, fetched.high_watermark);
         tracing::debug!(
             partition,
-            from = fetched.from_offset,
-            to = fetched.next_offset,
+            first_offset = fetched.from_offset,
+            last_offset = fetched.next_offset - 1,
+            rows = fetched.records.len(),
             events = applied.events,
             dead_letters = applied.dead_letters,
+            duration_ms = fetched.started.elapsed().as_millis() as u64,
             "batch committed"
         );
         summary.batches += 1;
