@@ -340,6 +340,10 @@ struct ConsumeArgs {
     /// wait above it, so memory does not grow with the backlog.
     #[arg(long, default_value_t = 32 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1024..=(u32::MAX as u64)))]
     max_inflight_bytes: u64,
+    /// Also copy each dead letter to this Kafka topic (created if missing),
+    /// with the error kind, message and source position as headers.
+    #[arg(long)]
+    dead_letter_topic: Option<String>,
     /// Serve Prometheus metrics on /metrics and a health check on /healthz
     /// at this address; `off` to serve nothing.
     #[arg(long, env = "FOODPIPE_METRICS_ADDR", default_value = "127.0.0.1:9898", value_parser = parse_metrics_addr)]
@@ -567,6 +571,7 @@ async fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
         max_record_bytes: args.max_record_bytes as usize,
         max_inflight_bytes: args.max_inflight_bytes as usize,
         metrics_addr: args.metrics_addr.0,
+        dead_letter_topic: args.dead_letter_topic,
         offset_reset: match args.offset_reset {
             ResetArg::Earliest => OffsetReset::Earliest,
             ResetArg::Latest => OffsetReset::Latest,

@@ -670,3 +670,37 @@ async fn health_follows_the_broker() {
     assert!(out.status.success());
     db.drop_db().await;
 }
+
+/// `--dead-letter-topic` copies each dead letter to a topic, raw bytes unchanged, with the error and source position as headers.
+#[tokio::test]
+async fn dead_letters_are_copied_to_a_topic() {
+    let topic = random_topic_name();
+    let dlt = format!("{topic}-dlt");
+    let db = TestDb::create().await;
+    let mut input = Vec::new();
+    for line in generated_lines(5, 51, 1).await {
+        input.extend_from_slice(&line);
+        input.push(b'\n');
+    }
+    input.extend_from_slice(b"CUST-0001\t{broken\n");
+    send_lines(&topic, &input).await;
+    consume_until_caught_up(&topic, &db, &["--dead-letter-topic", &dlt]).await;
+
+    let (copies, _) = read_topic_raw(&dlt).await;
+    assert_eq!(copies.len(), 1, "one dead letter, one copy");
+    let copy = &copies[0];
+    assert_eq!(copy.key.as_deref(), Some(&b"CUST-0001"[..]));
+    assert_eq!(copy.value.as_deref(), Some(&b"{broken"[..]));
+    assert_eq!(
+        copy.headers.get("foodpipe.error.kind").map(Vec::as_slice),
+        Some(&b"malformed_json"[..])
+    );
+    let source = String::from_utf8(copy.headers["foodpipe.source"].clone()).expect("utf8");
+    let (_, watermarks) = read_topic_raw(&topic).await;
+    let p = partition::partition_for_key(b"CUST-0001", 3);
+    assert_eq!(
+        source,
+        format!("{topic}/{p}/{}", watermarks[&(p as i32)] - 1)
+    );
+    db.drop_db().await;
+}

@@ -198,6 +198,7 @@ pub struct RawRecord {
     pub offset: i64,
     pub key: Option<Vec<u8>>,
     pub value: Option<Vec<u8>>,
+    pub headers: std::collections::BTreeMap<String, Vec<u8>>,
 }
 
 /// A record whose value is JSON, parsed.
@@ -255,6 +256,7 @@ pub async fn read_topic_raw_at(
                     offset: r.offset,
                     key: r.record.key,
                     value: r.record.value,
+                    headers: r.record.headers,
                 });
                 offset = r.offset + 1;
             }

@@ -25,7 +25,7 @@ use rskafka::client::ClientBuilder;
 
 pub use error::{Error, Result};
 pub use producer::{PartitionReport, ProduceReport, Producer, ProducerConfig};
-pub use reader::{FetchedBatch, PartitionReader};
+pub use reader::{FetchedBatch, PartitionReader, PartitionWriter};
 pub use rskafka::client::Client;
 pub use rskafka::client::partition::{Compression, OffsetAt};
 pub use rskafka::record::{Record, RecordAndOffset};

@@ -9,6 +9,44 @@ use rskafka::record::RecordAndOffset;
 
 use crate::{Error, Result};
 
+/// A connection to the leader of one partition, for writing a few records
+/// at a time and waiting for them (e.g. dead-letter copies); bulk producing
+/// goes through [`crate::Producer`].
+#[derive(Debug)]
+pub struct PartitionWriter {
+    client: PartitionClient,
+}
+
+impl PartitionWriter {
+    pub async fn new(client: &Client, topic: &str, partition: i32) -> Result<Self> {
+        let client = client
+            .partition_client(topic, partition, UnknownTopicHandling::Retry)
+            .await
+            .map_err(|source| Error::Partition {
+                topic: topic.to_owned(),
+                partition,
+                source,
+            })?;
+        Ok(Self { client })
+    }
+
+    /// Produces `records` and waits for the acknowledgement.
+    pub async fn write(&self, records: Vec<rskafka::record::Record>) -> Result<()> {
+        self.client
+            .produce(
+                records,
+                rskafka::client::partition::Compression::NoCompression,
+            )
+            .await
+            .map(|_| ())
+            .map_err(|source| Error::Partition {
+                topic: self.client.topic().to_owned(),
+                partition: self.client.partition(),
+                source,
+            })
+    }
+}
+
 /// A connection to the leader of one partition, for reading.
 #[derive(Debug)]
 pub struct PartitionReader {

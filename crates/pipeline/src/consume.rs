@@ -77,6 +77,8 @@ pub struct ConsumeConfig {
     pub max_inflight_bytes: usize,
     /// Where to serve `/metrics` and `/healthz`; `None` for nowhere.
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Also copy each dead letter to this topic, with the error in headers.
+    pub dead_letter_topic: Option<String>,
 }
 
 impl Default for ConsumeConfig {
@@ -94,6 +96,7 @@ impl Default for ConsumeConfig {
             max_backoff: Duration::from_secs(10),
             max_inflight_bytes: 32 * 1024 * 1024,
             metrics_addr: None,
+            dead_letter_topic: None,
         }
     }
 }
@@ -200,6 +203,13 @@ pub async fn run(
         config.max_inflight_bytes.max(fetch_max_bytes as usize),
     ));
 
+    let dead_letter_topic = match &config.dead_letter_topic {
+        Some(topic) => Some(Arc::new(
+            DeadLetterTopic::open(&client, topic, partitions).await?,
+        )),
+        None => None,
+    };
+
     let (stop_tx, stop_rx) = watch::channel(false);
     let interrupted = Arc::new(std::sync::atomic::AtomicBool::new(false));
     {
@@ -231,6 +241,7 @@ pub async fn run(
             start,
             target,
             Arc::clone(&budget),
+            dead_letter_topic.clone(),
             stop_rx.clone(),
         )));
     }
@@ -459,6 +470,7 @@ async fn consume_partition(
     start: StoredOffset,
     target: Option<i64>,
     budget: Arc<tokio::sync::Semaphore>,
+    dead_letter_topic: Option<Arc<DeadLetterTopic>>,
     stop: watch::Receiver<bool>,
 ) -> anyhow::Result<PartitionSummary> {
     let partition = reader.partition();
@@ -475,7 +487,16 @@ async fn consume_partition(
         tx,
         metrics.clone(),
     );
-    let applier = apply_loop(config, store, partition, start, rx, stop, metrics);
+    let applier = apply_loop(
+        config,
+        store,
+        partition,
+        start,
+        rx,
+        stop,
+        metrics,
+        dead_letter_topic,
+    );
     let (last_high_watermark, summary) = tokio::join!(fetcher, applier);
     let mut summary = summary?;
     summary.high_watermark = summary
@@ -567,9 +588,83 @@ async fn fetch_loop(
     high_watermark
 }
 
+/// Copies of dead letters on a Kafka topic, for tools that watch topics
+/// rather than tables. The `dead_letters` table stays the record: a copy is
+/// published after its batch commits (so a rolled-back batch publishes
+/// nothing) and a copy that cannot be published is logged, not retried
+/// forever.
+struct DeadLetterTopic {
+    topic: String,
+    partitions: Vec<kafka::PartitionWriter>,
+}
+
+impl DeadLetterTopic {
+    async fn open(client: &RsClient, topic: &str, source_partitions: u32) -> anyhow::Result<Self> {
+        let info = kafka::ensure_topic(client, topic, source_partitions).await?;
+        let mut partitions = Vec::with_capacity(info.partitions as usize);
+        for p in 0..info.partitions as i32 {
+            partitions.push(kafka::PartitionWriter::new(client, topic, p).await?);
+        }
+        Ok(Self {
+            topic: topic.to_owned(),
+            partitions,
+        })
+    }
+
+    /// Publishes the dead letters of one committed batch: same key and
+    /// value, the error and the source position as headers.
+    async fn publish(
+        &self,
+        source_topic: &str,
+        partition: i32,
+        records: &[SourceRecord],
+        dead: &[store::fold::DeadLetter],
+    ) {
+        let Some(writer) = self
+            .partitions
+            .get(partition as usize % self.partitions.len())
+        else {
+            return;
+        };
+        let out: Vec<kafka::Record> = dead
+            .iter()
+            .filter_map(|d| records.get(d.index).map(|r| (d, r)))
+            .map(|(d, r)| kafka::Record {
+                key: r.key.clone(),
+                value: r.value.clone(),
+                headers: [
+                    ("foodpipe.error.kind".to_owned(), d.kind.as_bytes().to_vec()),
+                    (
+                        "foodpipe.error.message".to_owned(),
+                        d.message.clone().into_bytes(),
+                    ),
+                    (
+                        "foodpipe.source".to_owned(),
+                        format!("{source_topic}/{partition}/{}", r.offset).into_bytes(),
+                    ),
+                ]
+                .into_iter()
+                .collect(),
+                timestamp: r.timestamp,
+            })
+            .collect();
+        let n = out.len();
+        if let Err(e) = writer.write(out).await {
+            tracing::error!(
+                topic = %self.topic,
+                partition,
+                records = n,
+                error = %e,
+                "could not copy dead letters to the dead-letter topic; they are in the dead_letters table"
+            );
+        }
+    }
+}
+
 /// Commits fetched batches in order, retrying transient PostgreSQL
 /// failures, until the fetcher is done or `stop` is set (the batch in hand
 /// is finished first).
+#[allow(clippy::too_many_arguments)]
 async fn apply_loop(
     config: Arc<ConsumeConfig>,
     store: Store,
@@ -578,6 +673,7 @@ async fn apply_loop(
     mut rx: tokio::sync::mpsc::Receiver<Fetched>,
     mut stop: watch::Receiver<bool>,
     metrics: PartitionMetrics,
+    dead_letter_topic: Option<Arc<DeadLetterTopic>>,
 ) -> anyhow::Result<PartitionSummary> {
     let mut summary = PartitionSummary {
         partition,
@@ -636,13 +732,24 @@ async fn apply_loop(
             last_offset = fetched.next_offset - 1,
             rows = fetched.records.len(),
             events = applied.events,
-            dead_letters = applied.dead_letters,
+            dead_letters = applied.dead_letters.len(),
             duration_ms = fetched.started.elapsed().as_millis() as u64,
             "batch committed"
         );
         summary.batches += 1;
         summary.events += applied.events as u64;
-        summary.dead_letters += applied.dead_letters as u64;
+        summary.dead_letters += applied.dead_letters.len() as u64;
+        if let Some(dlt) = &dead_letter_topic
+            && !applied.dead_letters.is_empty()
+        {
+            dlt.publish(
+                &config.topic,
+                partition,
+                &fetched.records,
+                &applied.dead_letters,
+            )
+            .await;
+        }
         summary.duplicates += applied.duplicates as u64;
         summary.next_offset = fetched.next_offset;
         summary.high_watermark = fetched.high_watermark;

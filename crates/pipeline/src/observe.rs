@@ -126,7 +126,7 @@ impl PartitionMetrics {
         metrics::counter!("foodpipe_records_applied_total", &self.labels)
             .increment(applied.events as u64);
         metrics::counter!("foodpipe_dead_letters_total", &self.labels)
-            .increment(applied.dead_letters as u64);
+            .increment(applied.dead_letters.len() as u64);
         metrics::counter!("foodpipe_duplicates_total", &self.labels)
             .increment(applied.duplicates as u64);
         metrics::histogram!("foodpipe_batch_seconds", &self.labels).record(seconds);

@@ -27,13 +27,14 @@ pub struct Batch<'a> {
 }
 
 /// What a committed batch did.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Applied {
     /// Events written to history.
     pub events: usize,
     /// Orders whose view row was written.
     pub orders: usize,
-    pub dead_letters: usize,
+    /// The records that went to `dead_letters`, in offset order.
+    pub dead_letters: Vec<fold::DeadLetter>,
     pub duplicates: usize,
     pub stale: usize,
 }
@@ -134,7 +135,7 @@ impl Store {
         Ok(Applied {
             events: plan.history.len(),
             orders: plan.view.len(),
-            dead_letters: plan.dead_letters.len(),
+            dead_letters: plan.dead_letters,
             duplicates: plan.duplicates,
             stale: plan.stale,
         })
