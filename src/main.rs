@@ -353,16 +353,23 @@ struct ConsumeArgs {
     json: bool,
 }
 
+/// Which topic and which consumer group's view of it.
+#[derive(Debug, Args)]
+struct TopicGroupArgs {
+    /// The topic of order events.
+    #[arg(long, env = "FOODPIPE_TOPIC", default_value = "food-orders")]
+    topic: String,
+    /// The consumer group.
+    #[arg(long, env = "FOODPIPE_GROUP", default_value = "order-processors")]
+    group: String,
+}
+
 #[derive(Debug, Args)]
 struct StatusArgs {
     #[command(flatten)]
     db: DbArgs,
-    /// The topic of order events.
-    #[arg(long, env = "FOODPIPE_TOPIC", default_value = "food-orders")]
-    topic: String,
-    /// Consumer group whose offsets to show.
-    #[arg(long, env = "FOODPIPE_GROUP", default_value = "order-processors")]
-    group: String,
+    #[command(flatten)]
+    on: TopicGroupArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -377,12 +384,8 @@ enum DeadLetterCommand {
 struct DeadLetterListArgs {
     #[command(flatten)]
     db: DbArgs,
-    /// The topic of order events.
-    #[arg(long, env = "FOODPIPE_TOPIC", default_value = "food-orders")]
-    topic: String,
-    /// Consumer group whose dead letters to list.
-    #[arg(long, env = "FOODPIPE_GROUP", default_value = "order-processors")]
-    group: String,
+    #[command(flatten)]
+    on: TopicGroupArgs,
     /// Only this kind, e.g. malformed_json, invalid_transition.
     #[arg(long)]
     kind: Option<String>,
@@ -591,8 +594,8 @@ async fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
 async fn status(args: StatusArgs) -> anyhow::Result<()> {
     let store = Store::connect(&args.db.config()).await?;
     store.migrate().await?;
-    let report = store.status(&args.group, &args.topic).await?;
-    println!("topic {} / group {}", args.topic, args.group);
+    let report = store.status(&args.on.group, &args.on.topic).await?;
+    println!("topic {} / group {}", args.on.topic, args.on.group);
     println!("stored offsets (next record to apply):");
     for (partition, offset) in &report.offsets {
         println!("  partition {partition:>3}: {offset}");
@@ -614,14 +617,17 @@ async fn dead_letters_list(args: DeadLetterListArgs) -> anyhow::Result<()> {
     store.migrate().await?;
     let rows = store
         .dead_letters(
-            &args.group,
-            &args.topic,
+            &args.on.group,
+            &args.on.topic,
             args.kind.as_deref(),
             i64::try_from(args.limit).unwrap_or(i64::MAX),
         )
         .await?;
     if rows.is_empty() {
-        println!("no dead letters for group {} on {}", args.group, args.topic);
+        println!(
+            "no dead letters for group {} on {}",
+            args.on.group, args.on.topic
+        );
         return Ok(());
     }
     println!(

@@ -33,21 +33,26 @@ async fn unreachable_bootstrap_is_one_clear_line() {
     );
 }
 
-/// Consuming with a DATABASE_URL whose server is unreachable fails within 15 s, naming it and hiding the password.
-#[tokio::test]
-async fn unreachable_database_is_one_clear_line() {
+/// The one error line of `consume` run with `database_url`, within 15 s.
+async fn consume_error_with_database_url(database_url: &str) -> String {
     let mut cmd = foodpipe(&[
         "consume",
         "--until-caught-up",
         "--topic",
         &random_topic_name(),
     ]);
-    cmd.env(
-        "DATABASE_URL",
-        "postgres://kafka_user:hunter2secret@127.0.0.1:1/food_orders",
-    );
+    cmd.env("DATABASE_URL", database_url);
     let output = run_within(cmd, Duration::from_secs(15)).await;
-    let line = single_error_line(&output);
+    single_error_line(&output)
+}
+
+/// Consuming with a DATABASE_URL whose server is unreachable fails within 15 s, naming it and hiding the password.
+#[tokio::test]
+async fn unreachable_database_is_one_clear_line() {
+    let line = consume_error_with_database_url(
+        "postgres://kafka_user:hunter2secret@127.0.0.1:1/food_orders",
+    )
+    .await;
     assert!(line.contains("PostgreSQL"), "says it is PostgreSQL: {line}");
     assert!(
         line.contains("kafka_user@127.0.0.1:1/food_orders"),
@@ -62,18 +67,8 @@ async fn unreachable_database_is_one_clear_line() {
 /// A DATABASE_URL that is not a URL at all is refused with what to write instead.
 #[tokio::test]
 async fn malformed_database_url_is_one_clear_line() {
-    let mut cmd = foodpipe(&[
-        "consume",
-        "--until-caught-up",
-        "--topic",
-        &random_topic_name(),
-    ]);
-    cmd.env(
-        "DATABASE_URL",
-        "postgres://kafka_user:pw@127.0.0.1:notaport/db",
-    );
-    let output = run_within(cmd, Duration::from_secs(15)).await;
-    let line = single_error_line(&output);
+    let line =
+        consume_error_with_database_url("postgres://kafka_user:pw@127.0.0.1:notaport/db").await;
     assert!(line.contains("invalid DATABASE_URL"), "{line}");
     assert!(
         line.contains("postgres://user:password@host:port/database"),

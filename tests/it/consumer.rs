@@ -230,16 +230,18 @@ async fn producer_duplicates_change_nothing() {
     send_lines(&topic, &input).await;
     consume_until_caught_up(&topic, &db, &[]).await;
     let pg = db.client().await;
-    let view_once: Vec<String> = pg
-        .query(
+    let view = || async {
+        pg.query(
             "SELECT order_id::text || status || last_event_id::text FROM orders ORDER BY 1",
             &[],
         )
         .await
         .expect("view")
         .iter()
-        .map(|r| r.get(0))
-        .collect();
+        .map(|r| r.get::<_, String>(0))
+        .collect::<Vec<String>>()
+    };
+    let view_once = view().await;
 
     // The retry: every record again, after the originals.
     send_lines(&topic, &input).await;
@@ -251,16 +253,7 @@ async fn producer_duplicates_change_nothing() {
         .map(|p| p["duplicates"].as_u64().expect("duplicates"))
         .sum();
     assert_eq!(duplicates, 200, "every copy recognised as a duplicate");
-    let view_twice: Vec<String> = pg
-        .query(
-            "SELECT order_id::text || status || last_event_id::text FROM orders ORDER BY 1",
-            &[],
-        )
-        .await
-        .expect("view")
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let view_twice = view().await;
     assert_eq!(view_once, view_twice);
     assert_db_is_fold_of_topic(&db, &topic, "order-processors").await;
     db.drop_db().await;

@@ -78,6 +78,23 @@ pub async fn connect(config: &KafkaConfig) -> Result<Client> {
         })
 }
 
+/// A client of the leader of `topic`/`partition`, with errors that name it.
+async fn partition_client(
+    client: &Client,
+    topic: &str,
+    partition: i32,
+    unknown_topic: rskafka::client::partition::UnknownTopicHandling,
+) -> Result<rskafka::client::partition::PartitionClient> {
+    client
+        .partition_client(topic, partition, unknown_topic)
+        .await
+        .map_err(|source| Error::Partition {
+            topic: topic.to_owned(),
+            partition,
+            source,
+        })
+}
+
 /// The partition count of `topic`, or `None` if it does not exist.
 pub async fn topic_partitions(client: &Client, topic: &str) -> Result<Option<u32>> {
     let topics = client

@@ -171,14 +171,9 @@ impl Producer {
         for partition in 0..partitions as i32 {
             // Retry "unknown topic": a topic created a moment ago may not be
             // known to every broker yet.
-            let client = client
-                .partition_client(topic, partition, UnknownTopicHandling::Retry)
-                .await
-                .map_err(|source| Error::Partition {
-                    topic: topic.to_owned(),
-                    partition,
-                    source,
-                })?;
+            let client =
+                crate::partition_client(client, topic, partition, UnknownTopicHandling::Retry)
+                    .await?;
             let (tx, rx) = mpsc::unbounded_channel();
             queues.push(tx);
             tasks.push(tokio::spawn(partition_task(

@@ -19,14 +19,8 @@ pub struct PartitionWriter {
 
 impl PartitionWriter {
     pub async fn new(client: &Client, topic: &str, partition: i32) -> Result<Self> {
-        let client = client
-            .partition_client(topic, partition, UnknownTopicHandling::Retry)
-            .await
-            .map_err(|source| Error::Partition {
-                topic: topic.to_owned(),
-                partition,
-                source,
-            })?;
+        let client =
+            crate::partition_client(client, topic, partition, UnknownTopicHandling::Retry).await?;
         Ok(Self { client })
     }
 
@@ -65,14 +59,8 @@ pub struct FetchedBatch {
 
 impl PartitionReader {
     pub async fn new(client: &Client, topic: &str, partition: i32) -> Result<Self> {
-        let client = client
-            .partition_client(topic, partition, UnknownTopicHandling::Error)
-            .await
-            .map_err(|source| Error::Partition {
-                topic: topic.to_owned(),
-                partition,
-                source,
-            })?;
+        let client =
+            crate::partition_client(client, topic, partition, UnknownTopicHandling::Error).await?;
         Ok(Self { client })
     }
 
