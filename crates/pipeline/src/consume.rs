@@ -378,23 +378,34 @@ async fn starting_offset(
     };
 
     // Is the record before the stored offset still the one we applied?
-    let previous_matches = match stored.last_fingerprint {
-        Some(expected) if stored.next_offset > earliest && stored.next_offset <= latest => {
-            let previous = stored.next_offset - 1;
-            let fetched = reader.fetch(previous, 64 * 1024, Duration::ZERO).await?;
-            fetched
-                .records
-                .first()
-                .filter(|r| r.offset == previous)
-                .map(|r| {
+    // Compared by fingerprint (stored with every commit) or, for offsets
+    // stored before fingerprints existed, by the event id in history.
+    let previous_matches = if stored.next_offset > earliest && stored.next_offset <= latest {
+        let previous = stored.next_offset - 1;
+        let fetched = reader.fetch(previous, 64 * 1024, Duration::ZERO).await?;
+        match fetched.records.into_iter().find(|r| r.offset == previous) {
+            None => None,
+            Some(r) => match stored.last_fingerprint {
+                Some(expected) => Some(
                     store::fold::fingerprint(
                         r.record.timestamp,
                         r.record.key.as_deref(),
                         r.record.value.as_deref(),
-                    ) == expected
-                })
+                    ) == expected,
+                ),
+                None => {
+                    let applied = store
+                        .event_id_at(&config.topic, partition, stored.incarnation, previous)
+                        .await?;
+                    applied.map(|id| {
+                        events::decode(r.record.value.as_deref())
+                            .is_ok_and(|event| event.event_id == id)
+                    })
+                }
+            },
         }
-        _ => None,
+    } else {
+        None
     };
 
     match decide(

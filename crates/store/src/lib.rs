@@ -206,6 +206,26 @@ impl Store {
         }))
     }
 
+    /// The event id of the history row from `topic`/`partition` at
+    /// (`incarnation`, `offset`), if that record was applied.
+    pub async fn event_id_at(
+        &self,
+        topic: &str,
+        partition: i32,
+        incarnation: i32,
+        offset: i64,
+    ) -> Result<Option<uuid::Uuid>> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                "SELECT event_id FROM order_events WHERE kafka_topic = $1 \
+                 AND kafka_partition = $2 AND kafka_incarnation = $3 AND kafka_offset = $4",
+                &[&topic, &partition, &incarnation, &offset],
+            )
+            .await?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
     /// Stores `initial` as the partition's next offset unless one is stored
     /// already, and returns the stored one.
     pub async fn init_offset(
