@@ -141,6 +141,7 @@ async fn run(url: &str, events: usize) -> (f64, f64, u64) {
                     next_offset: next,
                     records: &records,
                     incarnation: 0,
+                    lease: None,
                 };
                 store.apply_batch(&batch).await.expect("apply");
                 from = next;

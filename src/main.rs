@@ -306,6 +306,16 @@ struct GenerateArgs {
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
+enum AssignorArg {
+    /// Contiguous ranges of partitions, as Kafka's RangeAssignor.
+    Range,
+    /// Partitions dealt to members in turn, as Kafka's RoundRobinAssignor.
+    RoundRobin,
+    /// Balanced, moving as few partitions as possible on a rebalance.
+    Sticky,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
 enum ResetArg {
     Earliest,
     Latest,
@@ -340,6 +350,20 @@ struct ConsumeArgs {
     /// wait above it, so memory does not grow with the backlog.
     #[arg(long, default_value_t = 32 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1024..=(u32::MAX as u64)))]
     max_inflight_bytes: u64,
+    /// This member's id in the group. Give a fixed one for static
+    /// membership: a restart within the session timeout keeps its
+    /// partitions without a rebalance. Default: host-pid-random.
+    #[arg(long, env = "FOODPIPE_MEMBER_ID")]
+    member_id: Option<String>,
+    /// How often the member heartbeats and re-reads the group, e.g. 1s.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    heartbeat_interval: Duration,
+    /// A member silent for this long is expired and its partitions move, e.g. 10s.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    session_timeout: Duration,
+    /// How partitions are dealt to the group's members.
+    #[arg(long, value_enum, default_value_t = AssignorArg::Range)]
+    assignor: AssignorArg,
     /// Also copy each dead letter to this Kafka topic (created if missing),
     /// with the error kind, message and source position as headers.
     #[arg(long)]
@@ -575,6 +599,14 @@ async fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
         max_inflight_bytes: args.max_inflight_bytes as usize,
         metrics_addr: args.metrics_addr.0,
         dead_letter_topic: args.dead_letter_topic,
+        member_id: args.member_id,
+        heartbeat_interval: args.heartbeat_interval,
+        session_timeout: args.session_timeout,
+        assignor: match args.assignor {
+            AssignorArg::Range => group::Assignor::Range,
+            AssignorArg::RoundRobin => group::Assignor::RoundRobin,
+            AssignorArg::Sticky => group::Assignor::Sticky,
+        },
         offset_reset: match args.offset_reset {
             ResetArg::Earliest => OffsetReset::Earliest,
             ResetArg::Latest => OffsetReset::Latest,

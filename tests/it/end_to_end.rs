@@ -60,7 +60,9 @@ async fn second_consume_applies_nothing() {
         }
     };
     const ORDERS: &str = "SELECT order_id::text || xmin::text FROM orders ORDER BY 1";
-    const OFFSETS: &str = "SELECT partition::text || xmin::text || next_offset::text FROM consumer_offsets ORDER BY 1";
+    // Offsets by value: taking a partition's lease (owner, epoch) writes
+    // the row even when there is nothing to apply.
+    const OFFSETS: &str = "SELECT partition::text || ':' || next_offset::text || ':' || coalesce(last_fingerprint, 0)::text FROM consumer_offsets ORDER BY 1";
     const HISTORY: &str = "SELECT count(*)::text FROM order_events";
     let before = (
         snapshot(ORDERS).await,

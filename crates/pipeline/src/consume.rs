@@ -12,6 +12,7 @@
 //! database equal to the fold of exactly the records before the stored
 //! offset; the restarted consumer fetches the rest (invariant 3).
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
@@ -79,6 +80,15 @@ pub struct ConsumeConfig {
     pub metrics_addr: Option<std::net::SocketAddr>,
     /// Also copy each dead letter to this topic, with the error in headers.
     pub dead_letter_topic: Option<String>,
+    /// This member's id in the group; a restart with the same id within the
+    /// session timeout keeps its partitions (static membership). `None`
+    /// picks `host-pid-random`.
+    pub member_id: Option<String>,
+    /// How often the member refreshes its heartbeat and re-reads the group.
+    pub heartbeat_interval: Duration,
+    /// A member silent for this long is expired by the others.
+    pub session_timeout: Duration,
+    pub assignor: group::Assignor,
 }
 
 impl Default for ConsumeConfig {
@@ -97,6 +107,10 @@ impl Default for ConsumeConfig {
             max_inflight_bytes: 32 * 1024 * 1024,
             metrics_addr: None,
             dead_letter_topic: None,
+            member_id: None,
+            heartbeat_interval: Duration::from_secs(1),
+            session_timeout: Duration::from_secs(10),
+            assignor: group::Assignor::Range,
         }
     }
 }
@@ -124,6 +138,8 @@ pub struct PartitionSummary {
 pub struct ConsumeSummary {
     pub topic: String,
     pub group: String,
+    /// This member's id in the group.
+    pub member: String,
     pub partitions: Vec<PartitionSummary>,
     /// True if a shutdown signal ended the run.
     pub interrupted: bool,
@@ -140,8 +156,9 @@ impl fmt::Display for ConsumeSummary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "group {} on {}: applied {} events",
+            "group {} (member {}) on {}: applied {} events",
             self.group,
+            self.member,
             self.topic,
             self.events()
         )?;
@@ -166,9 +183,11 @@ impl fmt::Display for ConsumeSummary {
     }
 }
 
-/// Folds the topic into PostgreSQL until `shutdown` completes (or, with
-/// `until_caught_up`, until every partition reaches the high watermark it
-/// had at start). The batch in hand when `shutdown` fires is finished.
+/// Joins the consumer group and folds the partitions assigned to this
+/// member into PostgreSQL until `shutdown` completes (or, with
+/// `until_caught_up`, until each of them reaches the high watermark it had
+/// when taken). Rebalances as members come and go; the batch in hand when a
+/// partition is given up, or when `shutdown` fires, is finished first.
 pub async fn run(
     config: ConsumeConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -176,7 +195,7 @@ pub async fn run(
     let store = Store::connect(&config.store).await?;
     store.migrate().await?;
     let client = Arc::new(kafka::connect(&config.kafka).await?);
-    let partitions = kafka::topic_partitions(&client, &config.topic)
+    let mut partitions = kafka::topic_partitions(&client, &config.topic)
         .await?
         .with_context(|| {
             format!(
@@ -184,9 +203,8 @@ pub async fn run(
                 config.topic
             )
         })?;
-
     // One connection per partition applying a batch, one for the rest.
-    store.resize_pool(partitions as usize + 1);
+    store.resize_pool(partitions as usize + 2);
 
     if let Some(addr) = config.metrics_addr {
         let health = health_check(store.clone(), Arc::clone(&client), config.topic.clone());
@@ -202,72 +220,290 @@ pub async fn run(
     let budget = Arc::new(tokio::sync::Semaphore::new(
         config.max_inflight_bytes.max(fetch_max_bytes as usize),
     ));
-
     let dead_letter_topic = match &config.dead_letter_topic {
         Some(topic) => Some(Arc::new(
             DeadLetterTopic::open(&client, topic, partitions).await?,
         )),
         None => None,
     };
-
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let interrupted = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    {
-        let interrupted = Arc::clone(&interrupted);
-        tokio::spawn(async move {
-            shutdown.await;
-            interrupted.store(true, std::sync::atomic::Ordering::SeqCst);
-            let _ = stop_tx.send(true);
-        });
-    }
-
     let config = Arc::new(ConsumeConfig {
         fetch_max_bytes,
         ..config
     });
-    let mut tasks = Vec::with_capacity(partitions as usize);
-    for partition in 0..partitions as i32 {
-        let reader = PartitionReader::new(&client, &config.topic, partition).await?;
-        let start = starting_offset(&store, &config, &reader).await?;
-        let target = if config.until_caught_up {
-            Some(reader.offset(OffsetAt::Latest).await?)
-        } else {
-            None
-        };
-        tasks.push(tokio::spawn(consume_partition(
-            Arc::clone(&config),
-            store.clone(),
-            reader,
-            start,
-            target,
-            Arc::clone(&budget),
-            dead_letter_topic.clone(),
-            stop_rx.clone(),
-        )));
+    let member = config.member_id.clone().unwrap_or_else(default_member_id);
+    let host = hostname();
+    let pid = std::process::id() as i32;
+    tracing::info!(group = %config.group, member = %member, assignor = config.assignor.as_str(), "joining consumer group");
+
+    let mut owned: BTreeMap<i32, Owned> = BTreeMap::new();
+    let mut caught_up: BTreeSet<i32> = BTreeSet::new();
+    let mut summaries: BTreeMap<i32, PartitionSummary> = BTreeMap::new();
+    let mut interrupted = false;
+    let mut shutdown = std::pin::pin!(shutdown);
+    let mut next_heartbeat = tokio::time::Instant::now();
+    let mut generation = -1i64;
+    let mut mine: Vec<i32> = Vec::new();
+    let mut failure: Option<anyhow::Error> = None;
+
+    loop {
+        // Reap partition tasks that ended: caught up, gave up, or lost the lease.
+        let ended: Vec<i32> = owned
+            .iter()
+            .filter(|(_, o)| o.task.is_finished())
+            .map(|(p, _)| *p)
+            .collect();
+        for p in ended {
+            let Some(o) = owned.remove(&p) else { continue };
+            match o.task.await {
+                Ok(Ok(outcome)) => {
+                    if outcome.caught_up {
+                        caught_up.insert(p);
+                    }
+                    if outcome.lease_lost {
+                        tracing::warn!(
+                            partition = p,
+                            "lease lost: another member owns the partition now"
+                        );
+                    } else {
+                        let _ = store
+                            .release_lease(&config.group, &config.topic, p, &member, o.epoch)
+                            .await;
+                    }
+                    merge(summaries.entry(p).or_default(), outcome.summary);
+                }
+                Ok(Err(e)) => {
+                    failure.get_or_insert(e);
+                }
+                Err(e) => {
+                    failure.get_or_insert(anyhow::anyhow!("partition task failed: {e}"));
+                }
+            }
+        }
+        if failure.is_some() {
+            break;
+        }
+
+        if tokio::time::Instant::now() >= next_heartbeat {
+            next_heartbeat = tokio::time::Instant::now() + config.heartbeat_interval;
+            match store
+                .heartbeat(&config.group, &member, &host, pid, config.session_timeout)
+                .await
+            {
+                Ok(view) => {
+                    for gone in &view.expired {
+                        tracing::warn!(group = %config.group, member = %gone, "expired a silent member");
+                    }
+                    if let Ok(Some(n)) = kafka::topic_partitions(&client, &config.topic).await
+                        && n != partitions
+                    {
+                        tracing::info!(
+                            from = partitions,
+                            to = n,
+                            "the topic's partition count changed"
+                        );
+                        partitions = n;
+                        store.resize_pool(partitions as usize + 2);
+                    }
+                    let previous = if config.assignor == group::Assignor::Sticky {
+                        previous_assignment(&store, &config, &view.members).await
+                    } else {
+                        group::assign::Assignment::new()
+                    };
+                    let assignment = config.assignor.assign(&view.members, partitions, &previous);
+                    let now_mine = assignment.get(&member).cloned().unwrap_or_default();
+                    if view.generation != generation || now_mine != mine {
+                        tracing::info!(
+                            generation = view.generation,
+                            members = view.members.len(),
+                            partitions = ?now_mine,
+                            "assignment"
+                        );
+                    }
+                    generation = view.generation;
+                    mine = now_mine;
+                    // Give up what is no longer ours: the task finishes the
+                    // batch in hand, then the lease is released when reaped.
+                    for (p, o) in &owned {
+                        if !mine.contains(p) {
+                            let _ = o.stop.send(true);
+                        }
+                    }
+                    // Take what is ours once its previous owner let go.
+                    for &p in &mine {
+                        if owned.contains_key(&p) || caught_up.contains(&p) {
+                            continue;
+                        }
+                        match take_partition(&store, &client, &config, &member, &view.members, p)
+                            .await
+                        {
+                            Ok(Some((lease, reader, start))) => {
+                                let target = if config.until_caught_up {
+                                    Some(reader.offset(OffsetAt::Latest).await?)
+                                } else {
+                                    None
+                                };
+                                let (stop, stop_rx) = watch::channel(false);
+                                let task = tokio::spawn(consume_partition(
+                                    Arc::clone(&config),
+                                    store.clone(),
+                                    reader,
+                                    start,
+                                    target,
+                                    Arc::clone(&budget),
+                                    dead_letter_topic.clone(),
+                                    stop_rx,
+                                    (member.clone(), lease.epoch),
+                                ));
+                                tracing::info!(
+                                    partition = p,
+                                    epoch = lease.epoch,
+                                    offset = start.next_offset,
+                                    "took partition"
+                                );
+                                owned.insert(
+                                    p,
+                                    Owned {
+                                        epoch: lease.epoch,
+                                        stop,
+                                        task,
+                                    },
+                                );
+                            }
+                            Ok(None) => {
+                                tracing::debug!(
+                                    partition = p,
+                                    "still held by another member; waiting"
+                                );
+                            }
+                            Err(e) => {
+                                failure.get_or_insert(e);
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "heartbeat failed; retrying");
+                }
+            }
+        }
+        if failure.is_some() {
+            break;
+        }
+        if config.until_caught_up
+            && generation >= 0
+            && owned.is_empty()
+            && mine.iter().all(|p| caught_up.contains(p))
+        {
+            break;
+        }
+        tokio::select! {
+            () = &mut shutdown => {
+                interrupted = true;
+                break;
+            }
+            () = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
     }
 
-    let mut summaries = Vec::with_capacity(tasks.len());
-    let mut first_error = None;
-    for task in tasks {
-        match task.await {
-            Ok(Ok(summary)) => summaries.push(summary),
+    // Stop every partition (each finishes its batch in hand), release the
+    // leases and leave the group at once.
+    for o in owned.values() {
+        let _ = o.stop.send(true);
+    }
+    for (p, o) in std::mem::take(&mut owned) {
+        match o.task.await {
+            Ok(Ok(outcome)) => merge(summaries.entry(p).or_default(), outcome.summary),
             Ok(Err(e)) => {
-                first_error.get_or_insert(e);
+                failure.get_or_insert(e);
             }
             Err(e) => {
-                first_error.get_or_insert(anyhow::anyhow!("partition task failed: {e}"));
+                failure.get_or_insert(anyhow::anyhow!("partition task failed: {e}"));
             }
         }
     }
-    if let Some(e) = first_error {
+    if let Err(e) = store.leave(&config.group, &member).await {
+        tracing::warn!(error = %e, "could not leave the group; it expires after the session timeout");
+    }
+    if let Some(e) = failure {
         return Err(e);
     }
     Ok(ConsumeSummary {
         topic: config.topic.clone(),
         group: config.group.clone(),
-        partitions: summaries,
-        interrupted: interrupted.load(std::sync::atomic::Ordering::SeqCst),
+        member,
+        partitions: summaries.into_values().collect(),
+        interrupted,
     })
+}
+
+/// A partition this member is consuming.
+struct Owned {
+    epoch: i64,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<anyhow::Result<PartitionOutcome>>,
+}
+
+/// How a partition task ended.
+struct PartitionOutcome {
+    summary: PartitionSummary,
+    /// It reached its target (with `until_caught_up`).
+    caught_up: bool,
+    /// A commit found the lease gone: another member took the partition.
+    lease_lost: bool,
+}
+
+/// Adds a later tenure on a partition to its summary.
+fn merge(total: &mut PartitionSummary, part: PartitionSummary) {
+    if total.batches == 0 && total.events == 0 && total.next_offset == 0 {
+        total.partition = part.partition;
+        total.start_offset = part.start_offset;
+    }
+    total.next_offset = part.next_offset;
+    total.high_watermark = part.high_watermark;
+    total.batches += part.batches;
+    total.events += part.events;
+    total.dead_letters += part.dead_letters;
+    total.duplicates += part.duplicates;
+}
+
+/// The current owners, as the previous assignment the sticky assignor keeps.
+async fn previous_assignment(
+    store: &Store,
+    config: &ConsumeConfig,
+    live: &[String],
+) -> group::assign::Assignment {
+    let mut previous = group::assign::Assignment::new();
+    if let Ok(owners) = store.owners(&config.group, &config.topic).await {
+        for o in owners {
+            if let Some(owner) = o.owner.filter(|m| live.contains(m)) {
+                previous.entry(owner).or_default().push(o.partition);
+            }
+        }
+    }
+    previous
+}
+
+/// `host-pid-random`: unique per process, readable in `group describe`.
+fn default_member_id() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!(
+        "{}-{}-{:04x}",
+        hostname(),
+        std::process::id(),
+        nanos & 0xffff
+    )
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned())
 }
 
 /// What to do with a partition's stored offset, given the broker's view.
@@ -346,36 +582,55 @@ fn decide(
     }
 }
 
-/// The partition's stored position, created by the reset policy if the
-/// group has none and reset by it (and recorded in `offset_gaps`) if the
-/// broker no longer has the log it points into.
-async fn starting_offset(
+/// Takes the lease on `partition` if its previous owner let go, then makes
+/// sure the stored offset is still backed by the broker: created by the
+/// reset policy if the group has none, and reset by it (and recorded in
+/// `offset_gaps`) if the broker no longer has the log it points into.
+/// Returns `None` while another live member holds the partition.
+async fn take_partition(
     store: &Store,
+    client: &RsClient,
     config: &ConsumeConfig,
-    reader: &PartitionReader,
-) -> anyhow::Result<StoredOffset> {
-    let partition = reader.partition();
+    member: &str,
+    live: &[String],
+    partition: i32,
+) -> anyhow::Result<Option<(store::Lease, PartitionReader, StoredOffset)>> {
+    let reader = PartitionReader::new(client, &config.topic, partition).await?;
     let earliest = reader.offset(OffsetAt::Earliest).await?;
     let latest = reader.offset(OffsetAt::Latest).await?;
-    let stored = match store
-        .stored_offset(&config.group, &config.topic, partition)
+    let initial = match config.offset_reset {
+        OffsetReset::Earliest => Some(earliest),
+        OffsetReset::Latest => Some(latest),
+        OffsetReset::Fail => None,
+    };
+    let lease = match store
+        .take_lease(
+            &config.group,
+            &config.topic,
+            partition,
+            member,
+            live,
+            initial,
+        )
         .await?
     {
-        Some(stored) => stored,
+        Some(lease) => lease,
         None => {
-            let initial = match config.offset_reset {
-                OffsetReset::Earliest => earliest,
-                OffsetReset::Latest => latest,
-                OffsetReset::Fail => anyhow::bail!(
+            if initial.is_none()
+                && store
+                    .stored_offset(&config.group, &config.topic, partition)
+                    .await?
+                    .is_none()
+            {
+                anyhow::bail!(
                     "partition {partition}: group {} has no stored offset and --offset-reset is fail; use earliest or latest",
                     config.group
-                ),
-            };
-            return Ok(store
-                .init_offset(&config.group, &config.topic, partition, initial)
-                .await?);
+                );
+            }
+            return Ok(None);
         }
     };
+    let stored = lease.stored;
 
     // Is the record before the stored offset still the one we applied?
     // Compared by fingerprint (stored with every commit) or, for offsets
@@ -408,7 +663,7 @@ async fn starting_offset(
         None
     };
 
-    match decide(
+    let start = match decide(
         &stored,
         earliest,
         latest,
@@ -416,7 +671,7 @@ async fn starting_offset(
         config.offset_reset,
         partition,
     ) {
-        Start::Resume => Ok(stored),
+        Start::Resume => stored,
         Start::Fail(message) => anyhow::bail!(message),
         Start::Reset {
             reason,
@@ -450,13 +705,14 @@ async fn starting_offset(
                 "stored offset unusable ({reason}); continuing from {to} by --offset-reset {}; recorded in offset_gaps",
                 config.offset_reset.as_str()
             );
-            Ok(StoredOffset {
+            StoredOffset {
                 next_offset: to,
                 incarnation: new_incarnation,
                 last_fingerprint: None,
-            })
+            }
         }
-    }
+    };
+    Ok(Some((lease, reader, start)))
 }
 
 /// A fetched, decoded batch on its way from the fetcher to the applier,
@@ -483,7 +739,8 @@ async fn consume_partition(
     budget: Arc<tokio::sync::Semaphore>,
     dead_letter_topic: Option<Arc<DeadLetterTopic>>,
     stop: watch::Receiver<bool>,
-) -> anyhow::Result<PartitionSummary> {
+    lease: (String, i64),
+) -> anyhow::Result<PartitionOutcome> {
     let partition = reader.partition();
     let metrics = PartitionMetrics::new(&config.group, &config.topic, partition);
     // Capacity 1: one batch waiting while one is applied.
@@ -507,14 +764,17 @@ async fn consume_partition(
         stop,
         metrics,
         dead_letter_topic,
+        lease,
     );
-    let (last_high_watermark, summary) = tokio::join!(fetcher, applier);
-    let mut summary = summary?;
-    summary.high_watermark = summary
+    let (last_high_watermark, outcome) = tokio::join!(fetcher, applier);
+    let mut outcome = outcome?;
+    outcome.summary.high_watermark = outcome
+        .summary
         .high_watermark
         .max(last_high_watermark)
         .max(target.unwrap_or(0));
-    Ok(summary)
+    outcome.caught_up = target.is_some_and(|t| outcome.summary.next_offset >= t);
+    Ok(outcome)
 }
 
 /// Fetches batches from `offset` on and hands them to the applier, until
@@ -685,7 +945,9 @@ async fn apply_loop(
     mut stop: watch::Receiver<bool>,
     metrics: PartitionMetrics,
     dead_letter_topic: Option<Arc<DeadLetterTopic>>,
-) -> anyhow::Result<PartitionSummary> {
+    lease: (String, i64),
+) -> anyhow::Result<PartitionOutcome> {
+    let mut lease_lost = false;
     let mut summary = PartitionSummary {
         partition,
         start_offset: start.next_offset,
@@ -712,6 +974,7 @@ async fn apply_loop(
             next_offset: fetched.next_offset,
             records: &fetched.records,
             incarnation: start.incarnation,
+            lease: Some((lease.0.as_str(), lease.1)),
         };
         let mut backoff = Backoff::new(config.max_backoff);
         let applied = loop {
@@ -730,6 +993,12 @@ async fn apply_loop(
                         _ = stop.changed() => break None,
                         () = tokio::time::sleep(delay) => {}
                     }
+                }
+                Err(store::Error::LeaseLost { .. }) => {
+                    // Fenced: another member took the partition (we were
+                    // paused or slow). Nothing of this batch was stored.
+                    lease_lost = true;
+                    break None;
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -766,7 +1035,11 @@ async fn apply_loop(
         summary.high_watermark = fetched.high_watermark;
         // Dropping `fetched` here frees its bytes from the budget.
     }
-    Ok(summary)
+    Ok(PartitionOutcome {
+        summary,
+        caught_up: false,
+        lease_lost,
+    })
 }
 
 /// `/healthz`: the broker answers metadata for the topic and PostgreSQL

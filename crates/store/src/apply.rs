@@ -24,6 +24,10 @@ pub struct Batch<'a> {
     pub records: &'a [SourceRecord],
     /// The incarnation of the partition's log the stored offset refers to.
     pub incarnation: i32,
+    /// The member committing and its lease epoch; the commit only succeeds
+    /// while that lease is current. `None` commits without a lease (tools
+    /// and benchmarks on a private database).
+    pub lease: Option<(&'a str, i64)>,
 }
 
 /// What a committed batch did.
@@ -118,12 +122,14 @@ impl Store {
                     &batch.from_offset,
                     &batch.incarnation,
                     &last_fingerprint,
+                    &batch.lease.map(|(owner, _)| owner),
+                    &batch.lease.map_or(0, |(_, epoch)| epoch),
                 ],
             )
             .await?;
         if moved != 1 {
             // Dropping `tx` rolls everything back.
-            return Err(Error::OffsetMoved {
+            return Err(Error::LeaseLost {
                 group: batch.group.to_owned(),
                 topic: batch.topic.to_owned(),
                 partition: batch.partition,

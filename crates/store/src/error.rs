@@ -14,10 +14,10 @@ pub enum Error {
     #[error("migrations failed: {0}")]
     Migrate(String),
     #[error(
-        "the stored offset of {topic}/{partition} for group {group} is no longer {expected}: \
-         another consumer moved it"
+        "{topic}/{partition} is no longer this member's: its lease, epoch or stored offset \
+         (expected {expected}) changed, so another member of group {group} owns it now"
     )]
-    OffsetMoved {
+    LeaseLost {
         group: String,
         topic: String,
         partition: i32,

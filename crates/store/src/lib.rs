@@ -15,6 +15,7 @@
 mod apply;
 mod error;
 pub mod fold;
+mod membership;
 mod report;
 
 use std::str::FromStr;
@@ -27,6 +28,7 @@ use tokio_postgres::config::Host;
 pub use apply::{Applied, Batch};
 pub use error::{Error, Result};
 pub use fold::SourceRecord;
+pub use membership::{GroupView, Lease, PartitionOwner};
 pub use report::{DeadLetterRow, StatusReport};
 
 mod embedded {
