@@ -47,6 +47,9 @@ enum Command {
     /// Read the records that could not be applied.
     #[command(name = "dead-letters", subcommand)]
     DeadLetters(DeadLetterCommand),
+    /// Consumer groups: list them, describe one, reset its offsets.
+    #[command(subcommand)]
+    Group(GroupCommand),
 }
 
 /// Where the Kafka cluster is.
@@ -93,12 +96,17 @@ struct DbArgs {
         hide_default_value = true
     )]
     database_url: String,
+    /// PostgreSQL schema for foodpipe's tables (default: public). Two
+    /// groups that fold the same topic each need their own schema.
+    #[arg(long, env = "FOODPIPE_SCHEMA")]
+    schema: Option<String>,
 }
 
 impl DbArgs {
     fn config(&self) -> StoreConfig {
         StoreConfig {
             database_url: self.database_url.clone(),
+            schema: self.schema.clone(),
             ..StoreConfig::default()
         }
     }
@@ -397,6 +405,91 @@ struct StatusArgs {
 }
 
 #[derive(Debug, Subcommand)]
+enum GroupCommand {
+    /// Every group with its generation, member count and topics.
+    List(GroupListArgs),
+    /// Per partition the stored offset, log-end offset, lag, owner and
+    /// epoch; the members with their last heartbeat.
+    Describe(GroupDescribeArgs),
+    /// Move a group's offsets. Prints the plan (old -> new per partition)
+    /// and changes nothing unless --execute; refuses while the group has
+    /// live members.
+    Reset(GroupResetArgs),
+}
+
+#[derive(Debug, Args)]
+struct GroupListArgs {
+    #[command(flatten)]
+    db: DbArgs,
+}
+
+#[derive(Debug, Args)]
+struct GroupDescribeArgs {
+    #[command(flatten)]
+    kafka: KafkaArgs,
+    #[command(flatten)]
+    db: DbArgs,
+    /// The consumer group.
+    #[arg(long, env = "FOODPIPE_GROUP", default_value = "order-processors")]
+    group: String,
+    /// Refresh in place every second until Ctrl-C.
+    #[arg(long)]
+    watch: bool,
+}
+
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+struct ResetTarget {
+    /// To the earliest offset still on the broker.
+    #[arg(long)]
+    to_earliest: bool,
+    /// To the log end: skip everything produced so far.
+    #[arg(long)]
+    to_latest: bool,
+    /// To this offset (clamped to what the broker has).
+    #[arg(long, allow_negative_numbers = true)]
+    to_offset: Option<i64>,
+    /// To the first record at or after this time (RFC 3339, e.g.
+    /// 2026-11-24T12:00:00Z), by the broker's offset-for-timestamp lookup.
+    #[arg(long, value_parser = parse_datetime)]
+    to_datetime: Option<chrono::DateTime<chrono::Utc>>,
+    /// Move each offset by N (negative to go back).
+    #[arg(long, allow_negative_numbers = true)]
+    shift_by: Option<i64>,
+}
+
+#[derive(Debug, Args)]
+struct GroupResetArgs {
+    #[command(flatten)]
+    kafka: KafkaArgs,
+    #[command(flatten)]
+    db: DbArgs,
+    /// The consumer group.
+    #[arg(long, env = "FOODPIPE_GROUP", default_value = "order-processors")]
+    group: String,
+    #[command(flatten)]
+    to: ResetTarget,
+    /// Only this partition.
+    #[arg(long)]
+    partition: Option<i32>,
+    /// Apply the plan; without it nothing changes.
+    #[arg(long)]
+    execute: bool,
+    /// Members silent for longer than this count as gone.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    session_timeout: Duration,
+}
+
+fn parse_datetime(s: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    chrono::DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .or_else(|_| {
+            chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S").map(|t| t.and_utc())
+        })
+        .map_err(|_| format!("{s:?} is not a time: write RFC 3339, e.g. 2026-11-24T12:00:00Z"))
+}
+
+#[derive(Debug, Subcommand)]
 enum DeadLetterCommand {
     /// The newest dead letters, one line each.
     List(DeadLetterListArgs),
@@ -521,6 +614,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status(args) => status(args).await,
         Command::Partition(args) => partition(args),
         Command::DeadLetters(DeadLetterCommand::List(args)) => dead_letters_list(args).await,
+        Command::Group(GroupCommand::List(args)) => group_list(args).await,
+        Command::Group(GroupCommand::Describe(args)) => group_describe(args).await,
+        Command::Group(GroupCommand::Reset(args)) => group_reset(args).await,
         Command::DeadLetters(DeadLetterCommand::Show(args)) => dead_letters_show(args).await,
     }
 }
@@ -641,6 +737,100 @@ async fn status(args: StatusArgs) -> anyhow::Result<()> {
         println!("  {status:<10} {count}");
     }
     println!("dead letters: {}", report.dead_letters);
+    Ok(())
+}
+
+async fn group_list(args: GroupListArgs) -> anyhow::Result<()> {
+    let store = Store::connect(&args.db.config()).await?;
+    store.migrate().await?;
+    let groups = store.groups().await?;
+    if groups.is_empty() {
+        println!("no consumer groups yet");
+    }
+    for g in groups {
+        println!(
+            "{}\tgeneration {}\t{} member(s)\ttopics: {}",
+            g.group_id,
+            g.generation,
+            g.members,
+            g.topics.join(", ")
+        );
+    }
+    Ok(())
+}
+
+async fn group_describe(args: GroupDescribeArgs) -> anyhow::Result<()> {
+    let store = Store::connect(&args.db.config()).await?;
+    store.migrate().await?;
+    let kafka = args.kafka.config()?;
+    let mut stop = std::pin::pin!(shutdown_signal());
+    loop {
+        let d = pipeline::groups::describe(&store, &kafka, &args.group, &args.kafka.topic).await?;
+        if args.watch {
+            // Clear the screen and home the cursor, like `watch`.
+            print!("\x1b[2J\x1b[H{}", chrono::Utc::now().format("%H:%M:%S\n"));
+        }
+        print!("{d}");
+        if !args.watch {
+            return Ok(());
+        }
+        tokio::select! {
+            () = &mut stop => return Ok(()),
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+async fn group_reset(args: GroupResetArgs) -> anyhow::Result<()> {
+    use pipeline::groups::ResetTo;
+    let store = Store::connect(&args.db.config()).await?;
+    store.migrate().await?;
+    let t = &args.to;
+    let to = if t.to_earliest {
+        ResetTo::Earliest
+    } else if t.to_latest {
+        ResetTo::Latest
+    } else if let Some(o) = t.to_offset {
+        ResetTo::Offset(o)
+    } else if let Some(d) = t.to_datetime {
+        ResetTo::Datetime(d)
+    } else if let Some(n) = t.shift_by {
+        ResetTo::ShiftBy(n)
+    } else {
+        anyhow::bail!(
+            "say where to: --to-earliest, --to-latest, --to-offset, --to-datetime or --shift-by"
+        );
+    };
+    let plan = pipeline::groups::reset(
+        &store,
+        &args.kafka.config()?,
+        &args.group,
+        &args.kafka.topic,
+        &to,
+        args.partition,
+        args.execute,
+        args.session_timeout,
+    )
+    .await?;
+    println!(
+        "{:<20} {:<20} {:>9} {:>12} {:>12}",
+        "GROUP", "TOPIC", "PARTITION", "OLD-OFFSET", "NEW-OFFSET"
+    );
+    for r in &plan {
+        println!(
+            "{:<20} {:<20} {:>9} {:>12} {:>12}",
+            args.group,
+            args.kafka.topic,
+            r.partition,
+            r.old.map_or("-".to_owned(), |o| o.to_string()),
+            r.new
+        );
+    }
+    if args.execute {
+        println!("offsets reset");
+    } else {
+        println!("dry run: nothing changed; add --execute to apply");
+    }
     Ok(())
 }
 

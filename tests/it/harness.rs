@@ -199,6 +199,7 @@ pub struct RawRecord {
     pub key: Option<Vec<u8>>,
     pub value: Option<Vec<u8>>,
     pub headers: std::collections::BTreeMap<String, Vec<u8>>,
+    pub timestamp: chrono::DateTime<chrono::Utc>,
 }
 
 /// A record whose value is JSON, parsed.
@@ -257,6 +258,7 @@ pub async fn read_topic_raw_at(
                     key: r.record.key,
                     value: r.record.value,
                     headers: r.record.headers,
+                    timestamp: r.record.timestamp,
                 });
                 offset = r.offset + 1;
             }
@@ -574,6 +576,25 @@ pub async fn assert_db_is_fold_of_topic_at(bootstrap: &str, db: &TestDb, topic: 
 /// Produces `count` generated events with `seed` to `topic` (3 partitions).
 pub async fn produce_events(topic: &str, count: u32, seed: u64) {
     produce_events_at(&bootstrap_servers(), topic, count, seed).await;
+}
+
+/// Produces `count` generated events with `seed` to `topic`, creating it
+/// with `partitions` partitions.
+pub async fn produce_events_to(topic: &str, count: u32, seed: u64, partitions: u32) {
+    let mut cmd = foodpipe(&[
+        "produce",
+        "--topic",
+        topic,
+        "--count",
+        &count.to_string(),
+        "--partitions",
+        &partitions.to_string(),
+        "--seed",
+        &seed.to_string(),
+        "--quiet",
+    ]);
+    cmd.env("KAFKA_BOOTSTRAP_SERVERS", bootstrap_servers());
+    run_ok(cmd).await;
 }
 
 /// Like [`produce_events`], to the broker at `bootstrap`.

@@ -9,6 +9,7 @@
 mod bad_input;
 mod consumer;
 mod end_to_end;
+mod groups;
 mod harness;
 mod partitioner;
 mod producer;

@@ -192,7 +192,11 @@ pub async fn run(
     config: ConsumeConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<ConsumeSummary> {
-    let store = Store::connect(&config.store).await?;
+    let store = Store::connect(&StoreConfig {
+        idle_in_transaction_timeout: Some(config.session_timeout),
+        ..config.store.clone()
+    })
+    .await?;
     store.migrate().await?;
     let client = Arc::new(kafka::connect(&config.kafka).await?);
     let mut partitions = kafka::topic_partitions(&client, &config.topic)

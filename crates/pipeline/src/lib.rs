@@ -11,6 +11,7 @@
 //!   transaction per fetched batch, from the stored offsets.
 
 pub mod consume;
+pub mod groups;
 mod observe;
 mod outbound;
 pub mod produce;

@@ -4,6 +4,10 @@
 pub enum Error {
     #[error("invalid DATABASE_URL: {0} (expected postgres://user:password@host:port/database)")]
     BadUrl(String),
+    #[error(
+        "invalid --schema {0:?}: use lowercase letters, digits and _, not starting with a digit"
+    )]
+    BadSchema(String),
     #[error("cannot connect to PostgreSQL at {target}: {source}")]
     Connect {
         target: String,

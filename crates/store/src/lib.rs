@@ -28,7 +28,7 @@ use tokio_postgres::config::Host;
 pub use apply::{Applied, Batch};
 pub use error::{Error, Result};
 pub use fold::SourceRecord;
-pub use membership::{GroupView, Lease, PartitionOwner};
+pub use membership::{GroupRow, GroupView, Lease, MemberRow, PartitionOwner};
 pub use report::{DeadLetterRow, StatusReport};
 
 mod embedded {
@@ -48,6 +48,14 @@ pub struct StoreConfig {
     pub pool_size: usize,
     /// How long to wait for a connection before giving up.
     pub connect_timeout: Duration,
+    /// PostgreSQL ends a session that sits this long inside a transaction
+    /// (`idle_in_transaction_session_timeout`), so a paused consumer cannot
+    /// hold row locks that stop the member taking over its partitions.
+    pub idle_in_transaction_timeout: Option<Duration>,
+    /// The schema foodpipe's tables live in (`search_path`); `None` for
+    /// PostgreSQL's default (`public`). Two groups folding the same topic
+    /// each need their own.
+    pub schema: Option<String>,
 }
 
 impl Default for StoreConfig {
@@ -57,6 +65,8 @@ impl Default for StoreConfig {
                 .to_owned(),
             pool_size: 4,
             connect_timeout: Duration::from_secs(5),
+            idle_in_transaction_timeout: None,
+            schema: None,
         }
     }
 }
@@ -68,6 +78,22 @@ pub struct Store {
     pg_config: tokio_postgres::Config,
     /// `user@host:port/db`, never the password: safe to log.
     target: String,
+}
+
+/// A schema name foodpipe accepts: lowercase letters, digits and `_`,
+/// not starting with a digit, so it never needs quoting.
+fn check_schema_name(schema: &str) -> Result<()> {
+    let ok = !schema.is_empty()
+        && schema.len() <= 63
+        && !schema.starts_with(|c: char| c.is_ascii_digit())
+        && schema
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::BadSchema(schema.to_owned()))
+    }
 }
 
 /// `user@host:port/db` of a config, for messages; never the password.
@@ -105,6 +131,20 @@ impl Store {
             pg_config.connect_timeout(config.connect_timeout);
         }
         pg_config.application_name("foodpipe");
+        let mut options = pg_config.get_options().unwrap_or_default().to_owned();
+        if let Some(t) = config.idle_in_transaction_timeout {
+            options.push_str(&format!(
+                " -c idle_in_transaction_session_timeout={}",
+                t.as_millis()
+            ));
+        }
+        if let Some(schema) = &config.schema {
+            check_schema_name(schema)?;
+            options.push_str(&format!(" -c search_path={schema}"));
+        }
+        if !options.trim().is_empty() {
+            pg_config.options(options.trim());
+        }
         let target = describe_target(&pg_config);
         let manager = Manager::from_config(
             pg_config.clone(),
@@ -126,6 +166,13 @@ impl Store {
             target,
         };
         drop(store.client().await?);
+        if let Some(schema) = &config.schema {
+            store
+                .client()
+                .await?
+                .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
+                .await?;
+        }
         Ok(store)
     }
 

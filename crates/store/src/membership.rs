@@ -227,3 +227,123 @@ impl Store {
             .collect())
     }
 }
+
+/// A member as `group describe` shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MemberRow {
+    pub member_id: String,
+    pub host: String,
+    pub pid: i32,
+    pub started_at: chrono::DateTime<chrono::Utc>,
+    /// Seconds since the last heartbeat, by PostgreSQL's clock.
+    pub silent_secs: f64,
+}
+
+/// A group as `group list` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupRow {
+    pub group_id: String,
+    pub generation: i64,
+    pub members: i64,
+    pub topics: Vec<String>,
+}
+
+impl Store {
+    /// The members of `group`, with how long each has been silent.
+    pub async fn members(&self, group: &str) -> Result<Vec<MemberRow>> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT member_id, host, pid, started_at, \
+                        extract(epoch FROM clock_timestamp() - heartbeat_at)::float8 \
+                 FROM group_members WHERE group_id = $1 ORDER BY member_id",
+                &[&group],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| MemberRow {
+                member_id: r.get(0),
+                host: r.get(1),
+                pid: r.get(2),
+                started_at: r.get(3),
+                silent_secs: r.get(4),
+            })
+            .collect())
+    }
+
+    /// Every group that has stored offsets or members.
+    pub async fn groups(&self) -> Result<Vec<GroupRow>> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT g.group_id, coalesce(cg.generation, 0), \
+                        (SELECT count(*) FROM group_members m WHERE m.group_id = g.group_id), \
+                        coalesce((SELECT array_agg(DISTINCT topic ORDER BY topic) FROM consumer_offsets o \
+                                  WHERE o.group_id = g.group_id), '{}') \
+                 FROM (SELECT group_id FROM consumer_offsets UNION SELECT group_id FROM group_members \
+                       UNION SELECT group_id FROM consumer_groups) g \
+                 LEFT JOIN consumer_groups cg USING (group_id) ORDER BY 1",
+                &[],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| GroupRow {
+                group_id: r.get(0),
+                generation: r.get(1),
+                members: r.get(2),
+                topics: r.get(3),
+            })
+            .collect())
+    }
+}
+
+impl Store {
+    /// Members of `group` that heartbeated within `session_timeout`.
+    pub async fn live_members(
+        &self,
+        group: &str,
+        session_timeout: Duration,
+    ) -> Result<Vec<String>> {
+        let secs = session_timeout.as_secs_f64();
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT member_id FROM group_members WHERE group_id = $1 \
+                 AND heartbeat_at >= clock_timestamp() - make_interval(secs => $2) ORDER BY 1",
+                &[&group, &secs],
+            )
+            .await?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    /// Sets the stored offsets of `group` on `topic` (`group reset
+    /// --execute`): each partition's next offset, its lease released and
+    /// its fingerprint cleared, in one transaction.
+    pub async fn set_offsets(
+        &self,
+        group: &str,
+        topic: &str,
+        offsets: &[(i32, i64)],
+    ) -> Result<()> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        for (partition, offset) in offsets {
+            tx.execute(
+                "INSERT INTO consumer_offsets (group_id, topic, partition, next_offset) \
+                 VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (group_id, topic, partition) DO UPDATE \
+                 SET next_offset = EXCLUDED.next_offset, owner = NULL, \
+                     last_fingerprint = NULL, updated_at = now()",
+                &[&group, &topic, partition, offset],
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,310 @@
+//! Consumer groups on PostgreSQL with real processes: sharing, rebalancing
+//! after a crash, fencing a paused owner, resets, and independent groups.
+
+use std::collections::BTreeMap;
+use std::process::Stdio;
+use std::time::Duration;
+
+use crate::harness::{
+    TestDb, assert_db_is_fold_of_topic, consume_until_caught_up, foodpipe, produce_events_to,
+    random_topic_name, read_topic_raw, signal,
+};
+
+const GROUP: &str = "order-processors";
+
+/// partition → owner, as stored in `consumer_offsets` (empty until the
+/// first member has applied the migrations).
+async fn owners(db: &TestDb, topic: &str) -> BTreeMap<i32, Option<String>> {
+    db.client()
+        .await
+        .query(
+            "SELECT partition, owner FROM consumer_offsets WHERE group_id = $1 AND topic = $2",
+            &[&GROUP, &topic],
+        )
+        .await
+        .map(|rows| rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+        .unwrap_or_default()
+}
+
+/// How many partitions each member owns (members owning none are absent).
+fn counts(owners: &BTreeMap<i32, Option<String>>) -> BTreeMap<String, usize> {
+    let mut c = BTreeMap::new();
+    for m in owners.values().flatten() {
+        *c.entry(m.clone()).or_insert(0) += 1;
+    }
+    c
+}
+
+/// Polls `owners` until `ok` holds, failing after `limit`.
+async fn wait_owners(
+    db: &TestDb,
+    topic: &str,
+    limit: Duration,
+    what: &str,
+    ok: impl Fn(&BTreeMap<i32, Option<String>>) -> bool,
+) -> Duration {
+    let started = tokio::time::Instant::now();
+    loop {
+        let now = owners(db, topic).await;
+        if ok(&now) {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < limit,
+            "not {what} within {limit:?}: {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn member(topic: &str, db: &TestDb, id: &str, extra: &[&str]) -> tokio::process::Child {
+    let mut args = vec![
+        "consume",
+        "--topic",
+        topic,
+        "--member-id",
+        id,
+        "--session-timeout",
+        "3s",
+        "--fetch-max-bytes",
+        "4096",
+    ];
+    args.extend_from_slice(extra);
+    let mut cmd = foodpipe(&args);
+    cmd.env("DATABASE_URL", &db.url)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd.spawn().expect("member starts")
+}
+
+/// Waits for the group's stored offsets to reach the topic's end.
+async fn wait_caught_up(db: &TestDb, topic: &str, limit: Duration) {
+    let (_, watermarks) = read_topic_raw(topic).await;
+    let started = tokio::time::Instant::now();
+    loop {
+        let stored: BTreeMap<i32, i64> = db
+            .client()
+            .await
+            .query(
+                "SELECT partition, next_offset FROM consumer_offsets WHERE topic = $1",
+                &[&topic],
+            )
+            .await
+            .expect("offsets")
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        if stored == watermarks {
+            return;
+        }
+        assert!(
+            started.elapsed() < limit,
+            "not caught up: {stored:?} vs {watermarks:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+async fn stop_all(children: Vec<tokio::process::Child>) {
+    for c in &children {
+        signal(c, "TERM");
+    }
+    for c in children {
+        let out = c.wait_with_output().await.expect("member exits");
+        assert!(
+            out.status.success(),
+            "member failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// Three members over six partitions get two each; a SIGKILLed member's partitions move to the others within the session timeout, come back when it rejoins, and no event is lost or applied twice.
+#[tokio::test]
+async fn three_members_share_and_rebalance() {
+    let topic = random_topic_name();
+    let db = TestDb::create().await;
+    produce_events_to(&topic, 12_000, 61, 6).await;
+    let a = member(&topic, &db, "m-a", &[]);
+    let b = member(&topic, &db, "m-b", &[]);
+    let mut c = member(&topic, &db, "m-c", &[]);
+    let balanced = |o: &BTreeMap<i32, Option<String>>| {
+        o.len() == 6 && counts(o).len() == 3 && counts(o).values().all(|n| *n == 2)
+    };
+    wait_owners(
+        &db,
+        &topic,
+        Duration::from_secs(30),
+        "two partitions each",
+        balanced,
+    )
+    .await;
+
+    c.start_kill().expect("SIGKILL");
+    let _ = c.wait().await;
+    let moved = wait_owners(
+        &db,
+        &topic,
+        Duration::from_secs(15),
+        "moved to m-a and m-b",
+        |o| {
+            o.values()
+                .all(|m| matches!(m.as_deref(), Some("m-a" | "m-b")))
+                && counts(o).values().all(|n| *n == 3)
+        },
+    )
+    .await;
+    // Session timeout 3 s, heartbeat 1 s: a few seconds at most.
+    assert!(moved < Duration::from_secs(10), "took {moved:?}");
+
+    c = member(&topic, &db, "m-c", &[]);
+    wait_owners(
+        &db,
+        &topic,
+        Duration::from_secs(30),
+        "balanced again",
+        balanced,
+    )
+    .await;
+
+    // More events while the three share the topic, then a clean stop (each
+    // leaves at once) and one member with big fetches to finish the rest.
+    produce_events_to(&topic, 3_000, 62, 6).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop_all(vec![a, b, c]).await;
+    consume_until_caught_up(&topic, &db, &[]).await;
+    wait_caught_up(&db, &topic, Duration::from_secs(30)).await;
+    assert_db_is_fold_of_topic(&db, &topic, GROUP).await;
+    db.drop_db().await;
+}
+
+/// A paused (SIGSTOP) owner loses its partition to another member, which commits; woken (SIGCONT), the paused one commits nothing under its old lease and gives the partition up.
+#[tokio::test]
+async fn paused_owner_is_fenced() {
+    let topic = random_topic_name();
+    let db = TestDb::create().await;
+    produce_events_to(&topic, 20_000, 63, 2).await;
+    let a = member(&topic, &db, "zombie", &[]);
+    let b = member(&topic, &db, "healthy", &[]);
+    wait_owners(
+        &db,
+        &topic,
+        Duration::from_secs(30),
+        "one partition each",
+        |o| o.len() == 2 && counts(o).values().all(|n| *n == 1) && counts(o).len() == 2,
+    )
+    .await;
+    let zombie_partition = *owners(&db, &topic)
+        .await
+        .iter()
+        .find(|(_, m)| m.as_deref() == Some("zombie"))
+        .expect("zombie owns one")
+        .0;
+
+    signal(&a, "STOP");
+    wait_owners(&db, &topic, Duration::from_secs(20), "taken over", |o| {
+        o.get(&zombie_partition).cloned().flatten().as_deref() == Some("healthy")
+    })
+    .await;
+    // The new owner commits on it.
+    let offset_of = |rows: Vec<tokio_postgres::Row>| -> i64 { rows[0].get(0) };
+    let pg = db.client().await;
+    let query = "SELECT next_offset FROM consumer_offsets WHERE topic = $1 AND partition = $2";
+    let taken_at = offset_of(
+        pg.query(query, &[&topic, &zombie_partition])
+            .await
+            .expect("offset"),
+    );
+    let started = tokio::time::Instant::now();
+    while offset_of(
+        pg.query(query, &[&topic, &zombie_partition])
+            .await
+            .expect("offset"),
+    ) == taken_at
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the new owner commits"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    signal(&a, "CONT");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    signal(&a, "TERM");
+    let zombie = a.wait_with_output().await.expect("zombie exits");
+    let log = String::from_utf8_lossy(&zombie.stderr);
+    assert!(
+        log.contains("lease lost"),
+        "the woken member's commit was refused and it gave the partition up:\n{log}"
+    );
+    stop_all(vec![b]).await;
+    // Finish with one member and check nothing was lost or applied twice.
+    consume_until_caught_up(&topic, &db, &[]).await;
+    assert_db_is_fold_of_topic(&db, &topic, GROUP).await;
+    db.drop_db().await;
+}
+
+/// A commit under a superseded lease epoch is refused and writes nothing, even though the stored offset still matches.
+#[tokio::test]
+async fn stale_epoch_cannot_commit() {
+    let db = TestDb::create().await;
+    let store = store::Store::connect(&store::StoreConfig {
+        database_url: db.url.clone(),
+        ..store::StoreConfig::default()
+    })
+    .await
+    .expect("connect");
+    store.migrate().await.expect("migrate");
+    let a = store
+        .take_lease(GROUP, "t", 0, "a", &["a".to_owned()], Some(0))
+        .await
+        .expect("take")
+        .expect("free");
+    // "a" is no longer live: "b" takes over with the next epoch.
+    let b = store
+        .take_lease(GROUP, "t", 0, "b", &["b".to_owned()], Some(0))
+        .await
+        .expect("take")
+        .expect("a is not live");
+    assert_eq!(b.epoch, a.epoch + 1);
+    let records: Vec<store::SourceRecord> = events::generator::Generator::new(Default::default())
+        .take(10)
+        .enumerate()
+        .map(|(i, e)| store::SourceRecord {
+            offset: i as i64,
+            timestamp: e.occurred_at,
+            key: Some(e.customer_id.clone().into_bytes()),
+            value: Some(e.to_json()),
+            event: Ok(e),
+        })
+        .collect();
+    let batch = |lease| store::Batch {
+        group: GROUP,
+        topic: "t",
+        partition: 0,
+        from_offset: 0,
+        next_offset: 10,
+        records: &records,
+        incarnation: 0,
+        lease,
+    };
+    let stale = store.apply_batch(&batch(Some(("a", a.epoch)))).await;
+    assert!(
+        matches!(stale, Err(store::Error::LeaseLost { .. })),
+        "{stale:?}"
+    );
+    let pg = db.client().await;
+    let history: i64 = pg
+        .query_one("SELECT count(*) FROM order_events", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(history, 0, "the refused batch wrote nothing");
+    let current = store
+        .apply_batch(&batch(Some(("b", b.epoch))))
+        .await
+        .expect("b commits");
+    assert_eq!(current.events, 10);
+    db.drop_db().await;
+}
