@@ -57,6 +57,8 @@ async fn wait_owners(
     }
 }
 
+/// A `consume` member with a 3 s session timeout (unless `extra` sets
+/// one) and tiny fetches, so it is still busy while the test acts.
 fn member(topic: &str, db: &TestDb, id: &str, extra: &[&str]) -> tokio::process::Child {
     let mut args = vec![
         "consume",
@@ -64,11 +66,12 @@ fn member(topic: &str, db: &TestDb, id: &str, extra: &[&str]) -> tokio::process:
         topic,
         "--member-id",
         id,
-        "--session-timeout",
-        "3s",
         "--fetch-max-bytes",
         "4096",
     ];
+    if !extra.contains(&"--session-timeout") {
+        args.extend_from_slice(&["--session-timeout", "3s"]);
+    }
     args.extend_from_slice(extra);
     let mut cmd = foodpipe(&args);
     cmd.env("DATABASE_URL", &db.url)
@@ -306,5 +309,243 @@ async fn stale_epoch_cannot_commit() {
         .await
         .expect("b commits");
     assert_eq!(current.events, 10);
+    db.drop_db().await;
+}
+
+/// The stored offsets of the group on `topic`, by partition.
+async fn stored(db: &TestDb, topic: &str) -> BTreeMap<i32, i64> {
+    db.client()
+        .await
+        .query(
+            "SELECT partition, next_offset FROM consumer_offsets WHERE group_id = $1 AND topic = $2",
+            &[&GROUP, &topic],
+        )
+        .await
+        .expect("offsets")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
+/// `group reset` with `args`; returns the NEW-OFFSET column by partition.
+async fn reset(db: &TestDb, topic: &str, args: &[&str]) -> BTreeMap<i32, i64> {
+    let mut all = vec!["group", "reset", "--topic", topic];
+    all.extend_from_slice(args);
+    let mut cmd = foodpipe(&all);
+    cmd.env("DATABASE_URL", &db.url);
+    let out = crate::harness::run_ok(cmd).await;
+    out.lines()
+        .skip(1)
+        .filter_map(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            (cols.len() == 5).then(|| (cols[2].parse().ok(), cols[4].parse().ok()))
+        })
+        .filter_map(|(p, o)| Some((p?, o?)))
+        .collect()
+}
+
+/// `group reset` plans each target like kafka-consumer-groups, changes nothing without --execute, applies with it (also for one partition), and refuses while the group has a live member.
+#[tokio::test]
+async fn group_reset_plans_executes_and_refuses_while_live() {
+    let topic = random_topic_name();
+    let db = TestDb::create().await;
+    crate::harness::produce_events(&topic, 600, 71).await;
+    consume_until_caught_up(&topic, &db, &[]).await;
+    let (records, ends) = read_topic_raw(&topic).await;
+    let before = stored(&db, &topic).await;
+    assert_eq!(before, ends);
+
+    let zeros: BTreeMap<i32, i64> = ends.keys().map(|p| (*p, 0)).collect();
+    assert_eq!(reset(&db, &topic, &["--to-earliest"]).await, zeros);
+    assert_eq!(reset(&db, &topic, &["--to-latest"]).await, ends);
+    let fives: BTreeMap<i32, i64> = ends.keys().map(|p| (*p, 5)).collect();
+    assert_eq!(reset(&db, &topic, &["--to-offset", "5"]).await, fives);
+    let back: BTreeMap<i32, i64> = ends.iter().map(|(p, e)| (*p, e - 10)).collect();
+    assert_eq!(reset(&db, &topic, &["--shift-by", "-10"]).await, back);
+    // By time: the first record at or after the 100th record's timestamp,
+    // per partition, computed here from the records themselves.
+    let mut times: Vec<_> = records.iter().map(|r| r.timestamp).collect();
+    times.sort();
+    let t = times[100];
+    let expected: BTreeMap<i32, i64> = ends
+        .iter()
+        .map(|(p, end)| {
+            let first = records
+                .iter()
+                .filter(|r| r.partition == *p && r.timestamp >= t)
+                .map(|r| r.offset)
+                .min()
+                .unwrap_or(*end);
+            (*p, first)
+        })
+        .collect();
+    let at = t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    assert_eq!(reset(&db, &topic, &["--to-datetime", &at]).await, expected);
+    assert_eq!(stored(&db, &topic).await, before, "dry runs change nothing");
+
+    // --execute, one partition only.
+    reset(
+        &db,
+        &topic,
+        &["--to-offset", "5", "--partition", "1", "--execute"],
+    )
+    .await;
+    let mut want = before.clone();
+    want.insert(1, 5);
+    assert_eq!(stored(&db, &topic).await, want);
+
+    // A live member: refused with one clear line, nothing changed.
+    let live = member(&topic, &db, "alive", &[]);
+    wait_owners(
+        &db,
+        &topic,
+        Duration::from_secs(30),
+        "owned by the live member",
+        |o| o.values().all(|m| m.as_deref() == Some("alive")),
+    )
+    .await;
+    let mut cmd = foodpipe(&[
+        "group",
+        "reset",
+        "--topic",
+        &topic,
+        "--to-earliest",
+        "--execute",
+    ]);
+    cmd.env("DATABASE_URL", &db.url);
+    let out = crate::harness::run_within(cmd, Duration::from_secs(30)).await;
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("live member") && stderr.contains("alive"),
+        "{stderr}"
+    );
+    stop_all(vec![live]).await;
+    assert_ne!(
+        stored(&db, &topic).await,
+        zeros,
+        "the refused reset changed nothing"
+    );
+    db.drop_db().await;
+}
+
+/// Two groups with their own schemas each fold the whole topic independently.
+#[tokio::test]
+async fn two_groups_fold_independently() {
+    let topic = random_topic_name();
+    let db = TestDb::create().await;
+    crate::harness::produce_events(&topic, 500, 73).await;
+    for (group, schema) in [("billing", "billing"), ("analytics", "analytics")] {
+        consume_until_caught_up(&topic, &db, &["--group", group, "--schema", schema]).await;
+    }
+    let (records, ends) = read_topic_raw(&topic).await;
+    let pg = db.client().await;
+    for (group, schema) in [("billing", "billing"), ("analytics", "analytics")] {
+        let history: i64 = pg
+            .query_one(&format!("SELECT count(*) FROM {schema}.order_events"), &[])
+            .await
+            .expect("history")
+            .get(0);
+        assert_eq!(
+            history as usize,
+            records.len(),
+            "{group} folded every event"
+        );
+        let offsets: BTreeMap<i32, i64> = pg
+            .query(
+                &format!("SELECT partition, next_offset FROM {schema}.consumer_offsets WHERE group_id = $1"),
+                &[&group],
+            )
+            .await
+            .expect("offsets")
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        assert_eq!(offsets, ends, "{group} caught up on its own");
+    }
+    db.drop_db().await;
+}
+
+/// The group's generation.
+async fn generation(db: &TestDb) -> i64 {
+    db.client()
+        .await
+        .query_one(
+            "SELECT generation FROM consumer_groups WHERE group_id = $1",
+            &[&GROUP],
+        )
+        .await
+        .map(|r| r.get(0))
+        .unwrap_or(-1)
+}
+
+/// Static membership: a member restarted with the same --member-id within the session timeout takes its partitions back without a rebalance (same generation), and a clean exit leaves the group at once.
+#[tokio::test]
+async fn static_member_restart_keeps_its_partitions() {
+    let topic = random_topic_name();
+    let db = TestDb::create().await;
+    produce_events_to(&topic, 3_000, 75, 4).await;
+    let other = member(&topic, &db, "other", &["--session-timeout", "20s"]);
+    let mut fixed = member(&topic, &db, "fixed", &["--session-timeout", "20s"]);
+    let two_each = |o: &BTreeMap<i32, Option<String>>| {
+        o.len() == 4 && counts(o).len() == 2 && counts(o).values().all(|n| *n == 2)
+    };
+    wait_owners(&db, &topic, Duration::from_secs(30), "two each", two_each).await;
+    let gen_before = generation(&db).await;
+    let fixed_partitions: Vec<i32> = owners(&db, &topic)
+        .await
+        .into_iter()
+        .filter(|(_, m)| m.as_deref() == Some("fixed"))
+        .map(|(p, _)| p)
+        .collect();
+
+    fixed.start_kill().expect("SIGKILL");
+    let _ = fixed.wait().await;
+    let fixed = member(&topic, &db, "fixed", &["--session-timeout", "20s"]);
+    // Its epochs go up as it takes them back; the assignment stays.
+    let pg = db.client().await;
+    let started = tokio::time::Instant::now();
+    loop {
+        let epochs: Vec<i64> = pg
+            .query(
+                "SELECT epoch FROM consumer_offsets WHERE topic = $1 AND partition = ANY($2)",
+                &[&topic, &fixed_partitions],
+            )
+            .await
+            .expect("epochs")
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        if epochs.iter().all(|e| *e >= 2) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "retaken: {epochs:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(generation(&db).await, gen_before, "no rebalance");
+    let now: Vec<i32> = owners(&db, &topic)
+        .await
+        .into_iter()
+        .filter(|(_, m)| m.as_deref() == Some("fixed"))
+        .map(|(p, _)| p)
+        .collect();
+    assert_eq!(now, fixed_partitions);
+
+    // A clean exit leaves at once: the other member gets everything well
+    // before the 20 s session timeout.
+    stop_all(vec![fixed]).await;
+    let took = wait_owners(
+        &db,
+        &topic,
+        Duration::from_secs(10),
+        "all with the other",
+        |o| o.values().all(|m| m.as_deref() == Some("other")),
+    )
+    .await;
+    assert!(took < Duration::from_secs(10));
+    stop_all(vec![other]).await;
     db.drop_db().await;
 }
