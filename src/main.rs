@@ -801,17 +801,15 @@ async fn group_reset(args: GroupResetArgs) -> anyhow::Result<()> {
             "say where to: --to-earliest, --to-latest, --to-offset, --to-datetime or --shift-by"
         );
     };
-    let plan = pipeline::groups::reset(
-        &store,
-        &args.kafka.config()?,
-        &args.group,
-        &args.kafka.topic,
-        &to,
-        args.partition,
-        args.execute,
-        args.session_timeout,
-    )
-    .await?;
+    let request = pipeline::groups::ResetRequest {
+        group: &args.group,
+        topic: &args.kafka.topic,
+        to,
+        partition: args.partition,
+        execute: args.execute,
+        session_timeout: args.session_timeout,
+    };
+    let plan = pipeline::groups::reset(&store, &args.kafka.config()?, &request).await?;
     println!(
         "{:<20} {:<20} {:>9} {:>12} {:>12}",
         "GROUP", "TOPIC", "PARTITION", "OLD-OFFSET", "NEW-OFFSET"

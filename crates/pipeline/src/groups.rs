@@ -159,18 +159,35 @@ pub fn new_offset(
     wanted.clamp(earliest, latest.max(earliest))
 }
 
-/// Plans a reset of `group` on `topic` (all partitions, or one), and
-/// executes it if `execute`. Refuses while the group has live members.
+/// What `group reset` is asked to do.
+#[derive(Debug, Clone)]
+pub struct ResetRequest<'a> {
+    pub group: &'a str,
+    pub topic: &'a str,
+    pub to: ResetTo,
+    /// Only this partition; `None` for all.
+    pub partition: Option<i32>,
+    /// Apply the plan; otherwise only compute it.
+    pub execute: bool,
+    /// Members silent for longer than this count as gone.
+    pub session_timeout: Duration,
+}
+
+/// Plans a reset of a group's offsets on a topic (all partitions, or one),
+/// and executes it if asked. Refuses while the group has live members.
 pub async fn reset(
     store: &Store,
     kafka: &KafkaConfig,
-    group: &str,
-    topic: &str,
-    to: &ResetTo,
-    partition: Option<i32>,
-    execute: bool,
-    session_timeout: Duration,
+    request: &ResetRequest<'_>,
 ) -> anyhow::Result<Vec<PlanRow>> {
+    let ResetRequest {
+        group,
+        topic,
+        ref to,
+        partition,
+        execute,
+        session_timeout,
+    } = *request;
     let live = store.live_members(group, session_timeout).await?;
     anyhow::ensure!(
         live.is_empty(),
