@@ -50,6 +50,11 @@ enum Command {
     /// Consumer groups: list them, describe one, reset its offsets.
     #[command(subcommand)]
     Group(GroupCommand),
+    /// Fold the topic from its first record into a schema of its own,
+    /// optionally only up to a time, for side-by-side comparison.
+    Replay(ReplayArgs),
+    /// The state of orders as of a time, computed from the event history.
+    Asof(AsofArgs),
 }
 
 /// Where the Kafka cluster is.
@@ -404,6 +409,63 @@ struct StatusArgs {
     on: TopicGroupArgs,
 }
 
+#[derive(Debug, Args)]
+struct ReplayArgs {
+    #[command(flatten)]
+    kafka: KafkaArgs,
+    /// PostgreSQL URL: postgres://user:password@host:port/database.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://kafka_user:kafka_password@localhost:5432/food_orders",
+        hide_env_values = true,
+        hide_default_value = true
+    )]
+    database_url: String,
+    /// The schema to fold into (created if missing), e.g. replay_noon.
+    #[arg(long)]
+    to_schema: String,
+    /// Only records timestamped at or before this time (RFC 3339).
+    #[arg(long, value_parser = parse_datetime)]
+    until: Option<chrono::DateTime<chrono::Utc>>,
+    /// The consumer group whose offsets the replay keeps in its schema.
+    #[arg(long, default_value = "replay")]
+    group: String,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct AsofArgs {
+    #[command(flatten)]
+    db: DbArgs,
+    /// The moment, RFC 3339, e.g. 2026-11-24T12:00:00Z.
+    #[arg(value_parser = parse_datetime)]
+    time: chrono::DateTime<chrono::Utc>,
+    /// Only this order.
+    #[arg(long)]
+    order: Option<uuid::Uuid>,
+    /// Only this customer's orders.
+    #[arg(long)]
+    customer: Option<String>,
+    /// One JSON object per line instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// A user asked for something that does not exist: exit status 2.
+#[derive(Debug)]
+struct BadInput(String);
+
+impl std::fmt::Display for BadInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for BadInput {}
+
 #[derive(Debug, Subcommand)]
 enum GroupCommand {
     /// Every group with its generation, member count and topics.
@@ -563,7 +625,11 @@ fn main() -> ExitCode {
             // `{:#}` joins the cause chain with ": " on one line.
             let message = format!("{e:#}").replace('\n', " ");
             eprintln!("error: {message}");
-            ExitCode::FAILURE
+            if e.downcast_ref::<BadInput>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }
@@ -583,26 +649,48 @@ fn init_tracing() {
         .init();
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Completes on SIGINT (Ctrl-C) or SIGTERM. The handlers are installed
+/// when this is called, not when the future is first polled, so a signal
+/// that arrives early is not fatal: it is seen as soon as it is awaited.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
+    let (mut int, mut term) = {
+        use tokio::signal::unix::{SignalKind, signal};
+        (
+            signal(SignalKind::interrupt()).ok(),
+            signal(SignalKind::terminate()).ok(),
+        )
     };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
+    async move {
+        #[cfg(unix)]
+        {
+            let int = async {
+                match int.as_mut() {
+                    Some(s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            let term = async {
+                match term.as_mut() {
+                    Some(s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                () = int => {},
+                () = term => {},
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+        tracing::info!("shutdown requested: finishing the batch in hand");
     }
-    tracing::info!("shutdown requested: finishing the batch in hand");
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -615,6 +703,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Partition(args) => partition(args),
         Command::DeadLetters(DeadLetterCommand::List(args)) => dead_letters_list(args).await,
         Command::Group(GroupCommand::List(args)) => group_list(args).await,
+        Command::Replay(args) => replay(args).await,
+        Command::Asof(args) => asof(args).await,
         Command::Group(GroupCommand::Describe(args)) => group_describe(args).await,
         Command::Group(GroupCommand::Reset(args)) => group_reset(args).await,
         Command::DeadLetters(DeadLetterCommand::Show(args)) => dead_letters_show(args).await,
@@ -737,6 +827,69 @@ async fn status(args: StatusArgs) -> anyhow::Result<()> {
         println!("  {status:<10} {count}");
     }
     println!("dead letters: {}", report.dead_letters);
+    Ok(())
+}
+
+async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
+    let config = ConsumeConfig {
+        kafka: args.kafka.config()?,
+        store: StoreConfig {
+            database_url: args.database_url.clone(),
+            schema: Some(args.to_schema.clone()),
+            ..StoreConfig::default()
+        },
+        topic: args.kafka.topic.clone(),
+        group: args.group,
+        until_caught_up: true,
+        until: args.until,
+        ..ConsumeConfig::default()
+    };
+    let summary = pipeline::consume::run(config, shutdown_signal()).await?;
+    if args.json {
+        println!("{}", serde_json::to_string(&summary)?);
+    } else {
+        print!("{summary}");
+        println!(
+            "folded into schema {}: SELECT * FROM {}.orders",
+            args.to_schema, args.to_schema
+        );
+    }
+    Ok(())
+}
+
+async fn asof(args: AsofArgs) -> anyhow::Result<()> {
+    let store = Store::connect(&args.db.config()).await?;
+    store.migrate().await?;
+    let orders = store
+        .orders_as_of(args.time, args.order, args.customer.as_deref())
+        .await?;
+    if let Some(order) = args.order
+        && orders.is_empty()
+    {
+        return Err(BadInput(format!(
+            "order {order} did not exist as of {} (no event for it at or before that time)",
+            args.time.to_rfc3339()
+        ))
+        .into());
+    }
+    if args.json {
+        for o in &orders {
+            println!("{}", serde_json::to_string(o)?);
+        }
+        return Ok(());
+    }
+    println!("{} orders as of {}", orders.len(), args.time.to_rfc3339());
+    for o in &orders {
+        println!(
+            "{}  {:<10} {:<10} {:>9}  updated {}",
+            o.order_id,
+            o.customer_id,
+            o.status,
+            o.total_cents
+                .map_or("-".to_owned(), |c| format!("{}.{:02}", c / 100, c % 100)),
+            o.updated_at.to_rfc3339()
+        );
+    }
     Ok(())
 }
 

@@ -13,3 +13,4 @@ mod groups;
 mod harness;
 mod partitioner;
 mod producer;
+mod timetravel;

@@ -100,9 +100,14 @@ pub struct Generator {
 
 impl Generator {
     pub fn new(config: GeneratorConfig) -> Self {
+        // Millisecond precision, like Kafka record timestamps: an event's
+        // `occurred_at` and its record's timestamp are then the same instant,
+        // so "as of T" from history and from Kafka agree to the millisecond.
+        let start = DateTime::from_timestamp_millis(config.start.timestamp_millis())
+            .unwrap_or(config.start);
         Self {
             rng: ChaCha8Rng::seed_from_u64(config.seed),
-            clock: config.start,
+            clock: start,
             open: Vec::with_capacity(config.in_flight),
             config,
         }

@@ -89,6 +89,10 @@ pub struct ConsumeConfig {
     /// A member silent for this long is expired by the others.
     pub session_timeout: Duration,
     pub assignor: group::Assignor,
+    /// With `until_caught_up`: stop each partition after its last record
+    /// timestamped at or before this time (`replay --until`), found with
+    /// the broker's offset-for-timestamp lookup.
+    pub until: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 impl Default for ConsumeConfig {
@@ -111,6 +115,7 @@ impl Default for ConsumeConfig {
             heartbeat_interval: Duration::from_secs(1),
             session_timeout: Duration::from_secs(10),
             assignor: group::Assignor::Range,
+            until: None,
         }
     }
 }
@@ -341,10 +346,19 @@ pub async fn run(
                             .await
                         {
                             Ok(Some((lease, reader, start))) => {
-                                let target = if config.until_caught_up {
-                                    Some(reader.offset(OffsetAt::Latest).await?)
-                                } else {
-                                    None
+                                let target = match (config.until_caught_up, config.until) {
+                                    (false, _) => None,
+                                    (true, None) => Some(reader.offset(OffsetAt::Latest).await?),
+                                    (true, Some(t)) => {
+                                        // The first record after `t`; none: the log end.
+                                        let after = t + chrono::Duration::milliseconds(1);
+                                        let at = reader.offset(OffsetAt::Timestamp(after)).await?;
+                                        if at >= 0 {
+                                            Some(at)
+                                        } else {
+                                            Some(reader.offset(OffsetAt::Latest).await?)
+                                        }
+                                    }
                                 };
                                 let (stop, stop_rx) = watch::channel(false);
                                 let task = tokio::spawn(consume_partition(
@@ -838,6 +852,12 @@ async fn fetch_loop(
             }
         };
         high_watermark = fetched.high_watermark;
+        let mut fetched = fetched;
+        // A fetch returns whole batches; a target (caught-up point or
+        // `--until`) is exact, so records at or past it are not applied.
+        if let Some(t) = target {
+            fetched.records.retain(|r| r.offset < t);
+        }
         let Some(last) = fetched.records.last() else {
             continue;
         };

@@ -13,6 +13,7 @@
 //! This crate never depends on rskafka: it sees records as offsets and bytes.
 
 mod apply;
+mod asof;
 mod error;
 pub mod fold;
 mod membership;
@@ -26,6 +27,7 @@ use tokio_postgres::NoTls;
 use tokio_postgres::config::Host;
 
 pub use apply::{Applied, Batch};
+pub use asof::OrderAsOf;
 pub use error::{Error, Result};
 pub use fold::SourceRecord;
 pub use membership::{GroupRow, GroupView, Lease, MemberRow, PartitionOwner};
