@@ -55,6 +55,12 @@ enum Command {
     Replay(ReplayArgs),
     /// The state of orders as of a time, computed from the event history.
     Asof(AsofArgs),
+    /// The brokers the bootstrap servers advertise, the controller, and
+    /// which bootstrap entries answered.
+    Cluster(ClusterArgs),
+    /// Check each bootstrap entry, each advertised broker address,
+    /// PostgreSQL, the migrations and the topic; one line each, with the fix.
+    Doctor(DoctorArgs),
 }
 
 /// Where the Kafka cluster is.
@@ -454,6 +460,20 @@ struct AsofArgs {
     json: bool,
 }
 
+#[derive(Debug, Args)]
+struct ClusterArgs {
+    #[command(flatten)]
+    kafka: KafkaArgs,
+}
+
+#[derive(Debug, Args)]
+struct DoctorArgs {
+    #[command(flatten)]
+    kafka: KafkaArgs,
+    #[command(flatten)]
+    db: DbArgs,
+}
+
 /// A user asked for something that does not exist: exit status 2.
 #[derive(Debug)]
 struct BadInput(String);
@@ -705,6 +725,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Group(GroupCommand::List(args)) => group_list(args).await,
         Command::Replay(args) => replay(args).await,
         Command::Asof(args) => asof(args).await,
+        Command::Cluster(args) => cluster(args).await,
+        Command::Doctor(args) => doctor(args).await,
         Command::Group(GroupCommand::Describe(args)) => group_describe(args).await,
         Command::Group(GroupCommand::Reset(args)) => group_reset(args).await,
         Command::DeadLetters(DeadLetterCommand::Show(args)) => dead_letters_show(args).await,
@@ -854,6 +876,50 @@ async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
             args.to_schema, args.to_schema
         );
     }
+    Ok(())
+}
+
+async fn cluster(args: ClusterArgs) -> anyhow::Result<()> {
+    let answers = pipeline::doctor::cluster(&args.kafka.config()?).await;
+    let mut view = None;
+    for a in &answers {
+        match &a.answer {
+            Ok(v) => {
+                println!("bootstrap {}: answered", a.address);
+                view.get_or_insert(v.clone());
+            }
+            Err(e) => println!("bootstrap {}: no answer ({e})", a.address),
+        }
+    }
+    let Some(view) = view else {
+        anyhow::bail!(
+            "no bootstrap server answered: check --bootstrap-servers / KAFKA_BOOTSTRAP_SERVERS"
+        );
+    };
+    println!("brokers, as they advertise themselves:");
+    for b in &view.brokers {
+        let role = if b.id == view.controller_id {
+            "  (controller)"
+        } else {
+            ""
+        };
+        println!("  id {:<4} {}{role}", b.id, b.address());
+    }
+    Ok(())
+}
+
+async fn doctor(args: DoctorArgs) -> anyhow::Result<()> {
+    let checks =
+        pipeline::doctor::doctor(&args.kafka.config()?, &args.db.config(), &args.kafka.topic).await;
+    for c in &checks {
+        println!("{c}");
+    }
+    let failed = checks.iter().filter(|c| !c.ok).count();
+    anyhow::ensure!(
+        failed == 0,
+        "{failed} check(s) failed; see the FAIL lines above"
+    );
+    println!("all {} checks passed", checks.len());
     Ok(())
 }
 

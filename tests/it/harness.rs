@@ -337,12 +337,20 @@ mod tests {
 #[derive(Debug)]
 pub struct PrivateBroker {
     pub address: String,
+    /// What it tells clients to connect to (its advertised listener).
+    advertised: String,
     dir: std::path::PathBuf,
     child: Option<tokio::process::Child>,
 }
 
 impl PrivateBroker {
     pub async fn start() -> PrivateBroker {
+        Self::start_advertising(None).await
+    }
+
+    /// A broker that advertises `advertised` (e.g. `tcp://kafka:29092`)
+    /// instead of its own address: the seed's listener gotcha.
+    pub async fn start_advertising(advertised: Option<&str>) -> PrivateBroker {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port")
@@ -350,8 +358,10 @@ impl PrivateBroker {
         let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
             .join(format!("tansu-{port}-{}", &random_suffix()[..8]));
         std::fs::create_dir_all(&dir).expect("broker data dir");
+        let address = format!("127.0.0.1:{port}");
         let mut broker = PrivateBroker {
-            address: format!("127.0.0.1:{port}"),
+            advertised: advertised.map_or_else(|| format!("tcp://{address}"), str::to_owned),
+            address,
             dir,
             child: None,
         };
@@ -370,7 +380,12 @@ impl PrivateBroker {
         // Relative sqlite path: Tansu 0.6.0 doubles an absolute one.
         let child = Command::new(&tansu)
             .args(["broker", "--storage-engine", "sqlite://tansu.db"])
-            .args(["--listener-url", &url, "--advertised-listener-url", &url])
+            .args([
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &self.advertised,
+            ])
             .current_dir(&self.dir)
             .stdout(log.try_clone().expect("log handle"))
             .stderr(log)
@@ -380,16 +395,11 @@ impl PrivateBroker {
         self.child = Some(child);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
-            let servers = vec![self.address.clone()];
-            let backoff = rskafka::BackoffConfig {
-                deadline: Some(Duration::from_secs(1)),
-                ..Default::default()
-            };
-            let client = ClientBuilder::new(servers)
-                .backoff_config(backoff)
-                .build()
-                .await;
-            if client.is_ok() {
+            // Answering metadata is "up", whatever address it advertises.
+            if kafka::describe_cluster(&self.address, Duration::from_secs(1))
+                .await
+                .is_ok()
+            {
                 return;
             }
             assert!(
@@ -673,4 +683,10 @@ pub async fn delete_topic(broker: &PrivateBroker, topic: &str) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("topic {topic} still listed after delete");
+}
+
+/// A topic with a few events, folded into `db` (migrations applied).
+pub async fn consume_until_caught_up_after_produce(topic: &str, db: &TestDb) {
+    produce_events(topic, 50, 99).await;
+    consume_until_caught_up(topic, db, &[]).await;
 }

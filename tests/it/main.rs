@@ -14,3 +14,4 @@ mod harness;
 mod partitioner;
 mod producer;
 mod timetravel;
+mod tools;

@@ -14,6 +14,7 @@
 //!
 //! This crate knows nothing of PostgreSQL or of what the records mean.
 
+mod cluster;
 mod error;
 mod producer;
 mod reader;
@@ -23,6 +24,7 @@ use std::time::Duration;
 use rskafka::BackoffConfig;
 use rskafka::client::ClientBuilder;
 
+pub use cluster::{Broker, ClusterView, describe_cluster};
 pub use error::{Error, Result};
 pub use producer::{PartitionReport, ProduceReport, Producer, ProducerConfig};
 pub use reader::{FetchedBatch, PartitionReader, PartitionWriter};

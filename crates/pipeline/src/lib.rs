@@ -11,6 +11,7 @@
 //!   transaction per fetched batch, from the stored offsets.
 
 pub mod consume;
+pub mod doctor;
 pub mod groups;
 mod observe;
 mod outbound;

@@ -236,6 +236,23 @@ impl Store {
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
+    /// How many of the migrations this build knows are applied.
+    pub async fn migration_status(&self) -> Result<(usize, usize)> {
+        let known = embedded::migrations::runner().get_migrations().len();
+        let applied = match self
+            .client()
+            .await?
+            .query_one("SELECT count(*) FROM refinery_schema_history", &[])
+            .await
+        {
+            Ok(row) => row.get::<_, i64>(0) as usize,
+            // No history table yet: nothing applied.
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => 0,
+            Err(e) => return Err(e.into()),
+        };
+        Ok((applied, known))
+    }
+
     /// The stored offset of a partition, if the group has one.
     pub async fn stored_offset(
         &self,

@@ -1,0 +1,190 @@
+//! `foodpipe cluster` and `foodpipe doctor`: what the bootstrap servers
+//! say, and whether everything foodpipe needs answers, each with the fix.
+
+use std::time::Duration;
+
+use kafka::{ClusterView, KafkaConfig};
+use store::{Store, StoreConfig};
+
+/// How long one bootstrap or advertised address may take to answer.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// One bootstrap entry and what it answered.
+#[derive(Debug, Clone)]
+pub struct BootstrapAnswer {
+    pub address: String,
+    pub answer: Result<ClusterView, String>,
+}
+
+/// Asks every bootstrap entry for the cluster's brokers.
+pub async fn cluster(kafka: &KafkaConfig) -> Vec<BootstrapAnswer> {
+    let mut answers = Vec::new();
+    for address in &kafka.bootstrap_servers {
+        answers.push(BootstrapAnswer {
+            address: address.clone(),
+            answer: kafka::describe_cluster(address, PROBE_TIMEOUT).await,
+        });
+    }
+    answers
+}
+
+/// One line of `doctor`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Check {
+    pub ok: bool,
+    pub what: String,
+    /// What to do about a failure.
+    pub fix: Option<String>,
+}
+
+impl Check {
+    fn ok(what: impl Into<String>) -> Self {
+        Check {
+            ok: true,
+            what: what.into(),
+            fix: None,
+        }
+    }
+    fn fail(what: impl Into<String>, fix: impl Into<String>) -> Self {
+        Check {
+            ok: false,
+            what: what.into(),
+            fix: Some(fix.into()),
+        }
+    }
+}
+
+impl std::fmt::Display for Check {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (&self.ok, &self.fix) {
+            (true, _) | (false, None) => {
+                write!(f, "{} {}", if self.ok { "ok  " } else { "FAIL" }, self.what)
+            }
+            (false, Some(fix)) => write!(f, "FAIL {}: {fix}", self.what),
+        }
+    }
+}
+
+/// Checks each bootstrap entry, each advertised broker address,
+/// PostgreSQL, the migrations and the topic.
+pub async fn doctor(kafka: &KafkaConfig, store: &StoreConfig, topic: &str) -> Vec<Check> {
+    let mut checks = Vec::new();
+    let mut advertised_ok = false;
+    let answers = cluster(kafka).await;
+    for a in &answers {
+        match &a.answer {
+            Ok(view) => checks.push(Check::ok(format!(
+                "bootstrap {} answered: {} broker(s), controller {}",
+                a.address,
+                view.brokers.len(),
+                view.controller_id
+            ))),
+            Err(e) => checks.push(Check::fail(
+                format!("bootstrap {} did not answer ({e})", a.address),
+                "check KAFKA_BOOTSTRAP_SERVERS, and that the broker runs (`make up` starts one)",
+            )),
+        }
+    }
+    if let Some((address, view)) = answers
+        .iter()
+        .find_map(|a| a.answer.as_ref().ok().map(|v| (&a.address, v)))
+    {
+        advertised_ok = true;
+        for b in &view.brokers {
+            let target = b.address();
+            let listeners = "check KAFKA_ADVERTISED_LISTENERS (the broker's advertised.listeners): \
+                 it must name an address clients can reach, e.g. localhost:9092 for clients on this host";
+            match tokio::net::lookup_host(&target).await {
+                Err(_) => {
+                    advertised_ok = false;
+                    checks.push(Check::fail(
+                        format!(
+                            "bootstrap {address} answered, but it advertises {target}, which does not resolve from here"
+                        ),
+                        listeners,
+                    ));
+                }
+                Ok(_) => match tokio::time::timeout(
+                    PROBE_TIMEOUT,
+                    tokio::net::TcpStream::connect(&target),
+                )
+                .await
+                {
+                    Ok(Ok(_)) => checks.push(Check::ok(format!(
+                        "advertised broker {} at {target} is reachable",
+                        b.id
+                    ))),
+                    Ok(Err(e)) => {
+                        advertised_ok = false;
+                        checks.push(Check::fail(
+                            format!("bootstrap {address} answered, but it advertises {target}, which is not reachable from here ({e})"),
+                            listeners,
+                        ));
+                    }
+                    Err(_) => {
+                        advertised_ok = false;
+                        checks.push(Check::fail(
+                            format!("bootstrap {address} answered, but it advertises {target}, which does not answer within {PROBE_TIMEOUT:?}"),
+                            listeners,
+                        ));
+                    }
+                },
+            }
+        }
+    }
+
+    match Store::connect(store).await {
+        Ok(s) => {
+            checks.push(Check::ok(format!("PostgreSQL at {} answered", s.target())));
+            match s.migration_status().await {
+                Ok((applied, known)) if applied >= known => {
+                    checks.push(Check::ok(format!("migrations: all {known} applied")));
+                }
+                Ok((applied, known)) => checks.push(Check::fail(
+                    format!("migrations: {applied} of {known} applied"),
+                    "the next `foodpipe consume` applies the rest (or run `foodpipe status`)",
+                )),
+                Err(e) => checks.push(Check::fail(
+                    format!("migrations: cannot read refinery_schema_history ({e})"),
+                    "check the role's rights on the database",
+                )),
+            }
+        }
+        Err(e) => checks.push(Check::fail(
+            format!("PostgreSQL: {e}"),
+            "check DATABASE_URL (`make up` starts a local PostgreSQL with role kafka_user and database food_orders)",
+        )),
+    }
+
+    if advertised_ok {
+        let quick = KafkaConfig {
+            timeout: Duration::from_secs(5),
+            ..kafka.clone()
+        };
+        match kafka::connect(&quick).await {
+            Ok(client) => match kafka::topic_partitions(&client, topic).await {
+                Ok(Some(n)) => {
+                    checks.push(Check::ok(format!("topic {topic} has {n} partition(s)")))
+                }
+                Ok(None) => checks.push(Check::fail(
+                    format!("topic {topic} does not exist"),
+                    "produce to it (`foodpipe produce` creates it) or check --topic",
+                )),
+                Err(e) => checks.push(Check::fail(
+                    format!("topic {topic}: {e}"),
+                    "see the broker's log",
+                )),
+            },
+            Err(e) => checks.push(Check::fail(
+                format!("Kafka client: {e}"),
+                "see the checks above",
+            )),
+        }
+    } else {
+        checks.push(Check::fail(
+            format!("topic {topic} not checked"),
+            "fix the broker checks above first",
+        ));
+    }
+    checks
+}
