@@ -145,11 +145,11 @@ mod tests {
         let mut body = Vec::new();
         body.extend_from_slice(&CORRELATION_ID.to_be_bytes());
         body.extend_from_slice(&2i32.to_be_bytes());
-        for (id, host, port) in [(1, "kafka", 29092), (2, "localhost", 9092)] {
-            body.extend_from_slice(&(id as i32).to_be_bytes());
+        for (id, host, port) in [(1i32, "kafka", 29092i32), (2, "localhost", 9092)] {
+            body.extend_from_slice(&id.to_be_bytes());
             body.extend_from_slice(&(host.len() as i16).to_be_bytes());
             body.extend_from_slice(host.as_bytes());
-            body.extend_from_slice(&(port as i32).to_be_bytes());
+            body.extend_from_slice(&port.to_be_bytes());
             body.extend_from_slice(&(-1i16).to_be_bytes()); // no rack
         }
         body.extend_from_slice(&1i32.to_be_bytes());
