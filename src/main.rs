@@ -61,6 +61,12 @@ enum Command {
     /// Check each bootstrap entry, each advertised broker address,
     /// PostgreSQL, the migrations and the topic; one line each, with the fix.
     Doctor(DoctorArgs),
+    /// Topics, like kafka-topics: list, describe, create, delete.
+    #[command(subcommand)]
+    Topics(TopicsCommand),
+    /// Print records (partition, offset, timestamp, key, value), like
+    /// kafka-console-consumer. Starts at the log end unless told otherwise.
+    Tail(TailArgs),
 }
 
 /// Where the Kafka cluster is.
@@ -460,6 +466,68 @@ struct AsofArgs {
     json: bool,
 }
 
+#[derive(Debug, Subcommand)]
+enum TopicsCommand {
+    /// Every topic and its partition count.
+    List(ClusterArgs),
+    /// Partitions of a topic with their earliest and latest offsets.
+    Describe(TopicArgs),
+    /// Create a topic.
+    Create(TopicCreateArgs),
+    /// Delete a topic. (Tansu 0.6.0 deletes every topic of the cluster
+    /// instead; see the README.)
+    Delete(TopicArgs),
+}
+
+#[derive(Debug, Args)]
+struct TopicArgs {
+    #[command(flatten)]
+    kafka: ClusterArgs,
+    /// The topic.
+    name: String,
+}
+
+#[derive(Debug, Args)]
+struct TopicCreateArgs {
+    #[command(flatten)]
+    kafka: ClusterArgs,
+    /// The topic.
+    name: String,
+    /// How many partitions.
+    #[arg(long, default_value_t = 3, value_parser = parse_partitions, allow_negative_numbers = true)]
+    partitions: u32,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum FormatArg {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Args)]
+struct TailArgs {
+    #[command(flatten)]
+    kafka: KafkaArgs,
+    /// Start at the earliest record still on the broker.
+    #[arg(long, conflicts_with_all = ["offset", "from_datetime"])]
+    from_beginning: bool,
+    /// Start at this offset (with --partition, or in every partition).
+    #[arg(long, conflicts_with = "from_datetime")]
+    offset: Option<i64>,
+    /// Start at the first record at or after this time (RFC 3339).
+    #[arg(long, value_parser = parse_datetime)]
+    from_datetime: Option<chrono::DateTime<chrono::Utc>>,
+    /// Only this partition.
+    #[arg(long)]
+    partition: Option<i32>,
+    /// Keep waiting for new records until Ctrl-C.
+    #[arg(long)]
+    follow: bool,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = FormatArg::Text)]
+    format: FormatArg,
+}
+
 #[derive(Debug, Args)]
 struct ClusterArgs {
     #[command(flatten)]
@@ -613,6 +681,7 @@ struct PartitionArgs {
 }
 
 fn main() -> ExitCode {
+    quiet_panics();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if !e.use_stderr() => e.exit(), // --help, --version
@@ -652,6 +721,28 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// No backtrace reaches a user. Output to a reader that went away (as in
+/// `foodpipe tail | head`) ends the process quietly, as it would for any
+/// Unix tool; any other panic is a bug, reported on one line.
+fn quiet_panics() {
+    std::panic::set_hook(Box::new(|info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        if message.contains("Broken pipe") {
+            std::process::exit(0);
+        }
+        let place = info
+            .location()
+            .map(|l| format!(" at {}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        eprintln!("error: internal error{place}: {message} (please report it)");
+    }));
 }
 
 /// Logs go to stderr; `RUST_LOG` overrides the default of info for
@@ -727,6 +818,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Asof(args) => asof(args).await,
         Command::Cluster(args) => cluster(args).await,
         Command::Doctor(args) => doctor(args).await,
+        Command::Topics(cmd) => topics(cmd).await,
+        Command::Tail(args) => tail(args).await,
         Command::Group(GroupCommand::Describe(args)) => group_describe(args).await,
         Command::Group(GroupCommand::Reset(args)) => group_reset(args).await,
         Command::DeadLetters(DeadLetterCommand::Show(args)) => dead_letters_show(args).await,
@@ -876,6 +969,106 @@ async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
             args.to_schema, args.to_schema
         );
     }
+    Ok(())
+}
+
+async fn topics(cmd: TopicsCommand) -> anyhow::Result<()> {
+    match cmd {
+        TopicsCommand::List(args) => {
+            let client = kafka::connect(&args.kafka.config()?).await?;
+            let mut topics = client.list_topics().await?;
+            topics.sort_by(|a, b| a.name.cmp(&b.name));
+            for t in topics {
+                println!("{}\t{} partition(s)", t.name, t.partitions.len());
+            }
+        }
+        TopicsCommand::Describe(args) => {
+            let client = kafka::connect(&args.kafka.kafka.config()?).await?;
+            let count = kafka::topic_partitions(&client, &args.name)
+                .await?
+                .ok_or_else(|| {
+                    BadInput(format!(
+                        "topic {:?} does not exist; `foodpipe topics list` shows them",
+                        args.name
+                    ))
+                })?;
+            println!("topic {}: {count} partition(s)", args.name);
+            println!(
+                "{:>9} {:>16} {:>16} {:>10}",
+                "PARTITION", "EARLIEST-OFFSET", "LATEST-OFFSET", "RECORDS"
+            );
+            for p in 0..count as i32 {
+                let reader = kafka::PartitionReader::new(&client, &args.name, p).await?;
+                let earliest = reader.offset(kafka::OffsetAt::Earliest).await?;
+                let latest = reader.offset(kafka::OffsetAt::Latest).await?;
+                println!(
+                    "{p:>9} {earliest:>16} {latest:>16} {:>10}",
+                    latest - earliest
+                );
+            }
+        }
+        TopicsCommand::Create(args) => {
+            let client = kafka::connect(&args.kafka.kafka.config()?).await?;
+            if kafka::topic_partitions(&client, &args.name)
+                .await?
+                .is_some()
+            {
+                return Err(BadInput(format!("topic {:?} already exists", args.name)).into());
+            }
+            let info = kafka::ensure_topic(&client, &args.name, args.partitions).await?;
+            println!(
+                "created topic {} with {} partition(s)",
+                args.name, info.partitions
+            );
+        }
+        TopicsCommand::Delete(args) => {
+            let client = kafka::connect(&args.kafka.kafka.config()?).await?;
+            if kafka::topic_partitions(&client, &args.name)
+                .await?
+                .is_none()
+            {
+                return Err(BadInput(format!("topic {:?} does not exist", args.name)).into());
+            }
+            client
+                .controller_client()?
+                .delete_topic(args.name.as_str(), 5_000)
+                .await
+                .with_context(|| format!("cannot delete topic {}", args.name))?;
+            println!("deleted topic {}", args.name);
+        }
+    }
+    Ok(())
+}
+
+async fn tail(args: TailArgs) -> anyhow::Result<()> {
+    use pipeline::tail::{Format, From, TailConfig};
+    let from = if args.from_beginning {
+        From::Beginning
+    } else if let Some(o) = args.offset {
+        From::Offset(o)
+    } else if let Some(t) = args.from_datetime {
+        From::Time(t)
+    } else {
+        From::Latest
+    };
+    let config = TailConfig {
+        kafka: args.kafka.config()?,
+        topic: args.kafka.topic.clone(),
+        from,
+        partition: args.partition,
+        follow: args.follow,
+        format: match args.format {
+            FormatArg::Text => Format::Text,
+            FormatArg::Json => Format::Json,
+        },
+    };
+    let mut out = std::io::BufWriter::new(std::io::stdout());
+    pipeline::tail::run(config, &mut out, shutdown_signal())
+        .await
+        .map_err(|e| match e.to_string() {
+            m if m.contains("does not exist") => BadInput(m).into(),
+            _ => e,
+        })?;
     Ok(())
 }
 

@@ -65,3 +65,81 @@ async fn doctor_passes_on_a_healthy_stack() {
     assert!(out.contains("all ") && !out.contains("FAIL"), "{out}");
     db.drop_db().await;
 }
+
+/// `topics create` makes a topic `topics describe` then shows with its offsets; unknown or duplicate topics are exit 2.
+#[tokio::test]
+async fn topics_create_and_describe() {
+    let topic = crate::harness::random_topic_name();
+    let out = run_ok(foodpipe(&["topics", "create", &topic, "--partitions", "4"])).await;
+    assert!(out.contains("4 partition(s)"), "{out}");
+    crate::harness::produce_events(&topic, 40, 5).await;
+    let out = run_ok(foodpipe(&["topics", "describe", &topic])).await;
+    let (_, ends) = crate::harness::read_topic_raw(&topic).await;
+    for (p, end) in &ends {
+        let row = format!("{p:>9} {:>16} {end:>16} {end:>10}", 0);
+        assert!(out.contains(&row), "partition {p} row {row:?} in:\n{out}");
+    }
+    let listed = run_ok(foodpipe(&["topics", "list"])).await;
+    assert!(
+        listed.contains(&format!("{topic}\t4 partition(s)")),
+        "{listed}"
+    );
+
+    for args in [
+        vec!["topics", "create", topic.as_str()],
+        vec!["topics", "describe", "no-such-topic-here"],
+    ] {
+        let out = run_within(foodpipe(&args), Duration::from_secs(30)).await;
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
+        assert_eq!(String::from_utf8_lossy(&out.stderr).lines().count(), 1);
+    }
+}
+
+/// `tail` prints each record once with partition, offset, key and value, from the beginning, one partition, or an offset, and stops at the end.
+#[tokio::test]
+async fn tail_prints_records() {
+    let topic = crate::harness::random_topic_name();
+    crate::harness::produce_events(&topic, 90, 6).await;
+    let (records, _) = crate::harness::read_topic_raw(&topic).await;
+    let out = run_ok(foodpipe(&[
+        "tail",
+        "--topic",
+        &topic,
+        "--from-beginning",
+        "--format",
+        "json",
+    ]))
+    .await;
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect();
+    assert_eq!(lines.len(), records.len(), "every record once");
+    for r in &records {
+        let line = lines
+            .iter()
+            .find(|l| l["partition"] == r.partition && l["offset"] == r.offset)
+            .expect("printed");
+        assert_eq!(line["key"].as_str().map(str::as_bytes), r.key.as_deref());
+        assert_eq!(
+            line["value"].as_str().map(str::as_bytes),
+            r.value.as_deref()
+        );
+    }
+    let out = run_ok(foodpipe(&[
+        "tail",
+        "--topic",
+        &topic,
+        "--partition",
+        "1",
+        "--offset",
+        "3",
+    ]))
+    .await;
+    let in_p1 = records.iter().filter(|r| r.partition == 1).count();
+    assert_eq!(out.lines().count(), in_p1 - 3);
+    assert!(out.lines().all(|l| l.starts_with("1\t")), "{out}");
+    // From the log end without --follow: nothing, and it exits.
+    let out = run_ok(foodpipe(&["tail", "--topic", &topic])).await;
+    assert!(out.is_empty(), "{out}");
+}

@@ -18,3 +18,4 @@ mod outbound;
 pub mod produce;
 mod retry;
 pub mod send;
+pub mod tail;
