@@ -50,6 +50,10 @@ enum Command {
     /// Consumer groups: list them, describe one, reset its offsets.
     #[command(subcommand)]
     Group(GroupCommand),
+    /// Rebuild the database from Kafka: replay the topic into shadow tables
+    /// while live consumers run, catch up to their position, compare, and
+    /// swap the rebuilt tables in atomically (or only compare: --dry-run).
+    Rebuild(RebuildArgs),
     /// Fold the topic from its first record into a schema of its own,
     /// optionally only up to a time, for side-by-side comparison.
     Replay(ReplayArgs),
@@ -449,6 +453,23 @@ struct ReplayArgs {
 }
 
 #[derive(Debug, Args)]
+struct RebuildArgs {
+    #[command(flatten)]
+    kafka: KafkaArgs,
+    #[command(flatten)]
+    db: DbArgs,
+    /// The consumer group whose view is rebuilt.
+    #[arg(long, env = "FOODPIPE_GROUP", default_value = "order-processors")]
+    group: String,
+    /// Compare the rebuilt view with the live one, but do not swap.
+    #[arg(long)]
+    dry_run: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
 struct AsofArgs {
     #[command(flatten)]
     db: DbArgs,
@@ -815,6 +836,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::DeadLetters(DeadLetterCommand::List(args)) => dead_letters_list(args).await,
         Command::Group(GroupCommand::List(args)) => group_list(args).await,
         Command::Replay(args) => replay(args).await,
+        Command::Rebuild(args) => rebuild(args).await,
         Command::Asof(args) => asof(args).await,
         Command::Cluster(args) => cluster(args).await,
         Command::Doctor(args) => doctor(args).await,
@@ -942,6 +964,39 @@ async fn status(args: StatusArgs) -> anyhow::Result<()> {
         println!("  {status:<10} {count}");
     }
     println!("dead letters: {}", report.dead_letters);
+    Ok(())
+}
+
+async fn rebuild(args: RebuildArgs) -> anyhow::Result<()> {
+    let config = ConsumeConfig {
+        kafka: args.kafka.config()?,
+        store: args.db.config(),
+        topic: args.kafka.topic.clone(),
+        group: args.group,
+        ..ConsumeConfig::default()
+    };
+    let report = pipeline::rebuild::run(config, args.dry_run, shutdown_signal()).await?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+        return Ok(());
+    }
+    println!(
+        "rebuilt from Kafka: {} events, {} orders; {} order(s) differ from the live view",
+        report.events, report.orders, report.differing
+    );
+    for d in &report.first_differences {
+        println!(
+            "  {}: live {} | rebuilt {}",
+            d.order_id,
+            d.live.as_deref().unwrap_or("(missing)"),
+            d.rebuilt.as_deref().unwrap_or("(missing)")
+        );
+    }
+    if report.swapped {
+        println!("swapped in: history, view, dead letters and offsets now come from the rebuild");
+    } else {
+        println!("dry run: nothing swapped");
+    }
     Ok(())
 }
 

@@ -119,3 +119,56 @@ async fn asof_bad_input_is_exit_2() {
     assert!(err.contains("did not exist") && errors(&err) == 1, "{err}");
     db.drop_db().await;
 }
+
+/// `rebuild` replays Kafka into shadow tables while a live consumer runs, reports the orders that differ from a damaged live view, changes nothing with --dry-run, and swaps the rebuilt tables in otherwise.
+#[tokio::test]
+async fn rebuild_repairs_the_view_while_live() {
+    let topic = random_topic_name();
+    let db = TestDb::create().await;
+    produce_events(&topic, 600, 91).await;
+    consume_until_caught_up(&topic, &db, &[]).await;
+    // Damage three orders of the live view.
+    let pg = db.client().await;
+    let damaged = pg
+        .execute(
+            "UPDATE orders SET status = 'pending', last_event_id = gen_random_uuid() \
+             WHERE order_id IN (SELECT order_id FROM orders ORDER BY order_id LIMIT 3)",
+            &[],
+        )
+        .await
+        .expect("damage");
+    assert_eq!(damaged, 3);
+    // A live consumer keeps running throughout.
+    let live = crate::harness::spawn_consumer(&topic, &db, &[]);
+    produce_events(&topic, 200, 92).await;
+
+    let mut cmd = foodpipe(&["rebuild", "--topic", &topic, "--dry-run", "--json"]);
+    cmd.env("DATABASE_URL", &db.url);
+    let report: serde_json::Value = serde_json::from_str(&run_ok(cmd).await).expect("json");
+    assert_eq!(report["differing"], 3, "{report}");
+    assert_eq!(report["swapped"], false);
+    let still: i64 = pg
+        .query_one("SELECT count(*) FROM orders WHERE status = 'pending' AND last_event_id NOT IN (SELECT event_id FROM order_events)", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(still, 3, "a dry run changes nothing");
+
+    let mut cmd = foodpipe(&["rebuild", "--topic", &topic, "--json"]);
+    cmd.env("DATABASE_URL", &db.url);
+    let report: serde_json::Value = serde_json::from_str(&run_ok(cmd).await).expect("json");
+    assert_eq!(report["swapped"], true);
+    assert_eq!(report["differing"], 3, "{report}");
+
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    crate::harness::signal(&live, "TERM");
+    let out = live.wait_with_output().await.expect("live consumer exits");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    consume_until_caught_up(&topic, &db, &[]).await;
+    crate::harness::assert_db_is_fold_of_topic(&db, &topic, "order-processors").await;
+    db.drop_db().await;
+}

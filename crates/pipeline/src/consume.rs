@@ -93,6 +93,10 @@ pub struct ConsumeConfig {
     /// timestamped at or before this time (`replay --until`), found with
     /// the broker's offset-for-timestamp lookup.
     pub until: Option<chrono::DateTime<chrono::Utc>>,
+    /// With `until_caught_up`: stop each partition exactly at this offset
+    /// (`rebuild` following the live consumers' position); a partition not
+    /// listed gets nothing.
+    pub targets: Option<BTreeMap<i32, i64>>,
 }
 
 impl Default for ConsumeConfig {
@@ -116,6 +120,7 @@ impl Default for ConsumeConfig {
             session_timeout: Duration::from_secs(10),
             assignor: group::Assignor::Range,
             until: None,
+            targets: None,
         }
     }
 }
@@ -346,8 +351,14 @@ pub async fn run(
                             .await
                         {
                             Ok(Some((lease, reader, start))) => {
+                                let exact =
+                                    config.targets.as_ref().and_then(|t| t.get(&p).copied());
                                 let target = match (config.until_caught_up, config.until) {
                                     (false, _) => None,
+                                    // Listed targets are exact; unlisted partitions: nothing.
+                                    (true, _) if config.targets.is_some() => {
+                                        Some(exact.unwrap_or(0))
+                                    }
                                     (true, None) => Some(reader.offset(OffsetAt::Latest).await?),
                                     (true, Some(t)) => {
                                         // The first record after `t`; none: the log end.

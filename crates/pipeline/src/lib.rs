@@ -16,6 +16,7 @@ pub mod groups;
 mod observe;
 mod outbound;
 pub mod produce;
+pub mod rebuild;
 mod retry;
 pub mod send;
 pub mod tail;

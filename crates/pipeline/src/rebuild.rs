@@ -1,0 +1,203 @@
+//! `foodpipe rebuild`: the database rebuilt from Kafka, swapped in while
+//! the live consumers keep running.
+//!
+//! 1. Read the live group's offsets, then fold the topic from its earliest
+//!    offset up to them into a fresh shadow schema (`<schema>_rebuild`),
+//!    as a consumer group of its own there. The shadow is never ahead of
+//!    the live view, so the two can be compared record for record.
+//! 2. Lock the live group's offset rows (`FOR UPDATE`): live commits wait.
+//!    Fold the shadow up to exactly the live position where it is behind.
+//! 3. Compare the shadow view with the live one (orders whose status or
+//!    last event differ) and, unless this is a dry run, replace the live
+//!    history, view, dead letters and offsets with the shadow's, in the
+//!    same transaction that holds the lock. Commit; live consumers go on
+//!    from the swapped offsets.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+
+use serde::Serialize;
+use store::{Store, StoreConfig};
+
+use crate::consume::{ConsumeConfig, run as consume};
+
+/// An order whose rebuilt state differs from the live one.
+#[derive(Debug, Clone, Serialize)]
+pub struct Difference {
+    pub order_id: String,
+    /// `status / last_event_id` in the live view, if the order is there.
+    pub live: Option<String>,
+    /// The same in the rebuilt view.
+    pub rebuilt: Option<String>,
+}
+
+/// What a rebuild found and did.
+#[derive(Debug, Clone, Serialize)]
+pub struct RebuildReport {
+    pub events: i64,
+    pub orders: i64,
+    pub differing: i64,
+    pub first_differences: Vec<Difference>,
+    pub swapped: bool,
+}
+
+/// Rebuilds the view of `config.group` on `config.topic` in
+/// `config.store.schema` (default `public`). `dry_run` compares only.
+pub async fn run(
+    config: ConsumeConfig,
+    dry_run: bool,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<RebuildReport> {
+    let live_schema = config
+        .store
+        .schema
+        .clone()
+        .unwrap_or_else(|| "public".to_owned());
+    let shadow = format!("{live_schema}_rebuild");
+    let live = Store::connect(&config.store).await?;
+    live.migrate().await?;
+    live.client()
+        .await?
+        .batch_execute(&format!("DROP SCHEMA IF EXISTS {shadow} CASCADE"))
+        .await?;
+    let shadow_config = ConsumeConfig {
+        store: StoreConfig {
+            schema: Some(shadow.clone()),
+            ..config.store.clone()
+        },
+        until_caught_up: true,
+        member_id: Some("rebuild".to_owned()),
+        metrics_addr: None,
+        dead_letter_topic: None,
+        ..config.clone()
+    };
+    // 1. Everything up to where the live consumers are now.
+    let live_now = live.offsets(&config.group, &config.topic).await?;
+    tracing::info!(schema = %shadow, "replaying {} from the earliest offset", config.topic);
+    consume(
+        ConsumeConfig {
+            targets: Some(live_now.into_iter().collect()),
+            ..shadow_config.clone()
+        },
+        shutdown,
+    )
+    .await?;
+
+    // 2. Hold the live position still and catch the shadow up to it.
+    let mut client = live.client().await?;
+    let tx = client.transaction().await?;
+    let live_offsets: BTreeMap<i32, i64> = tx
+        .query(
+            &format!(
+                "SELECT partition, next_offset FROM {live_schema}.consumer_offsets \
+                 WHERE group_id = $1 AND topic = $2 FOR UPDATE"
+            ),
+            &[&config.group, &config.topic],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let shadow_offsets: BTreeMap<i32, i64> = tx
+        .query(
+            &format!(
+                "SELECT partition, next_offset FROM {shadow}.consumer_offsets \
+                 WHERE group_id = $1 AND topic = $2"
+            ),
+            &[&config.group, &config.topic],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let behind = live_offsets
+        .iter()
+        .any(|(p, live)| shadow_offsets.get(p).is_none_or(|s| s < live));
+    if behind {
+        tracing::info!(position = ?live_offsets, "catching the rebuild up to the live position");
+        consume(
+            ConsumeConfig {
+                targets: Some(live_offsets.clone()),
+                ..shadow_config
+            },
+            std::future::pending(),
+        )
+        .await?;
+    }
+
+    // 3. Compare, then swap in the same transaction.
+    let differing: i64 = tx
+        .query_one(&diff_sql(&live_schema, &shadow, "count(*)", ""), &[])
+        .await?
+        .get(0);
+    let first_differences = tx
+        .query(
+            &diff_sql(
+                &live_schema,
+                &shadow,
+                "coalesce(l.order_id, s.order_id)::text, \
+                 l.status || ' / ' || l.last_event_id, s.status || ' / ' || s.last_event_id",
+                "ORDER BY 1 LIMIT 5",
+            ),
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| Difference {
+            order_id: r.get(0),
+            live: r.get(1),
+            rebuilt: r.get(2),
+        })
+        .collect();
+    let events: i64 = tx
+        .query_one(&format!("SELECT count(*) FROM {shadow}.order_events"), &[])
+        .await?
+        .get(0);
+    let orders: i64 = tx
+        .query_one(&format!("SELECT count(*) FROM {shadow}.orders"), &[])
+        .await?
+        .get(0);
+    if !dry_run {
+        tx.batch_execute(&format!(
+            "TRUNCATE {live_schema}.order_events, {live_schema}.orders, {live_schema}.dead_letters;
+             INSERT INTO {live_schema}.order_events SELECT * FROM {shadow}.order_events;
+             INSERT INTO {live_schema}.orders SELECT * FROM {shadow}.orders;
+             INSERT INTO {live_schema}.dead_letters SELECT * FROM {shadow}.dead_letters;"
+        ))
+        .await?;
+        tx.execute(
+            &format!(
+                "INSERT INTO {live_schema}.consumer_offsets \
+                     (group_id, topic, partition, next_offset, incarnation, last_fingerprint) \
+                 SELECT group_id, topic, partition, next_offset, incarnation, last_fingerprint \
+                 FROM {shadow}.consumer_offsets WHERE group_id = $1 AND topic = $2 \
+                 ON CONFLICT (group_id, topic, partition) DO UPDATE SET \
+                     next_offset = EXCLUDED.next_offset, incarnation = EXCLUDED.incarnation, \
+                     last_fingerprint = EXCLUDED.last_fingerprint, updated_at = now()"
+            ),
+            &[&config.group, &config.topic],
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    live.client()
+        .await?
+        .batch_execute(&format!("DROP SCHEMA IF EXISTS {shadow} CASCADE"))
+        .await?;
+    Ok(RebuildReport {
+        events,
+        orders,
+        differing,
+        first_differences,
+        swapped: !dry_run,
+    })
+}
+
+/// Orders whose status or last event differ between the two views.
+fn diff_sql(live: &str, shadow: &str, select: &str, tail: &str) -> String {
+    format!(
+        "SELECT {select} FROM {live}.orders l FULL JOIN {shadow}.orders s USING (order_id) \
+         WHERE l.status IS DISTINCT FROM s.status \
+            OR l.last_event_id IS DISTINCT FROM s.last_event_id {tail}"
+    )
+}
