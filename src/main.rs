@@ -973,6 +973,7 @@ async fn rebuild(args: RebuildArgs) -> anyhow::Result<()> {
         store: args.db.config(),
         topic: args.kafka.topic.clone(),
         group: args.group,
+        progress: !args.json && std::io::stderr().is_terminal(),
         ..ConsumeConfig::default()
     };
     let report = pipeline::rebuild::run(config, args.dry_run, shutdown_signal()).await?;

@@ -97,6 +97,8 @@ pub struct ConsumeConfig {
     /// (`rebuild` following the live consumers' position); a partition not
     /// listed gets nothing.
     pub targets: Option<BTreeMap<i32, i64>>,
+    /// Draw a progress bar per partition on stderr (with a target).
+    pub progress: bool,
 }
 
 impl Default for ConsumeConfig {
@@ -121,6 +123,7 @@ impl Default for ConsumeConfig {
             assignor: group::Assignor::Range,
             until: None,
             targets: None,
+            progress: false,
         }
     }
 }
@@ -249,6 +252,10 @@ pub async fn run(
     let pid = std::process::id() as i32;
     tracing::info!(group = %config.group, member = %member, assignor = config.assignor.as_str(), "joining consumer group");
 
+    let bars = indicatif::MultiProgress::new();
+    if !config.progress {
+        bars.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
     let mut owned: BTreeMap<i32, Owned> = BTreeMap::new();
     let mut caught_up: BTreeSet<i32> = BTreeSet::new();
     let mut summaries: BTreeMap<i32, PartitionSummary> = BTreeMap::new();
@@ -371,6 +378,17 @@ pub async fn run(
                                         }
                                     }
                                 };
+                                let bar = bars.add(indicatif::ProgressBar::new(
+                                    target.unwrap_or(start.next_offset).max(0) as u64,
+                                ));
+                                bar.set_style(
+                                    indicatif::ProgressStyle::with_template(
+                                        "partition {prefix:>3} {bar:40} {pos}/{len} ({per_sec})",
+                                    )
+                                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+                                );
+                                bar.set_prefix(p.to_string());
+                                bar.set_position(start.next_offset.max(0) as u64);
                                 let (stop, stop_rx) = watch::channel(false);
                                 let task = tokio::spawn(consume_partition(
                                     Arc::clone(&config),
@@ -382,6 +400,7 @@ pub async fn run(
                                     dead_letter_topic.clone(),
                                     stop_rx,
                                     (member.clone(), lease.epoch),
+                                    bar,
                                 ));
                                 tracing::info!(
                                     partition = p,
@@ -769,6 +788,7 @@ async fn consume_partition(
     dead_letter_topic: Option<Arc<DeadLetterTopic>>,
     stop: watch::Receiver<bool>,
     lease: (String, i64),
+    bar: indicatif::ProgressBar,
 ) -> anyhow::Result<PartitionOutcome> {
     let partition = reader.partition();
     let metrics = PartitionMetrics::new(&config.group, &config.topic, partition);
@@ -794,6 +814,7 @@ async fn consume_partition(
         metrics,
         dead_letter_topic,
         lease,
+        bar,
     );
     let (last_high_watermark, outcome) = tokio::join!(fetcher, applier);
     let mut outcome = outcome?;
@@ -981,6 +1002,7 @@ async fn apply_loop(
     metrics: PartitionMetrics,
     dead_letter_topic: Option<Arc<DeadLetterTopic>>,
     lease: (String, i64),
+    bar: indicatif::ProgressBar,
 ) -> anyhow::Result<PartitionOutcome> {
     let mut lease_lost = false;
     let mut summary = PartitionSummary {
@@ -1068,6 +1090,7 @@ async fn apply_loop(
         summary.duplicates += applied.duplicates as u64;
         summary.next_offset = fetched.next_offset;
         summary.high_watermark = fetched.high_watermark;
+        bar.set_position(fetched.next_offset.max(0) as u64);
         // Dropping `fetched` here frees its bytes from the budget.
     }
     Ok(PartitionOutcome {

@@ -67,6 +67,7 @@ pub async fn run(
         },
         until_caught_up: true,
         member_id: Some("rebuild".to_owned()),
+        progress: config.progress,
         metrics_addr: None,
         dead_letter_topic: None,
         ..config.clone()
