@@ -158,8 +158,8 @@ impl DecodeError {
     }
 }
 
-/// The envelope, decoded first so a bad record is classified precisely:
-/// its version and type are checked before the payload is looked at.
+/// The envelope: common fields, with the payload left raw until the
+/// version and type say how to read it.
 #[derive(Deserialize)]
 struct Envelope<'a> {
     schema_version: Option<u32>,
@@ -172,7 +172,8 @@ struct Envelope<'a> {
     payload: Option<&'a RawValue>,
 }
 
-/// Only the two fields that decide how to read the rest.
+/// Only the two fields that decide how to read the rest, for classifying
+/// a value that is not a valid envelope.
 #[derive(Deserialize)]
 struct Header<'a> {
     schema_version: Option<serde_json::Value>,
@@ -196,49 +197,17 @@ pub fn decode(value: Option<&[u8]>) -> Result<OrderEvent, DecodeError> {
     let text = std::str::from_utf8(bytes)
         .map_err(|e| DecodeError::new(ErrorKind::NotUtf8, format!("value is not UTF-8: {e}")))?;
 
-    let header: Header<'_> = serde_json::from_str(text).map_err(|e| {
-        if e.is_data() {
-            DecodeError::new(
-                ErrorKind::MalformedJson,
-                format!("value is not a JSON object: {e}"),
-            )
-        } else {
-            DecodeError::new(ErrorKind::MalformedJson, format!("malformed JSON: {e}"))
-        }
-    })?;
-    match header.schema_version {
-        Some(serde_json::Value::Number(n)) if n.as_u64() == Some(u64::from(SCHEMA_VERSION)) => {}
-        Some(other) => {
-            return Err(DecodeError::new(
-                ErrorKind::UnknownSchemaVersion,
-                format!("unknown schema_version {other}, this build reads {SCHEMA_VERSION}"),
-            ));
-        }
-        None => {
-            return Err(DecodeError::new(
-                ErrorKind::InvalidField,
-                "missing field `schema_version`",
-            ));
-        }
-    }
-    match header.event_type {
-        Some(t) if KNOWN_TYPES.contains(&t) => {}
-        Some(t) => {
-            return Err(DecodeError::new(
-                ErrorKind::UnknownEventType,
-                format!("unknown event_type {t:?}"),
-            ));
-        }
-        None => {
-            return Err(DecodeError::new(
-                ErrorKind::InvalidField,
-                "missing field `event_type`",
-            ));
-        }
-    }
-
     let invalid = |e: serde_json::Error| DecodeError::new(ErrorKind::InvalidField, e.to_string());
-    let env: Envelope<'_> = serde_json::from_str(text).map_err(invalid)?;
+    // One parse for a good record; only a record that fails it is read a
+    // second time, to say precisely what is wrong with it.
+    let env: Envelope<'_> = match serde_json::from_str(text) {
+        Ok(env) => env,
+        Err(e) => return Err(classify(text, e)),
+    };
+    check_header(
+        env.schema_version.map(serde_json::Value::from).as_ref(),
+        env.event_type,
+    )?;
     let event_type = env.event_type.unwrap_or_default();
     let payload = env.payload.map(RawValue::get).unwrap_or("{}");
     let body = match event_type {
@@ -258,6 +227,60 @@ pub fn decode(value: Option<&[u8]>) -> Result<OrderEvent, DecodeError> {
         occurred_at: env.occurred_at,
         body,
     })
+}
+
+/// Why a value that did not parse as an event is not one: not JSON at all,
+/// a version or type this build does not know, or else a bad field.
+fn classify(text: &str, envelope_error: serde_json::Error) -> DecodeError {
+    let header: Header<'_> = match serde_json::from_str(text) {
+        Ok(h) => h,
+        Err(e) if e.is_data() => {
+            return DecodeError::new(
+                ErrorKind::MalformedJson,
+                format!("value is not a JSON object: {e}"),
+            );
+        }
+        Err(e) => {
+            return DecodeError::new(ErrorKind::MalformedJson, format!("malformed JSON: {e}"));
+        }
+    };
+    match check_header(header.schema_version.as_ref(), header.event_type) {
+        Err(e) => e,
+        Ok(()) => DecodeError::new(ErrorKind::InvalidField, envelope_error.to_string()),
+    }
+}
+
+/// The two fields that decide how to read the rest must be known.
+fn check_header(
+    schema_version: Option<&serde_json::Value>,
+    event_type: Option<&str>,
+) -> Result<(), DecodeError> {
+    match schema_version {
+        Some(serde_json::Value::Number(n)) if n.as_u64() == Some(u64::from(SCHEMA_VERSION)) => {}
+        Some(other) => {
+            return Err(DecodeError::new(
+                ErrorKind::UnknownSchemaVersion,
+                format!("unknown schema_version {other}, this build reads {SCHEMA_VERSION}"),
+            ));
+        }
+        None => {
+            return Err(DecodeError::new(
+                ErrorKind::InvalidField,
+                "missing field `schema_version`",
+            ));
+        }
+    }
+    match event_type {
+        Some(t) if KNOWN_TYPES.contains(&t) => Ok(()),
+        Some(t) => Err(DecodeError::new(
+            ErrorKind::UnknownEventType,
+            format!("unknown event_type {t:?}"),
+        )),
+        None => Err(DecodeError::new(
+            ErrorKind::InvalidField,
+            "missing field `event_type`",
+        )),
+    }
 }
 
 impl OrderEvent {

@@ -75,6 +75,13 @@ struct Pending {
     _permit: OwnedSemaphorePermit,
 }
 
+/// A record of a batch being sent, without its bytes.
+struct InFlight {
+    size: usize,
+    enqueued: Instant,
+    _permit: OwnedSemaphorePermit,
+}
+
 /// What happened to the records of one partition.
 #[derive(Debug, Clone)]
 pub struct PartitionReport {
@@ -290,7 +297,19 @@ async fn send_batch(
     report: &mut PartitionReport,
     delivered: &AtomicU64,
 ) {
-    let records: Vec<Record> = batch.iter().map(|p| p.record.clone()).collect();
+    // The records go to rskafka; what is left is kept for the report and
+    // holds the budget until the batch is done.
+    let (records, batch): (Vec<Record>, Vec<InFlight>) = batch
+        .into_iter()
+        .map(|p| {
+            let rest = InFlight {
+                size: p.size,
+                enqueued: p.enqueued,
+                _permit: p._permit,
+            };
+            (p.record, rest)
+        })
+        .unzip();
     // The batch's deadline is its oldest record's.
     let deadline = batch
         .first()
