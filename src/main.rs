@@ -357,9 +357,8 @@ struct ConsumeArgs {
     kafka: KafkaArgs,
     #[command(flatten)]
     db: DbArgs,
-    /// Consumer group: offsets are stored per group.
-    #[arg(long, env = "FOODPIPE_GROUP", default_value = "order-processors")]
-    group: String,
+    #[command(flatten)]
+    group: GroupArg,
     /// Exit once every partition has reached the high watermark it had at start.
     #[arg(long)]
     until_caught_up: bool,
@@ -406,15 +405,27 @@ struct ConsumeArgs {
     json: bool,
 }
 
+/// The consumer group a command works for.
+#[derive(Debug, Args)]
+struct GroupArg {
+    /// The consumer group: offsets, members and leases are per group.
+    #[arg(
+        long = "group",
+        value_name = "GROUP",
+        env = "FOODPIPE_GROUP",
+        default_value = "order-processors"
+    )]
+    name: String,
+}
+
 /// Which topic and which consumer group's view of it.
 #[derive(Debug, Args)]
 struct TopicGroupArgs {
     /// The topic of order events.
     #[arg(long, env = "FOODPIPE_TOPIC", default_value = "food-orders")]
     topic: String,
-    /// The consumer group.
-    #[arg(long, env = "FOODPIPE_GROUP", default_value = "order-processors")]
-    group: String,
+    #[command(flatten)]
+    group: GroupArg,
 }
 
 #[derive(Debug, Args)]
@@ -458,9 +469,8 @@ struct RebuildArgs {
     kafka: KafkaArgs,
     #[command(flatten)]
     db: DbArgs,
-    /// The consumer group whose view is rebuilt.
-    #[arg(long, env = "FOODPIPE_GROUP", default_value = "order-processors")]
-    group: String,
+    #[command(flatten)]
+    group: GroupArg,
     /// Compare the rebuilt view with the live one, but do not swap.
     #[arg(long)]
     dry_run: bool,
@@ -563,6 +573,18 @@ struct DoctorArgs {
     db: DbArgs,
 }
 
+/// Errors that mean the user asked for something that does not exist
+/// (exit status 2), rather than something that failed (1).
+fn is_bad_input(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause.downcast_ref::<BadInput>().is_some()
+            || matches!(
+                cause.downcast_ref::<kafka::Error>(),
+                Some(kafka::Error::UnknownTopic { .. })
+            )
+    })
+}
+
 /// A user asked for something that does not exist: exit status 2.
 #[derive(Debug)]
 struct BadInput(String);
@@ -600,9 +622,8 @@ struct GroupDescribeArgs {
     kafka: KafkaArgs,
     #[command(flatten)]
     db: DbArgs,
-    /// The consumer group.
-    #[arg(long, env = "FOODPIPE_GROUP", default_value = "order-processors")]
-    group: String,
+    #[command(flatten)]
+    group: GroupArg,
     /// Refresh in place every second until Ctrl-C.
     #[arg(long)]
     watch: bool,
@@ -635,9 +656,8 @@ struct GroupResetArgs {
     kafka: KafkaArgs,
     #[command(flatten)]
     db: DbArgs,
-    /// The consumer group.
-    #[arg(long, env = "FOODPIPE_GROUP", default_value = "order-processors")]
-    group: String,
+    #[command(flatten)]
+    group: GroupArg,
     #[command(flatten)]
     to: ResetTarget,
     /// Only this partition.
@@ -735,7 +755,7 @@ fn main() -> ExitCode {
             // `{:#}` joins the cause chain with ": " on one line.
             let message = format!("{e:#}").replace('\n', " ");
             eprintln!("error: {message}");
-            if e.downcast_ref::<BadInput>().is_some() {
+            if is_bad_input(&e) {
                 ExitCode::from(2)
             } else {
                 ExitCode::FAILURE
@@ -915,7 +935,7 @@ async fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
         kafka: args.kafka.config()?,
         store: args.db.config(),
         topic: args.kafka.topic.clone(),
-        group: args.group,
+        group: args.group.name,
         until_caught_up: args.until_caught_up,
         fetch_max_bytes: args.fetch_max_bytes,
         max_record_bytes: args.max_record_bytes as usize,
@@ -949,8 +969,8 @@ async fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
 async fn status(args: StatusArgs) -> anyhow::Result<()> {
     let store = Store::connect(&args.db.config()).await?;
     store.migrate().await?;
-    let report = store.status(&args.on.group, &args.on.topic).await?;
-    println!("topic {} / group {}", args.on.topic, args.on.group);
+    let report = store.status(&args.on.group.name, &args.on.topic).await?;
+    println!("topic {} / group {}", args.on.topic, args.on.group.name);
     println!("stored offsets (next record to apply):");
     for (partition, offset) in &report.offsets {
         println!("  partition {partition:>3}: {offset}");
@@ -972,7 +992,7 @@ async fn rebuild(args: RebuildArgs) -> anyhow::Result<()> {
         kafka: args.kafka.config()?,
         store: args.db.config(),
         topic: args.kafka.topic.clone(),
-        group: args.group,
+        group: args.group.name,
         progress: !args.json && std::io::stderr().is_terminal(),
         ..ConsumeConfig::default()
     };
@@ -1040,14 +1060,7 @@ async fn topics(cmd: TopicsCommand) -> anyhow::Result<()> {
         }
         TopicsCommand::Describe(args) => {
             let client = kafka::connect(&args.kafka.kafka.config()?).await?;
-            let count = kafka::topic_partitions(&client, &args.name)
-                .await?
-                .ok_or_else(|| {
-                    BadInput(format!(
-                        "topic {:?} does not exist; `foodpipe topics list` shows them",
-                        args.name
-                    ))
-                })?;
+            let count = kafka::existing_topic_partitions(&client, &args.name).await?;
             println!("topic {}: {count} partition(s)", args.name);
             println!(
                 "{:>9} {:>16} {:>16} {:>10}",
@@ -1079,12 +1092,7 @@ async fn topics(cmd: TopicsCommand) -> anyhow::Result<()> {
         }
         TopicsCommand::Delete(args) => {
             let client = kafka::connect(&args.kafka.kafka.config()?).await?;
-            if kafka::topic_partitions(&client, &args.name)
-                .await?
-                .is_none()
-            {
-                return Err(BadInput(format!("topic {:?} does not exist", args.name)).into());
-            }
+            kafka::existing_topic_partitions(&client, &args.name).await?;
             client
                 .controller_client()?
                 .delete_topic(args.name.as_str(), 5_000)
@@ -1119,12 +1127,7 @@ async fn tail(args: TailArgs) -> anyhow::Result<()> {
         },
     };
     let mut out = std::io::BufWriter::new(std::io::stdout());
-    pipeline::tail::run(config, &mut out, shutdown_signal())
-        .await
-        .map_err(|e| match e.to_string() {
-            m if m.contains("does not exist") => BadInput(m).into(),
-            _ => e,
-        })?;
+    pipeline::tail::run(config, &mut out, shutdown_signal()).await?;
     Ok(())
 }
 
@@ -1233,7 +1236,8 @@ async fn group_describe(args: GroupDescribeArgs) -> anyhow::Result<()> {
     let kafka = args.kafka.config()?;
     let mut stop = std::pin::pin!(shutdown_signal());
     loop {
-        let d = pipeline::groups::describe(&store, &kafka, &args.group, &args.kafka.topic).await?;
+        let d =
+            pipeline::groups::describe(&store, &kafka, &args.group.name, &args.kafka.topic).await?;
         if args.watch {
             // Clear the screen and home the cursor, like `watch`.
             print!("\x1b[2J\x1b[H{}", chrono::Utc::now().format("%H:%M:%S\n"));
@@ -1270,7 +1274,7 @@ async fn group_reset(args: GroupResetArgs) -> anyhow::Result<()> {
         );
     };
     let request = pipeline::groups::ResetRequest {
-        group: &args.group,
+        group: &args.group.name,
         topic: &args.kafka.topic,
         to,
         partition: args.partition,
@@ -1285,7 +1289,7 @@ async fn group_reset(args: GroupResetArgs) -> anyhow::Result<()> {
     for r in &plan {
         println!(
             "{:<20} {:<20} {:>9} {:>12} {:>12}",
-            args.group,
+            args.group.name,
             args.kafka.topic,
             r.partition,
             r.old.map_or("-".to_owned(), |o| o.to_string()),
@@ -1305,7 +1309,7 @@ async fn dead_letters_list(args: DeadLetterListArgs) -> anyhow::Result<()> {
     store.migrate().await?;
     let rows = store
         .dead_letters(
-            &args.on.group,
+            &args.on.group.name,
             &args.on.topic,
             args.kind.as_deref(),
             i64::try_from(args.limit).unwrap_or(i64::MAX),
@@ -1314,7 +1318,7 @@ async fn dead_letters_list(args: DeadLetterListArgs) -> anyhow::Result<()> {
     if rows.is_empty() {
         println!(
             "no dead letters for group {} on {}",
-            args.on.group, args.on.topic
+            args.on.group.name, args.on.topic
         );
         return Ok(());
     }

@@ -11,7 +11,7 @@ use tokio::io::AsyncWriteExt;
 use crate::harness::{
     TestDb, assert_db_is_fold_of_topic, consume_until_caught_up, foodpipe, produce_events,
     produce_events_at, random_topic_name, read_topic_raw, read_topic_raw_at, run_ok, signal,
-    spawn_consumer,
+    spawn_consumer, wait_caught_up, wait_caught_up_at,
 };
 
 /// `foodpipe send` of raw bytes (lines of `KEY<TAB>VALUE`) to `topic`.
@@ -345,36 +345,6 @@ async fn crash_at_random_points_loses_and_repeats_nothing() {
     consume_until_caught_up(&topic, &db, &["--member-id", "crashy"]).await;
     assert_db_is_fold_of_topic(&db, &topic, "order-processors").await;
     db.drop_db().await;
-}
-
-/// Polls until the group's stored offsets reach the topic's high watermarks.
-async fn wait_caught_up(db: &TestDb, topic: &str, limit: Duration) {
-    wait_caught_up_at(&crate::harness::bootstrap_servers(), db, topic, limit).await;
-}
-
-/// Like [`wait_caught_up`], for a topic on the broker at `bootstrap`.
-async fn wait_caught_up_at(bootstrap: &str, db: &TestDb, topic: &str, limit: Duration) {
-    let (_, watermarks) = read_topic_raw_at(bootstrap, topic).await;
-    let pg = db.client().await;
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        let stored: BTreeMap<i32, i64> = pg
-            .query(
-                "SELECT partition, next_offset FROM consumer_offsets WHERE topic = $1",
-                &[&topic],
-            )
-            .await
-            .map(|rows| rows.iter().map(|r| (r.get(0), r.get(1))).collect())
-            .unwrap_or_default();
-        if stored == watermarks {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "not caught up within {limit:?}: stored {stored:?}, watermarks {watermarks:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 /// PostgreSQL connections killed mid-stream (pg_terminate_backend): the consumer retries, loses nothing and catches up by itself.

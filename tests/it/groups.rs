@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::harness::{
     TestDb, assert_db_is_fold_of_topic, consume_until_caught_up, foodpipe, produce_events_to,
-    random_topic_name, read_topic_raw, signal,
+    random_topic_name, read_topic_raw, signal, wait_caught_up,
 };
 
 const GROUP: &str = "order-processors";
@@ -78,34 +78,6 @@ fn member(topic: &str, db: &TestDb, id: &str, extra: &[&str]) -> tokio::process:
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     cmd.spawn().expect("member starts")
-}
-
-/// Waits for the group's stored offsets to reach the topic's end.
-async fn wait_caught_up(db: &TestDb, topic: &str, limit: Duration) {
-    let (_, watermarks) = read_topic_raw(topic).await;
-    let started = tokio::time::Instant::now();
-    loop {
-        let stored: BTreeMap<i32, i64> = db
-            .client()
-            .await
-            .query(
-                "SELECT partition, next_offset FROM consumer_offsets WHERE topic = $1",
-                &[&topic],
-            )
-            .await
-            .expect("offsets")
-            .iter()
-            .map(|r| (r.get(0), r.get(1)))
-            .collect();
-        if stored == watermarks {
-            return;
-        }
-        assert!(
-            started.elapsed() < limit,
-            "not caught up: {stored:?} vs {watermarks:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
 }
 
 async fn stop_all(children: Vec<tokio::process::Child>) {

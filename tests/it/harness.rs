@@ -591,6 +591,15 @@ pub async fn produce_events(topic: &str, count: u32, seed: u64) {
 /// Produces `count` generated events with `seed` to `topic`, creating it
 /// with `partitions` partitions.
 pub async fn produce_events_to(topic: &str, count: u32, seed: u64, partitions: u32) {
+    produce(&bootstrap_servers(), topic, count, seed, partitions).await;
+}
+
+/// Like [`produce_events`], to the broker at `bootstrap`.
+pub async fn produce_events_at(bootstrap: &str, topic: &str, count: u32, seed: u64) {
+    produce(bootstrap, topic, count, seed, 3).await;
+}
+
+async fn produce(bootstrap: &str, topic: &str, count: u32, seed: u64, partitions: u32) {
     let mut cmd = foodpipe(&[
         "produce",
         "--topic",
@@ -601,30 +610,43 @@ pub async fn produce_events_to(topic: &str, count: u32, seed: u64, partitions: u
         &partitions.to_string(),
         "--seed",
         &seed.to_string(),
-        "--quiet",
-    ]);
-    cmd.env("KAFKA_BOOTSTRAP_SERVERS", bootstrap_servers());
-    run_ok(cmd).await;
-}
-
-/// Like [`produce_events`], to the broker at `bootstrap`.
-pub async fn produce_events_at(bootstrap: &str, topic: &str, count: u32, seed: u64) {
-    let mut cmd = foodpipe(&[
-        "produce",
-        "--topic",
-        topic,
-        "--count",
-        &count.to_string(),
-        "--partitions",
-        "3",
-        "--seed",
-        &seed.to_string(),
         "--json",
     ]);
     cmd.env("KAFKA_BOOTSTRAP_SERVERS", bootstrap);
     let out = run_ok(cmd).await;
     let summary: serde_json::Value = serde_json::from_str(&out).expect("JSON summary");
     assert_eq!(summary["events"], count, "all events delivered: {out}");
+}
+
+/// Polls until the stored offsets of `topic` (any group) reach the
+/// high watermarks on the broker at `bootstrap`, failing after `limit`.
+pub async fn wait_caught_up_at(bootstrap: &str, db: &TestDb, topic: &str, limit: Duration) {
+    let (_, watermarks) = read_topic_raw_at(bootstrap, topic).await;
+    let pg = db.client().await;
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let stored: BTreeMap<i32, i64> = pg
+            .query(
+                "SELECT partition, next_offset FROM consumer_offsets WHERE topic = $1",
+                &[&topic],
+            )
+            .await
+            .map(|rows| rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+            .unwrap_or_default();
+        if stored == watermarks {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not caught up within {limit:?}: stored {stored:?}, watermarks {watermarks:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Like [`wait_caught_up_at`], on the broker under test.
+pub async fn wait_caught_up(db: &TestDb, topic: &str, limit: Duration) {
+    wait_caught_up_at(&bootstrap_servers(), db, topic, limit).await;
 }
 
 /// A `foodpipe consume` child process on `topic` into `db`.

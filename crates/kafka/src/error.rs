@@ -13,7 +13,9 @@ pub enum Error {
     Metadata { source: ClientError },
     #[error("cannot create topic {topic:?}: {source}")]
     CreateTopic { topic: String, source: ClientError },
-    #[error("topic {topic:?} does not exist")]
+    #[error(
+        "topic {topic:?} does not exist: `foodpipe topics list` shows the topics; check --topic"
+    )]
     UnknownTopic { topic: String },
     #[error("cannot reach the leader of {topic}/{partition}: {source}")]
     Partition {

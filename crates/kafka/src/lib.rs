@@ -109,6 +109,16 @@ pub async fn topic_partitions(client: &Client, topic: &str) -> Result<Option<u32
         .map(|t| t.partitions.len() as u32))
 }
 
+/// The partition count of `topic`, which must exist
+/// ([`Error::UnknownTopic`] otherwise).
+pub async fn existing_topic_partitions(client: &Client, topic: &str) -> Result<u32> {
+    topic_partitions(client, topic)
+        .await?
+        .ok_or_else(|| Error::UnknownTopic {
+            topic: topic.to_owned(),
+        })
+}
+
 /// What [`ensure_topic`] found or made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TopicInfo {

@@ -18,7 +18,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use events::{DecodeError, ErrorKind};
 use kafka::{KafkaConfig, OffsetAt, PartitionReader};
 use serde::Serialize;
@@ -212,14 +211,7 @@ pub async fn run(
     .await?;
     store.migrate().await?;
     let client = Arc::new(kafka::connect(&config.kafka).await?);
-    let mut partitions = kafka::topic_partitions(&client, &config.topic)
-        .await?
-        .with_context(|| {
-            format!(
-                "topic {:?} does not exist: produce to it first, or check --topic",
-                config.topic
-            )
-        })?;
+    let mut partitions = kafka::existing_topic_partitions(&client, &config.topic).await?;
     // One connection per partition applying a batch, one for the rest.
     store.resize_pool(partitions as usize + 2);
 

@@ -38,13 +38,7 @@ pub async fn describe(
     topic: &str,
 ) -> anyhow::Result<Description> {
     let client = kafka::connect(kafka).await?;
-    let count = kafka::topic_partitions(&client, topic)
-        .await?
-        .ok_or_else(|| {
-            anyhow::anyhow!(
-                "topic {topic:?} does not exist; `foodpipe topics` is not here yet, check --topic"
-            )
-        })?;
+    let count = kafka::existing_topic_partitions(&client, topic).await?;
     let owners = store.owners(group, topic).await?;
     let mut partitions = Vec::with_capacity(count as usize);
     for p in 0..count as i32 {
@@ -196,9 +190,7 @@ pub async fn reset(
         live.join(", ")
     );
     let client = kafka::connect(kafka).await?;
-    let count = kafka::topic_partitions(&client, topic)
-        .await?
-        .ok_or_else(|| anyhow::anyhow!("topic {topic:?} does not exist; check --topic"))?;
+    let count = kafka::existing_topic_partitions(&client, topic).await?;
     if let Some(p) = partition {
         anyhow::ensure!(
             p >= 0 && (p as u32) < count,

@@ -47,9 +47,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<u64> {
     let client = kafka::connect(&config.kafka).await?;
-    let count = kafka::topic_partitions(&client, &config.topic)
-        .await?
-        .ok_or_else(|| anyhow::anyhow!("topic {:?} does not exist; check --topic", config.topic))?;
+    let count = kafka::existing_topic_partitions(&client, &config.topic).await?;
     let partitions: Vec<i32> = match config.partition {
         Some(p) if p < 0 || p as u32 >= count => anyhow::bail!(
             "--partition {p} does not exist: {} has partitions 0..{}",
