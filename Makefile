@@ -4,6 +4,8 @@
 #   make down    stop the broker that `make up` started
 #   make demo    up, produce a few thousand orders, consume, print a summary
 #   make test    up, then fmt, clippy, compose check and every test
+#   make static  one statically linked binary (glibc, crt-static), no C compiled
+#   make musl    one static musl binary, as the Dockerfile builds it
 #   make bench   the criterion benchmarks
 #   make bench-produce   foodpipe's producer vs librdkafka, same broker and events
 #   make bench-sink      foodpipe's fold vs psql \copy of the same rows
@@ -17,7 +19,7 @@ CARGO ?= cargo
 DEMO_EVENTS ?= 5000
 FOODPIPE := ./target/release/foodpipe
 
-.PHONY: help up down build demo test lint no-c bench bench-produce bench-sink bench-memory clean
+.PHONY: help up down build static musl demo test lint no-c bench bench-produce bench-sink bench-memory clean
 
 help:
 	@sed -n 's/^#   //p' Makefile
@@ -30,6 +32,25 @@ down:
 
 build:
 	$(CARGO) build --release --bin foodpipe
+
+# A static binary of the glibc target: this machine's toolchain, nothing to
+# install. CC=false: the build may not compile C. RUSTFLAGS reach only the
+# target artifacts because --target is explicit (build scripts stay dynamic).
+STATIC_TARGET := x86_64-unknown-linux-gnu
+STATIC_BIN := target/$(STATIC_TARGET)/release/foodpipe
+static:
+	CC=false CXX=false RUSTFLAGS="-C target-feature=+crt-static" \
+		$(CARGO) build --release --locked --bin foodpipe --target $(STATIC_TARGET)
+	@file -L $(STATIC_BIN)
+	@ls -l $(STATIC_BIN)
+
+# The musl target links statically by default (rustup ships musl's libc.a).
+MUSL_TARGET ?= x86_64-unknown-linux-musl
+musl:
+	rustup target add $(MUSL_TARGET)
+	CC=false CXX=false $(CARGO) build --release --locked --bin foodpipe --target $(MUSL_TARGET)
+	@file -L target/$(MUSL_TARGET)/release/foodpipe
+	@ls -l target/$(MUSL_TARGET)/release/foodpipe
 
 demo: up build
 	$(FOODPIPE) produce --count $(DEMO_EVENTS) --partitions 3

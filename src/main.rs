@@ -18,13 +18,26 @@ use pipeline::produce::{Amount, ProduceConfig};
 use pipeline::send::SendConfig;
 use store::{Store, StoreConfig};
 
+/// What `--version` prints: version, git commit, target and linkage, and
+/// the optional features compiled in (see build.rs).
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("FOODPIPE_GIT_COMMIT"),
+    "; ",
+    env!("FOODPIPE_BUILD_TARGET"),
+    "; features: ",
+    env!("FOODPIPE_FEATURES"),
+    ")"
+);
+
 /// A pure-Rust Kafka → PostgreSQL event-sourcing pipeline for food orders.
 ///
 /// Order lifecycle events are produced to a Kafka topic keyed by customer;
 /// `consume` folds them into PostgreSQL (event history + current state of
 /// every order), storing each partition's offset in the same transaction.
 #[derive(Debug, Parser)]
-#[command(name = "foodpipe", version, propagate_version = true)]
+#[command(name = "foodpipe", version = VERSION, propagate_version = true)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
