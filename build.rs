@@ -1,6 +1,6 @@
 //! Stamps the binary with what `foodpipe --version` reports: the git commit
-//! it was built from, the target triple, whether the C runtime is linked
-//! statically, and the optional cargo features that are on.
+//! it was built from, the target triple and the optional cargo features
+//! that are on.
 //!
 //! The commit comes from `FOODPIPE_GIT_COMMIT` when set (a container build
 //! has no `.git`; the Dockerfile passes it as a build argument), else from
@@ -18,11 +18,11 @@ fn main() {
         .unwrap_or_else(|| "unknown".to_owned());
     println!("cargo:rustc-env=FOODPIPE_GIT_COMMIT={commit}");
 
+    // Whether the C runtime is static is asked of the compiler itself, with
+    // cfg!(target_feature = "crt-static") in main.rs: cargo's
+    // CARGO_CFG_TARGET_FEATURE leaves it out for musl targets.
     let target = env::var("TARGET").unwrap_or_else(|_| "unknown-target".to_owned());
-    let crt_static = env::var("CARGO_CFG_TARGET_FEATURE")
-        .is_ok_and(|features| features.split(',').any(|f| f == "crt-static"));
-    let linkage = if crt_static { "static" } else { "dynamic" };
-    println!("cargo:rustc-env=FOODPIPE_BUILD_TARGET={target}, {linkage}");
+    println!("cargo:rustc-env=FOODPIPE_BUILD_TARGET={target}");
 
     // Cargo sets CARGO_FEATURE_<NAME> for every enabled feature of this package.
     let mut features: Vec<String> = env::vars()

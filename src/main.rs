@@ -18,18 +18,29 @@ use pipeline::produce::{Amount, ProduceConfig};
 use pipeline::send::SendConfig;
 use store::{Store, StoreConfig};
 
-/// What `--version` prints: version, git commit, target and linkage, and
+/// What `--version` prints: version, git commit, target, whether the C
+/// runtime is linked in (static: the binary needs no libc on the host), and
 /// the optional features compiled in (see build.rs).
-const VERSION: &str = concat!(
-    env!("CARGO_PKG_VERSION"),
-    " (commit ",
-    env!("FOODPIPE_GIT_COMMIT"),
-    "; ",
-    env!("FOODPIPE_BUILD_TARGET"),
-    "; features: ",
-    env!("FOODPIPE_FEATURES"),
-    ")"
-);
+macro_rules! version_with_linkage {
+    ($linkage:literal) => {
+        concat!(
+            env!("CARGO_PKG_VERSION"),
+            " (commit ",
+            env!("FOODPIPE_GIT_COMMIT"),
+            "; ",
+            env!("FOODPIPE_BUILD_TARGET"),
+            ", ",
+            $linkage,
+            "; features: ",
+            env!("FOODPIPE_FEATURES"),
+            ")"
+        )
+    };
+}
+#[cfg(target_feature = "crt-static")]
+const VERSION: &str = version_with_linkage!("static");
+#[cfg(not(target_feature = "crt-static"))]
+const VERSION: &str = version_with_linkage!("dynamic");
 
 /// A pure-Rust Kafka → PostgreSQL event-sourcing pipeline for food orders.
 ///
@@ -540,6 +551,10 @@ struct TopicCreateArgs {
     /// How many partitions.
     #[arg(long, default_value_t = 3, value_parser = parse_partitions, allow_negative_numbers = true)]
     partitions: u32,
+    /// Succeed without changing anything when the topic already exists
+    /// (as kafka-topics.sh --if-not-exists), e.g. for an init container.
+    #[arg(long)]
+    if_not_exists: bool,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -1091,11 +1106,19 @@ async fn topics(cmd: TopicsCommand) -> anyhow::Result<()> {
         }
         TopicsCommand::Create(args) => {
             let client = kafka::connect(&args.kafka.kafka.config()?).await?;
-            if kafka::topic_partitions(&client, &args.name)
-                .await?
-                .is_some()
-            {
-                return Err(BadInput(format!("topic {:?} already exists", args.name)).into());
+            if let Some(existing) = kafka::topic_partitions(&client, &args.name).await? {
+                if args.if_not_exists {
+                    println!(
+                        "topic {} already exists with {} partition(s)",
+                        args.name, existing
+                    );
+                    return Ok(());
+                }
+                return Err(BadInput(format!(
+                    "topic {:?} already exists (add --if-not-exists to accept that)",
+                    args.name
+                ))
+                .into());
             }
             let info = kafka::ensure_topic(&client, &args.name, args.partitions).await?;
             println!(

@@ -66,7 +66,7 @@ async fn doctor_passes_on_a_healthy_stack() {
     db.drop_db().await;
 }
 
-/// `topics create` makes a topic `topics describe` then shows with its offsets; unknown or duplicate topics are exit 2.
+/// `topics create` makes a topic `topics describe` then shows with its offsets; unknown or duplicate topics are exit 2, a duplicate with `--if-not-exists` is left as it was.
 #[tokio::test]
 async fn topics_create_and_describe() {
     let topic = crate::harness::random_topic_name();
@@ -93,6 +93,20 @@ async fn topics_create_and_describe() {
         assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
         assert_eq!(String::from_utf8_lossy(&out.stderr).lines().count(), 1);
     }
+    // An init container runs `create --if-not-exists` on every start: the
+    // second time it succeeds and leaves the topic as it was.
+    let again = run_ok(foodpipe(&[
+        "topics",
+        "create",
+        &topic,
+        "--partitions",
+        "9",
+        "--if-not-exists",
+    ]))
+    .await;
+    assert!(again.contains("already exists with 4 partition(s)"), "{again}");
+    let (_, ends_after) = crate::harness::read_topic_raw(&topic).await;
+    assert_eq!(ends_after, ends, "--if-not-exists changed the topic");
 }
 
 /// `tail` prints each record once with partition, offset, key and value, from the beginning, one partition, or an offset, and stops at the end.
