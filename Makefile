@@ -61,6 +61,7 @@ lint:
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	docker-compose -f docker-compose.yml config -q
+	.stack/venv/bin/hadolint Dockerfile
 
 # The default build compiles no C: with CC=false any crate that tries fails
 # the build, and no -sys crate may appear among normal or build dependencies.

@@ -349,7 +349,8 @@ impl PrivateBroker {
     }
 
     /// A broker that advertises `advertised` (e.g. `tcp://kafka:29092`)
-    /// instead of its own address: the seed's listener gotcha.
+    /// instead of its own address: the seed's listener gotcha. `{port}` in
+    /// it stands for the port the broker listens on.
     pub async fn start_advertising(advertised: Option<&str>) -> PrivateBroker {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
@@ -360,7 +361,10 @@ impl PrivateBroker {
         std::fs::create_dir_all(&dir).expect("broker data dir");
         let address = format!("127.0.0.1:{port}");
         let mut broker = PrivateBroker {
-            advertised: advertised.map_or_else(|| format!("tcp://{address}"), str::to_owned),
+            advertised: advertised.map_or_else(
+                || format!("tcp://{address}"),
+                |a| a.replace("{port}", &port.to_string()),
+            ),
             address,
             dir,
             child: None,

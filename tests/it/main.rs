@@ -13,5 +13,6 @@ mod groups;
 mod harness;
 mod partitioner;
 mod producer;
+mod static_binary;
 mod timetravel;
 mod tools;
