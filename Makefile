@@ -3,7 +3,8 @@
 #   make up      start PostgreSQL and a Kafka-protocol broker (idempotent)
 #   make down    stop the broker that `make up` started
 #   make demo    up, produce a few thousand orders, consume, print a summary
-#   make test    up, then fmt, clippy, compose check and every test
+#   make test    up, then fmt, clippy, compose + Dockerfile lint, the no-C
+#                and static builds, and every test
 #   make static  one statically linked binary (glibc, crt-static), no C compiled
 #   make musl    one static musl binary, as the Dockerfile builds it
 #   make bench   the criterion benchmarks
@@ -71,7 +72,7 @@ no-c:
 	@if $(CARGO) tree --workspace -e normal,build --prefix none | grep -E -- '-sys( |$$)'; then \
 		echo "error: a -sys crate is in the default build" >&2; exit 1; fi
 
-test: up lint no-c
+test: up lint no-c static musl
 	$(CARGO) test --workspace
 
 bench:

@@ -93,7 +93,11 @@ fn assert_static_with_version(binary: &Path, target: &str) {
         "foodpipe {} (commit {head}; {target}, static; features: none)",
         env!("CARGO_PKG_VERSION")
     );
-    assert_eq!(version.trim(), expected, "a stale binary? `make static musl`");
+    assert_eq!(
+        version.trim(),
+        expected,
+        "a stale binary? `make static musl`"
+    );
 }
 
 /// `make static`: statically linked glibc build, stamped with this commit.
@@ -124,15 +128,22 @@ async fn static_musl_binary_round_trip_in_an_empty_root() {
 async fn round_trip_in_empty_root(binary: &Path) {
     // Every connection after bootstrap goes to the advertised name.
     let broker = PrivateBroker::start_advertising(Some("tcp://localhost:{port}")).await;
-    let port = broker.address.rsplit(':').next().expect("host:port").to_owned();
+    let port = broker
+        .address
+        .rsplit(':')
+        .next()
+        .expect("host:port")
+        .to_owned();
     let dns = TestDns::start(&["kafka", "postgres"]).await;
     let root = EmptyRoot::new(binary, dns.address.ip());
     let db = TestDb::create().await;
     let topic = crate::harness::random_topic_name();
     let db_url = db_url_with_host(&db.url, "postgres");
 
+    let chroot = which("chroot");
     let jailed = |args: &[&str]| {
-        let mut cmd = Command::new("chroot");
+        // Only what the container would be given: no inherited environment.
+        let mut cmd = Command::new(&chroot);
         cmd.arg(&root.dir)
             .arg("/foodpipe")
             .args(args)
@@ -155,26 +166,35 @@ async fn round_trip_in_empty_root(binary: &Path) {
     };
     let limit = Duration::from_secs(120);
     ok(
-        run_within(jailed(&["produce", "--count", "600", "--partitions", "3"]), limit).await,
+        run_within(
+            jailed(&["produce", "--count", "600", "--partitions", "3"]),
+            limit,
+        )
+        .await,
         "produce",
     );
     ok(
         run_within(jailed(&["consume", "--until-caught-up"]), limit).await,
         "consume",
     );
-    crate::harness::assert_db_is_fold_of_topic_at(
-        &broker.address,
-        &db,
-        &topic,
-        "order-processors",
-    )
-    .await;
+    crate::harness::assert_db_is_fold_of_topic_at(&broker.address, &db, &topic, "order-processors")
+        .await;
     let asked = dns.names_asked();
     assert!(
         asked.contains("kafka") && asked.contains("postgres"),
         "the binary did not ask DNS for kafka and postgres: {asked:?}"
     );
     db.drop_db().await;
+}
+
+/// A program on PATH (or in /usr/sbin, where chroot lives).
+fn which(program: &str) -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
+        .map(|dir| dir.join(program))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("{program} is not installed"))
 }
 
 /// `url` with its host replaced (userinfo, port, path and query kept).
@@ -197,10 +217,8 @@ struct EmptyRoot {
 
 impl EmptyRoot {
     fn new(binary: &Path, nameserver: std::net::IpAddr) -> EmptyRoot {
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
-            "empty-root-{:016x}",
-            rand::random::<u64>()
-        ));
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("empty-root-{:016x}", rand::random::<u64>()));
         std::fs::create_dir_all(dir.join("etc")).expect("root dir");
         std::fs::copy(binary, dir.join("foodpipe")).expect("copy the binary");
         std::fs::write(dir.join("etc/hosts"), "127.0.0.1 localhost\n").expect("hosts");
@@ -234,7 +252,12 @@ impl TestDns {
         for _ in 0..20 {
             // 127.0.0.0/8 is all loopback: a random address avoids clashes
             // with another test's server and with any local resolver.
-            let ip = Ipv4Addr::new(127, 0, rand::random_range(1..=254), rand::random_range(2..=254));
+            let ip = Ipv4Addr::new(
+                127,
+                0,
+                rand::random_range(1..=254),
+                rand::random_range(2..=254),
+            );
             match UdpSocket::bind((ip, 53)).await {
                 Ok(s) => {
                     socket = Some(s);
@@ -271,7 +294,12 @@ impl TestDns {
     }
 
     fn names_asked(&self) -> std::collections::BTreeSet<String> {
-        self.asked.lock().expect("dns log").keys().cloned().collect()
+        self.asked
+            .lock()
+            .expect("dns log")
+            .keys()
+            .cloned()
+            .collect()
     }
 }
 
@@ -345,7 +373,10 @@ mod tests {
         assert_eq!(&a[..12], &[0x12, 0x34, 0x81, 0x80, 0, 1, 0, 1, 0, 0, 0, 0]);
         assert_eq!(&a[a.len() - 4..], &[127, 0, 0, 1]);
         let (_, aaaa) = dns_reply(&query("kafka", 28), &known).expect("reply");
-        assert_eq!(&aaaa[..12], &[0x12, 0x34, 0x81, 0x80, 0, 1, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(
+            &aaaa[..12],
+            &[0x12, 0x34, 0x81, 0x80, 0, 1, 0, 0, 0, 0, 0, 0]
+        );
         let (_, nx) = dns_reply(&query("zookeeper.local", 1), &known).expect("reply");
         assert_eq!(nx[3] & 0x0f, 3, "NXDOMAIN");
         assert_eq!(

@@ -104,7 +104,10 @@ async fn topics_create_and_describe() {
         "--if-not-exists",
     ]))
     .await;
-    assert!(again.contains("already exists with 4 partition(s)"), "{again}");
+    assert!(
+        again.contains("already exists with 4 partition(s)"),
+        "{again}"
+    );
     let (_, ends_after) = crate::harness::read_topic_raw(&topic).await;
     assert_eq!(ends_after, ends, "--if-not-exists changed the topic");
 }
