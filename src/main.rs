@@ -18,6 +18,8 @@ use pipeline::produce::{Amount, ProduceConfig};
 use pipeline::send::SendConfig;
 use store::{Store, StoreConfig};
 
+mod security;
+
 /// What `--version` prints: version, git commit, target, whether the C
 /// runtime is linked in (static: the binary needs no libc on the host), and
 /// the optional features compiled in (see build.rs).
@@ -113,6 +115,8 @@ struct KafkaArgs {
     /// The topic of order events.
     #[arg(long, env = "FOODPIPE_TOPIC", default_value = "food-orders")]
     topic: String,
+    #[command(flatten)]
+    security: security::KafkaSecurityArgs,
 }
 
 impl KafkaArgs {
@@ -125,6 +129,7 @@ impl KafkaArgs {
         Ok(KafkaConfig {
             bootstrap_servers: servers,
             timeout: Duration::from_secs(self.kafka_timeout_secs),
+            security: self.security.security()?,
         })
     }
 }
@@ -145,15 +150,19 @@ struct DbArgs {
     /// groups that fold the same topic each need their own schema.
     #[arg(long, env = "FOODPIPE_SCHEMA")]
     schema: Option<String>,
+    #[command(flatten)]
+    tls: security::PgTlsArgs,
 }
 
 impl DbArgs {
-    fn config(&self) -> StoreConfig {
-        StoreConfig {
+    fn config(&self) -> anyhow::Result<StoreConfig> {
+        let mut config = StoreConfig {
             database_url: self.database_url.clone(),
             schema: self.schema.clone(),
             ..StoreConfig::default()
-        }
+        };
+        self.tls.apply(&mut config)?;
+        Ok(config)
     }
 }
 
@@ -473,6 +482,8 @@ struct ReplayArgs {
         hide_default_value = true
     )]
     database_url: String,
+    #[command(flatten)]
+    pg_tls: security::PgTlsArgs,
     /// The schema to fold into (created if missing), e.g. replay_noon.
     #[arg(long)]
     to_schema: String,
@@ -609,6 +620,10 @@ fn is_bad_input(e: &anyhow::Error) -> bool {
             || matches!(
                 cause.downcast_ref::<kafka::Error>(),
                 Some(kafka::Error::UnknownTopic { .. })
+            )
+            || matches!(
+                cause.downcast_ref::<store::Error>(),
+                Some(store::Error::TlsNotBuiltIn)
             )
     })
 }
@@ -961,7 +976,7 @@ fn rand_seed() -> u64 {
 async fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
     let config = ConsumeConfig {
         kafka: args.kafka.config()?,
-        store: args.db.config(),
+        store: args.db.config()?,
         topic: args.kafka.topic.clone(),
         group: args.group.name,
         until_caught_up: args.until_caught_up,
@@ -995,7 +1010,7 @@ async fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
 }
 
 async fn status(args: StatusArgs) -> anyhow::Result<()> {
-    let store = Store::connect(&args.db.config()).await?;
+    let store = Store::connect(&args.db.config()?).await?;
     store.migrate().await?;
     let report = store.status(&args.on.group.name, &args.on.topic).await?;
     println!("topic {} / group {}", args.on.topic, args.on.group.name);
@@ -1018,7 +1033,7 @@ async fn status(args: StatusArgs) -> anyhow::Result<()> {
 async fn rebuild(args: RebuildArgs) -> anyhow::Result<()> {
     let config = ConsumeConfig {
         kafka: args.kafka.config()?,
-        store: args.db.config(),
+        store: args.db.config()?,
         topic: args.kafka.topic.clone(),
         group: args.group.name,
         progress: !args.json && std::io::stderr().is_terminal(),
@@ -1050,13 +1065,15 @@ async fn rebuild(args: RebuildArgs) -> anyhow::Result<()> {
 }
 
 async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
+    let mut store = StoreConfig {
+        database_url: args.database_url.clone(),
+        schema: Some(args.to_schema.clone()),
+        ..StoreConfig::default()
+    };
+    args.pg_tls.apply(&mut store)?;
     let config = ConsumeConfig {
         kafka: args.kafka.config()?,
-        store: StoreConfig {
-            database_url: args.database_url.clone(),
-            schema: Some(args.to_schema.clone()),
-            ..StoreConfig::default()
-        },
+        store,
         topic: args.kafka.topic.clone(),
         group: args.group,
         until_caught_up: true,
@@ -1198,7 +1215,8 @@ async fn cluster(args: ClusterArgs) -> anyhow::Result<()> {
 
 async fn doctor(args: DoctorArgs) -> anyhow::Result<()> {
     let checks =
-        pipeline::doctor::doctor(&args.kafka.config()?, &args.db.config(), &args.kafka.topic).await;
+        pipeline::doctor::doctor(&args.kafka.config()?, &args.db.config()?, &args.kafka.topic)
+            .await;
     for c in &checks {
         println!("{c}");
     }
@@ -1212,7 +1230,7 @@ async fn doctor(args: DoctorArgs) -> anyhow::Result<()> {
 }
 
 async fn asof(args: AsofArgs) -> anyhow::Result<()> {
-    let store = Store::connect(&args.db.config()).await?;
+    let store = Store::connect(&args.db.config()?).await?;
     store.migrate().await?;
     let orders = store
         .orders_as_of(args.time, args.order, args.customer.as_deref())
@@ -1248,7 +1266,7 @@ async fn asof(args: AsofArgs) -> anyhow::Result<()> {
 }
 
 async fn group_list(args: GroupListArgs) -> anyhow::Result<()> {
-    let store = Store::connect(&args.db.config()).await?;
+    let store = Store::connect(&args.db.config()?).await?;
     store.migrate().await?;
     let groups = store.groups().await?;
     if groups.is_empty() {
@@ -1267,7 +1285,7 @@ async fn group_list(args: GroupListArgs) -> anyhow::Result<()> {
 }
 
 async fn group_describe(args: GroupDescribeArgs) -> anyhow::Result<()> {
-    let store = Store::connect(&args.db.config()).await?;
+    let store = Store::connect(&args.db.config()?).await?;
     store.migrate().await?;
     let kafka = args.kafka.config()?;
     let mut stop = std::pin::pin!(shutdown_signal());
@@ -1291,7 +1309,7 @@ async fn group_describe(args: GroupDescribeArgs) -> anyhow::Result<()> {
 
 async fn group_reset(args: GroupResetArgs) -> anyhow::Result<()> {
     use pipeline::groups::ResetTo;
-    let store = Store::connect(&args.db.config()).await?;
+    let store = Store::connect(&args.db.config()?).await?;
     store.migrate().await?;
     let t = &args.to;
     let to = if t.to_earliest {
@@ -1341,7 +1359,7 @@ async fn group_reset(args: GroupResetArgs) -> anyhow::Result<()> {
 }
 
 async fn dead_letters_list(args: DeadLetterListArgs) -> anyhow::Result<()> {
-    let store = Store::connect(&args.db.config()).await?;
+    let store = Store::connect(&args.db.config()?).await?;
     store.migrate().await?;
     let rows = store
         .dead_letters(
@@ -1376,7 +1394,7 @@ async fn dead_letters_list(args: DeadLetterListArgs) -> anyhow::Result<()> {
 }
 
 async fn dead_letters_show(args: DeadLetterShowArgs) -> anyhow::Result<()> {
-    let store = Store::connect(&args.db.config()).await?;
+    let store = Store::connect(&args.db.config()?).await?;
     store.migrate().await?;
     let id = i64::try_from(args.id).unwrap_or(i64::MAX);
     let r = store.dead_letter(id).await?.with_context(|| {

@@ -18,6 +18,7 @@ mod cluster;
 mod error;
 mod producer;
 mod reader;
+mod security;
 
 use std::time::Duration;
 
@@ -31,6 +32,9 @@ pub use reader::{FetchedBatch, PartitionReader, PartitionWriter};
 pub use rskafka::client::Client;
 pub use rskafka::client::partition::{Compression, OffsetAt};
 pub use rskafka::record::{Record, RecordAndOffset};
+#[cfg(feature = "tls")]
+pub use security::tls_client_config;
+pub use security::{SaslCredentials, SaslMechanism, Security};
 
 /// How to reach the cluster.
 #[derive(Debug, Clone)]
@@ -41,6 +45,8 @@ pub struct KafkaConfig {
     /// How long any one operation (including the first metadata request)
     /// keeps retrying before it gives up with an error.
     pub timeout: Duration,
+    /// TLS and SASL; plaintext by default.
+    pub security: Security,
 }
 
 impl Default for KafkaConfig {
@@ -48,6 +54,7 @@ impl Default for KafkaConfig {
         Self {
             bootstrap_servers: vec!["localhost:9092".to_owned()],
             timeout: Duration::from_secs(10),
+            security: Security::default(),
         }
     }
 }
@@ -69,15 +76,20 @@ pub async fn connect(config: &KafkaConfig) -> Result<Client> {
         base: 2.0,
         deadline: Some(config.timeout),
     };
-    ClientBuilder::new(config.bootstrap_servers.clone())
+    let mut builder = ClientBuilder::new(config.bootstrap_servers.clone())
         .client_id("foodpipe")
-        .backoff_config(backoff)
-        .build()
-        .await
-        .map_err(|source| Error::Bootstrap {
-            servers: config.bootstrap_servers.join(", "),
-            source,
-        })
+        .backoff_config(backoff);
+    #[cfg(feature = "tls")]
+    if let Some(tls) = &config.security.tls {
+        builder = builder.tls_config(tls.clone());
+    }
+    if let Some(sasl) = &config.security.sasl {
+        builder = builder.sasl_config(sasl.to_rskafka());
+    }
+    builder.build().await.map_err(|source| Error::Bootstrap {
+        servers: config.bootstrap_servers.join(", "),
+        source,
+    })
 }
 
 /// A client of the leader of `topic`/`partition`, with errors that name it.

@@ -16,13 +16,24 @@ pub struct BootstrapAnswer {
     pub answer: Result<ClusterView, String>,
 }
 
-/// Asks every bootstrap entry for the cluster's brokers.
+/// Asks every bootstrap entry for the cluster's brokers. The probe is a
+/// raw Metadata request in plaintext: with TLS or SASL configured it is
+/// not sent, and each entry says so.
 pub async fn cluster(kafka: &KafkaConfig) -> Vec<BootstrapAnswer> {
     let mut answers = Vec::new();
     for address in &kafka.bootstrap_servers {
+        let answer = if kafka.security.protocol() == "PLAINTEXT" {
+            kafka::describe_cluster(address, PROBE_TIMEOUT).await
+        } else {
+            Err(format!(
+                "not probed: the raw metadata probe speaks PLAINTEXT and this cluster is {}; \
+                 `foodpipe topics list` goes through the client",
+                kafka.security.protocol()
+            ))
+        };
         answers.push(BootstrapAnswer {
             address: address.clone(),
-            answer: kafka::describe_cluster(address, PROBE_TIMEOUT).await,
+            answer,
         });
     }
     answers
@@ -70,7 +81,14 @@ impl std::fmt::Display for Check {
 pub async fn doctor(kafka: &KafkaConfig, store: &StoreConfig, topic: &str) -> Vec<Check> {
     let mut checks = Vec::new();
     let mut advertised_ok = false;
-    let answers = cluster(kafka).await;
+    // With TLS or SASL the raw probes below cannot speak to the brokers:
+    // the topic check at the end, through the client, covers them.
+    let answers = if kafka.security.protocol() == "PLAINTEXT" {
+        cluster(kafka).await
+    } else {
+        advertised_ok = true;
+        Vec::new()
+    };
     for a in &answers {
         match &a.answer {
             Ok(view) => checks.push(Check::ok(format!(

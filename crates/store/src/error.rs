@@ -4,6 +4,12 @@
 pub enum Error {
     #[error("invalid DATABASE_URL: {0} (expected postgres://user:password@host:port/database)")]
     BadUrl(String),
+    /// The URL asks for TLS (`sslmode=require`) and this build has none.
+    #[error(
+        "DATABASE_URL says sslmode=require, and this foodpipe was built without TLS: \
+         rebuild with `cargo build --release --features tls`, or drop sslmode=require"
+    )]
+    TlsNotBuiltIn,
     #[error(
         "invalid --schema {0:?}: use lowercase letters, digits and _, not starting with a digit"
     )]

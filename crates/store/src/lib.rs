@@ -58,6 +58,11 @@ pub struct StoreConfig {
     /// PostgreSQL's default (`public`). Two groups folding the same topic
     /// each need their own.
     pub schema: Option<String>,
+    /// The rustls configuration used when the URL says `sslmode=require`
+    /// (the `tls` feature). Certificates are always verified, so
+    /// `require` here means what libpq calls `verify-full`.
+    #[cfg(feature = "tls")]
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 impl Default for StoreConfig {
@@ -69,6 +74,8 @@ impl Default for StoreConfig {
             connect_timeout: Duration::from_secs(5),
             idle_in_transaction_timeout: None,
             schema: None,
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 }
@@ -80,6 +87,61 @@ pub struct Store {
     pg_config: tokio_postgres::Config,
     /// `user@host:port/db`, never the password: safe to log.
     target: String,
+    tls: Tls,
+}
+
+/// How connections are made: plaintext, or TLS for `sslmode=require`.
+#[derive(Clone)]
+enum Tls {
+    Off,
+    #[cfg(feature = "tls")]
+    On(tokio_postgres_rustls::MakeRustlsConnect),
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Tls::Off => f.write_str("Off"),
+            #[cfg(feature = "tls")]
+            Tls::On(_) => f.write_str("On"),
+        }
+    }
+}
+
+impl Tls {
+    /// TLS when the URL requires it; `disable` and `prefer` (the default)
+    /// stay plaintext, so a server with an untrusted certificate does not
+    /// turn `prefer` into a failure.
+    fn for_config(pg_config: &tokio_postgres::Config, config: &StoreConfig) -> Result<Tls> {
+        if pg_config.get_ssl_mode() != tokio_postgres::config::SslMode::Require {
+            return Ok(Tls::Off);
+        }
+        #[cfg(feature = "tls")]
+        {
+            let tls = config.tls.as_ref().ok_or_else(|| {
+                Error::BadUrl("sslmode=require, but no TLS configuration was given".into())
+            })?;
+            Ok(Tls::On(tokio_postgres_rustls::MakeRustlsConnect::new(
+                (**tls).clone(),
+            )))
+        }
+        #[cfg(not(feature = "tls"))]
+        {
+            let _ = config;
+            Err(Error::TlsNotBuiltIn)
+        }
+    }
+
+    fn manager(&self, pg_config: tokio_postgres::Config) -> Manager {
+        let config = ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        };
+        match self {
+            Tls::Off => Manager::from_config(pg_config, NoTls, config),
+            #[cfg(feature = "tls")]
+            Tls::On(tls) => Manager::from_config(pg_config, tls.clone(), config),
+        }
+    }
 }
 
 /// A schema name foodpipe accepts: lowercase letters, digits and `_`,
@@ -148,13 +210,8 @@ impl Store {
             pg_config.options(options.trim());
         }
         let target = describe_target(&pg_config);
-        let manager = Manager::from_config(
-            pg_config.clone(),
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
+        let tls = Tls::for_config(&pg_config, config)?;
+        let manager = tls.manager(pg_config.clone());
         let pool = Pool::builder(manager)
             .max_size(config.pool_size.max(1))
             .runtime(Runtime::Tokio1)
@@ -166,6 +223,7 @@ impl Store {
             pool,
             pg_config,
             target,
+            tls,
         };
         drop(store.client().await?);
         if let Some(schema) = &config.schema {
@@ -208,8 +266,17 @@ impl Store {
     pub async fn migrate(&self) -> Result<()> {
         // refinery wants a plain client; a dedicated connection also keeps
         // the session-level advisory lock away from pooled connections.
-        let (mut client, connection) = self.pg_config.connect(NoTls).await?;
-        let conn = tokio::spawn(connection);
+        let (mut client, conn) = match &self.tls {
+            Tls::Off => {
+                let (client, connection) = self.pg_config.connect(NoTls).await?;
+                (client, tokio::spawn(connection))
+            }
+            #[cfg(feature = "tls")]
+            Tls::On(tls) => {
+                let (client, connection) = self.pg_config.connect(tls.clone()).await?;
+                (client, tokio::spawn(connection))
+            }
+        };
         client
             .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
             .await?;
