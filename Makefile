@@ -76,6 +76,7 @@ test: up lint no-c static musl
 	$(CARGO) test --workspace
 	@echo "== the opt-in tls and sasl features, against real peers"
 	$(CARGO) clippy --workspace --all-targets --features tls,sasl -- -D warnings
+	$(CARGO) test -p kafka --features tls --lib
 	$(CARGO) test --features tls,sasl --test it security
 
 bench:
