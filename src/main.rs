@@ -795,9 +795,7 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            // `{:#}` joins the cause chain with ": " on one line.
-            let message = format!("{e:#}").replace('\n', " ");
-            eprintln!("error: {message}");
+            eprintln!("error: {}", one_line(&e));
             if is_bad_input(&e) {
                 ExitCode::from(2)
             } else {
@@ -805,6 +803,24 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// The error and its causes on one line, joined with ": ". A cause whose
+/// text its parent already printed (thiserror's `{source}` in a message,
+/// rskafka's errors that print their own source) is not repeated.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut message = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string().replace('\n', " ");
+        if message.contains(text.trim()) {
+            continue;
+        }
+        if !message.is_empty() {
+            message.push_str(": ");
+        }
+        message.push_str(text.trim());
+    }
+    message
 }
 
 /// No backtrace reaches a user. Output to a reader that went away (as in
@@ -1444,4 +1460,24 @@ fn partition(args: PartitionArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Causes are joined on one line, and a cause its parent already
+    /// printed is not printed twice.
+    #[test]
+    fn one_line_skips_causes_already_printed() {
+        let e = anyhow::anyhow!("invalid proof\nsecond line")
+            .context("SASL handshake failed: invalid proof second line")
+            .context("cannot reach any bootstrap server of [k:9092]");
+        assert_eq!(
+            one_line(&e),
+            "cannot reach any bootstrap server of [k:9092]: SASL handshake failed: invalid proof second line"
+        );
+        let plain = anyhow::anyhow!("root cause").context("while doing x");
+        assert_eq!(one_line(&plain), "while doing x: root cause");
+    }
 }
