@@ -455,7 +455,9 @@ impl PrivateBroker {
     }
 
     /// Starts it again on the same port and data with these extra flags,
-    /// advertising `advertised` (`None`: its own address).
+    /// advertising `advertised` (`None`: its own address). Used by the
+    /// tls/sasl tests, which compile only with those features.
+    #[cfg_attr(not(all(feature = "tls", feature = "sasl")), allow(dead_code))]
     pub async fn restart_with(&mut self, extra_args: &[&str], advertised: Option<&str>) {
         self.extra_args = extra_args.iter().map(|a| (*a).to_owned()).collect();
         self.advertised =
@@ -464,6 +466,7 @@ impl PrivateBroker {
     }
 
     /// Its data directory, for files a test puts beside it.
+    #[cfg_attr(not(all(feature = "tls", feature = "sasl")), allow(dead_code))]
     pub fn dir(&self) -> &std::path::Path {
         &self.dir
     }
