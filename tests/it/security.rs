@@ -189,7 +189,10 @@ async fn sasl_ssl_round_trip() {
                 &certs.ca,
                 "not-the-password",
             ),
-            "invalid proof",
+            [
+                "invalid proof",
+                "check KAFKA_SASL_MECHANISM, KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD",
+            ],
         ),
         (
             "untrusted certificate",
@@ -203,7 +206,7 @@ async fn sasl_ssl_round_trip() {
                 cmd.env_remove("KAFKA_SSL_CA_LOCATION"); // Mozilla's roots do not know our CA
                 cmd
             },
-            "UnknownIssuer",
+            ["UnknownIssuer", "check KAFKA_SSL_CA_LOCATION"],
         ),
     ] {
         cmd.env("RUST_LOG", "off");
@@ -215,7 +218,9 @@ async fn sasl_ssl_round_trip() {
             1,
             "{what}: one line: {stderr}"
         );
-        assert!(stderr.contains(expected), "{what}: {stderr}");
+        for text in expected {
+            assert!(stderr.contains(text), "{what}: {text:?} in {stderr}");
+        }
         assert!(
             !stderr.contains("not-the-password") && !stderr.contains(&password),
             "{what}: {stderr}"

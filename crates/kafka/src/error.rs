@@ -4,10 +4,12 @@ use rskafka::client::error::Error as ClientError;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    #[error("cannot reach any bootstrap server of [{servers}]: {source}")]
+    #[error("cannot reach any bootstrap server of [{servers}]: {source}{hint}")]
     Bootstrap {
         servers: String,
         source: ClientError,
+        /// What to check, when the failure says (empty otherwise).
+        hint: &'static str,
     },
     #[error("cannot read cluster metadata: {source}")]
     Metadata { source: ClientError },

@@ -88,8 +88,22 @@ pub async fn connect(config: &KafkaConfig) -> Result<Client> {
     }
     builder.build().await.map_err(|source| Error::Bootstrap {
         servers: config.bootstrap_servers.join(", "),
+        hint: bootstrap_hint(&source.to_string()),
         source,
     })
+}
+
+/// The setting to check for a failure whose text names its cause.
+fn bootstrap_hint(error: &str) -> &'static str {
+    if error.contains("Sasl") {
+        " (check KAFKA_SASL_MECHANISM, KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD)"
+    } else if error.contains("UnknownIssuer") || error.contains("invalid peer certificate") {
+        " (the broker's certificate is not signed by a trusted CA: check KAFKA_SSL_CA_LOCATION)"
+    } else if error.contains("early eof") {
+        " (the broker closed the connection: does it want TLS or SASL? check KAFKA_SECURITY_PROTOCOL)"
+    } else {
+        ""
+    }
 }
 
 /// A client of the leader of `topic`/`partition`, with errors that name it.
