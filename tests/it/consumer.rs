@@ -545,10 +545,7 @@ async fn metrics_and_health_are_served() {
     let topic = random_topic_name();
     let db = TestDb::create().await;
     produce_events(&topic, 2000, 41).await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
+    let port = crate::harness::free_port();
     let addr = format!("127.0.0.1:{port}");
     let mut cmd = foodpipe(&["consume", "--topic", &topic, "--metrics-addr", &addr]);
     cmd.env("DATABASE_URL", &db.url)
@@ -608,10 +605,7 @@ async fn health_follows_the_broker() {
     let topic = random_topic_name();
     let db = TestDb::create().await;
     produce_events_at(&broker.address, &topic, 50, 43).await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
+    let port = crate::harness::free_port();
     let addr = format!("127.0.0.1:{port}");
     let mut cmd = foodpipe(&["consume", "--topic", &topic, "--metrics-addr", &addr]);
     cmd.env("DATABASE_URL", &db.url)

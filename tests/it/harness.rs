@@ -370,10 +370,7 @@ impl PrivateBroker {
     /// instead of its own address: the seed's listener gotcha. `{port}` in
     /// it stands for the port the broker listens on.
     pub async fn start_advertising(advertised: Option<&str>) -> PrivateBroker {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
+        let port = free_port();
         let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
             .join(format!("tansu-{port}-{}", &random_suffix()[..8]));
         std::fs::create_dir_all(&dir).expect("broker data dir");
@@ -481,22 +478,34 @@ impl Drop for PrivateBroker {
     }
 }
 
-/// The `tansu` binary `make up` installs.
+/// A port on 127.0.0.1 that nothing listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// `program` on PATH or in one of `more_dirs`, if it is anywhere.
+pub fn find_program(program: &str, more_dirs: &[std::path::PathBuf]) -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(more_dirs.iter().cloned())
+        .map(|dir| dir.join(program))
+        .find(|p| p.is_file())
+}
+
+/// The `tansu` binary `make up` installs (into ~/.cargo/bin).
 pub fn which_tansu() -> std::path::PathBuf {
-    let candidates = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .unwrap_or_default()
+    let cargo_bin: Vec<_> = std::env::var_os("HOME")
+        .map(|h| std::path::PathBuf::from(h).join(".cargo/bin"))
         .into_iter()
-        .chain(std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".cargo/bin")));
-    for dir in candidates {
-        let path = dir.join("tansu");
-        if path.is_file() {
-            return path;
-        }
-    }
-    panic!(
-        "this test runs a broker of its own and needs the tansu binary: run `make up` to install it"
-    )
+        .collect();
+    find_program("tansu", &cargo_bin).unwrap_or_else(|| {
+        panic!(
+            "this test runs a broker of its own and needs the tansu binary: run `make up` to install it"
+        )
+    })
 }
 
 /// What the `orders` view must hold for one order: the status and id of

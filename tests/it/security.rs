@@ -90,13 +90,6 @@ fn make_certs(dir: &Path) -> Certs {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
-
 /// socat terminating TLS on `port` and forwarding to `backend`.
 async fn tls_proxy(port: u16, backend: &str, certs: &Certs) -> tokio::process::Child {
     let listen = format!(
@@ -140,7 +133,7 @@ fn secured(args: &[&str], bootstrap: &str, ca: &Path, password: &str) -> Command
 /// one line that shows no password.
 #[tokio::test]
 async fn sasl_ssl_round_trip() {
-    let proxy_port = free_port();
+    let proxy_port = crate::harness::free_port();
     let advertised = format!("tcp://localhost:{proxy_port}");
     let mut broker = PrivateBroker::start_advertising(Some(&advertised)).await;
     let password = format!("pw-{:08x}", rand::random::<u32>());

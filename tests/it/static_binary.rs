@@ -11,7 +11,7 @@
 //!
 //! chroot and a DNS server on port 53 need root; CI runs as root.
 
-use std::collections::HashMap;
+use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -140,7 +140,9 @@ async fn round_trip_in_empty_root(binary: &Path) {
     let topic = crate::harness::random_topic_name();
     let db_url = db_url_with_host(&db.url, "postgres");
 
-    let chroot = which("chroot");
+    // chroot lives in /usr/sbin, which a test's PATH may lack.
+    let chroot = crate::harness::find_program("chroot", &[PathBuf::from("/usr/sbin")])
+        .expect("chroot is installed (coreutils)");
     let jailed = |args: &[&str]| {
         // Only what the container would be given: no inherited environment.
         let mut cmd = Command::new(&chroot);
@@ -187,16 +189,6 @@ async fn round_trip_in_empty_root(binary: &Path) {
     db.drop_db().await;
 }
 
-/// A program on PATH (or in /usr/sbin, where chroot lives).
-fn which(program: &str) -> PathBuf {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
-        .map(|dir| dir.join(program))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| panic!("{program} is not installed"))
-}
-
 /// A directory holding only the binary, /etc/hosts (localhost) and
 /// /etc/resolv.conf (the test's DNS server), removed on drop.
 struct EmptyRoot {
@@ -230,7 +222,7 @@ impl Drop for EmptyRoot {
 /// and an empty answer for other record types (AAAA) of known names.
 struct TestDns {
     address: SocketAddr,
-    asked: std::sync::Arc<std::sync::Mutex<HashMap<String, u32>>>,
+    asked: std::sync::Arc<std::sync::Mutex<BTreeSet<String>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -260,7 +252,7 @@ impl TestDns {
         let socket = socket.expect("a free loopback address for the test DNS server");
         let address = socket.local_addr().expect("bound address");
         let known: Vec<String> = names.iter().map(|n| n.to_ascii_lowercase()).collect();
-        let asked = std::sync::Arc::new(std::sync::Mutex::new(HashMap::new()));
+        let asked = std::sync::Arc::new(std::sync::Mutex::new(BTreeSet::new()));
         let log = asked.clone();
         let task = tokio::spawn(async move {
             let mut buf = [0u8; 512];
@@ -269,7 +261,7 @@ impl TestDns {
                     return;
                 };
                 if let Some((name, reply)) = dns_reply(&buf[..len], &known) {
-                    *log.lock().expect("dns log").entry(name).or_insert(0) += 1;
+                    log.lock().expect("dns log").insert(name);
                     let _ = socket.send_to(&reply, peer).await;
                 }
             }
@@ -281,13 +273,8 @@ impl TestDns {
         }
     }
 
-    fn names_asked(&self) -> std::collections::BTreeSet<String> {
-        self.asked
-            .lock()
-            .expect("dns log")
-            .keys()
-            .cloned()
-            .collect()
+    fn names_asked(&self) -> BTreeSet<String> {
+        self.asked.lock().expect("dns log").clone()
     }
 }
 

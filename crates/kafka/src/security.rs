@@ -71,6 +71,11 @@ impl Security {
         }
     }
 
+    /// Neither TLS nor SASL: what foodpipe's raw metadata probe can speak.
+    pub fn is_plaintext(&self) -> bool {
+        !self.is_tls() && self.sasl.is_none()
+    }
+
     pub fn is_tls(&self) -> bool {
         #[cfg(feature = "tls")]
         return self.tls.is_some();

@@ -22,7 +22,7 @@ pub struct BootstrapAnswer {
 pub async fn cluster(kafka: &KafkaConfig) -> Vec<BootstrapAnswer> {
     let mut answers = Vec::new();
     for address in &kafka.bootstrap_servers {
-        let answer = if kafka.security.protocol() == "PLAINTEXT" {
+        let answer = if kafka.security.is_plaintext() {
             kafka::describe_cluster(address, PROBE_TIMEOUT).await
         } else {
             Err(format!(
@@ -83,7 +83,7 @@ pub async fn doctor(kafka: &KafkaConfig, store: &StoreConfig, topic: &str) -> Ve
     let mut advertised_ok = false;
     // With TLS or SASL the raw probes below cannot speak to the brokers:
     // the topic check at the end, through the client, covers them.
-    let answers = if kafka.security.protocol() == "PLAINTEXT" {
+    let answers = if kafka.security.is_plaintext() {
         cluster(kafka).await
     } else {
         advertised_ok = true;
