@@ -7,10 +7,14 @@
 #                and static builds, and every test
 #   make static  one statically linked binary (glibc, crt-static), no C compiled
 #   make musl    one static musl binary, as the Dockerfile builds it
+#   make test-rskafka   the vendored, patched rskafka's own unit tests
 #   make bench   the criterion benchmarks
-#   make bench-produce   foodpipe's producer vs librdkafka, same broker and events
+#   make bench-produce   foodpipe's producer vs librdkafka, same fresh broker and
+#                        events, per codec (BENCH_CODECS=none,lz4,zstd)
 #   make bench-sink      foodpipe's fold vs psql \copy of the same rows
 #   make bench-memory    peak RSS of consume with a 100k and a 1M backlog
+#   make bench-partitions  three members on 6/100/400/1000 partitions: time to
+#                        owned and lag 0; events/s by partition count
 
 SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
@@ -20,7 +24,7 @@ CARGO ?= cargo
 DEMO_EVENTS ?= 5000
 FOODPIPE := ./target/release/foodpipe
 
-.PHONY: help up down build static musl demo test lint no-c bench bench-produce bench-sink bench-memory clean
+.PHONY: help up down build static musl demo test test-rskafka lint no-c bench bench-produce bench-sink bench-memory bench-partitions clean
 
 help:
 	@sed -n 's/^#   //p' Makefile
@@ -72,19 +76,25 @@ no-c:
 	@if $(CARGO) tree --workspace -e normal,build --prefix none | grep -E -- '-sys( |$$)'; then \
 		echo "error: a -sys crate is in the default build" >&2; exit 1; fi
 
-test: up lint no-c static musl
+test: up lint no-c static musl test-rskafka
 	$(CARGO) test --workspace
 	@echo "== the opt-in tls and sasl features, against real peers"
 	$(CARGO) clippy --workspace --all-targets --features tls,sasl -- -D warnings
 	$(CARGO) test -p kafka --features tls --lib
 	$(CARGO) test --features tls,sasl --test it security
 
+test-rskafka:
+	scripts/test_vendored_rskafka.sh
+
 bench:
 	$(CARGO) bench --bench murmur2
+	$(CARGO) bench --bench decode
 
 BENCH_EVENTS ?= 200000
+BENCH_CODECS ?= none,lz4,zstd
 bench-produce: up build
-	.stack/venv/bin/python scripts/bench_produce.py $(FOODPIPE) --events $(BENCH_EVENTS)
+	.stack/venv/bin/python scripts/bench_produce.py $(FOODPIPE) --events $(BENCH_EVENTS) \
+		--compression $(BENCH_CODECS) --fresh-tansu
 
 bench-sink: up build
 	@echo "== end to end: Kafka (Tansu) -> foodpipe consume -> PostgreSQL, vs psql \\copy"
@@ -94,6 +104,10 @@ bench-sink: up build
 
 bench-memory: up build
 	python3 scripts/bench_consume.py memory $(FOODPIPE) --events 100000 --events 1000000
+
+bench-partitions: up build
+	python3 scripts/bench_consume.py rebalance $(FOODPIPE)
+	python3 scripts/bench_consume.py partitions $(FOODPIPE) --partitions 3 --partitions 400 --partitions 1000
 
 clean: down
 	$(CARGO) clean

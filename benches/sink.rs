@@ -114,6 +114,7 @@ async fn run(url: &str, events: usize) -> (f64, f64, u64) {
             key: Some(key),
             event: events::decode(Some(&value)),
             value: Some(value),
+            headers: Vec::new(),
         };
         offsets[p] += 1;
         per_partition[p].last_mut().expect("a batch").push(record);

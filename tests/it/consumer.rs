@@ -9,28 +9,10 @@ use rand::Rng;
 use tokio::io::AsyncWriteExt;
 
 use crate::harness::{
-    TestDb, assert_db_is_fold_of_topic, consume_until_caught_up, foodpipe, produce_events,
-    produce_events_at, random_topic_name, read_topic_raw, read_topic_raw_at, run_ok, signal,
-    spawn_consumer, wait_caught_up, wait_caught_up_at,
+    TestDb, assert_db_is_fold_of_topic, consume_until_caught_up, foodpipe, http_get,
+    produce_events, produce_events_at, random_topic_name, read_topic_raw, read_topic_raw_at,
+    run_ok, send_lines, signal, spawn_consumer, wait_caught_up, wait_caught_up_at,
 };
-
-/// `foodpipe send` of raw bytes (lines of `KEY<TAB>VALUE`) to `topic`.
-async fn send_lines(topic: &str, input: &[u8]) {
-    let mut cmd = foodpipe(&["send", "--topic", topic, "--partitions", "3", "--quiet"]);
-    cmd.stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("send runs");
-    let mut stdin = child.stdin.take().expect("stdin");
-    stdin.write_all(input).await.expect("write lines");
-    drop(stdin);
-    let out = child.wait_with_output().await.expect("send finishes");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// Generated events as `KEY<TAB>JSON` lines.
 async fn generated_lines(count: u32, seed: u64, customers: u32) -> Vec<Vec<u8>> {
@@ -508,35 +490,6 @@ async fn broker_restart_is_survived() {
     crate::harness::assert_db_is_fold_of_topic_at(&bootstrap, &db, &topic, "order-processors")
         .await;
     db.drop_db().await;
-}
-
-/// A plain HTTP GET on loopback, returning status code and body.
-async fn http_get(addr: &str, path: &str) -> (u16, String) {
-    use tokio::io::AsyncReadExt;
-    let mut stream = tokio::net::TcpStream::connect(addr)
-        .await
-        .expect("metrics port answers");
-    stream
-        .write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .await
-        .expect("send request");
-    let mut response = String::new();
-    stream
-        .read_to_string(&mut response)
-        .await
-        .expect("read response");
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("status line");
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
 }
 
 /// `--metrics-addr` serves Prometheus text with per-partition offsets, lag and counters, and `/healthz` says ok while broker and PostgreSQL answer.

@@ -6,56 +6,12 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use crate::harness::{
-    TestDb, assert_db_is_fold_of_topic, consume_until_caught_up, foodpipe, produce_events_to,
-    random_topic_name, read_topic_raw, signal, wait_caught_up,
+    TestDb, assert_db_is_fold_of_topic, consume_until_caught_up, counts, foodpipe, owners,
+    produce_events_to, random_topic_name, read_topic_raw, signal, stop_all, wait_caught_up,
+    wait_owners,
 };
 
 const GROUP: &str = "order-processors";
-
-/// partition → owner, as stored in `consumer_offsets` (empty until the
-/// first member has applied the migrations).
-async fn owners(db: &TestDb, topic: &str) -> BTreeMap<i32, Option<String>> {
-    db.client()
-        .await
-        .query(
-            "SELECT partition, owner FROM consumer_offsets WHERE group_id = $1 AND topic = $2",
-            &[&GROUP, &topic],
-        )
-        .await
-        .map(|rows| rows.iter().map(|r| (r.get(0), r.get(1))).collect())
-        .unwrap_or_default()
-}
-
-/// How many partitions each member owns (members owning none are absent).
-fn counts(owners: &BTreeMap<i32, Option<String>>) -> BTreeMap<String, usize> {
-    let mut c = BTreeMap::new();
-    for m in owners.values().flatten() {
-        *c.entry(m.clone()).or_insert(0) += 1;
-    }
-    c
-}
-
-/// Polls `owners` until `ok` holds, failing after `limit`.
-async fn wait_owners(
-    db: &TestDb,
-    topic: &str,
-    limit: Duration,
-    what: &str,
-    ok: impl Fn(&BTreeMap<i32, Option<String>>) -> bool,
-) -> Duration {
-    let started = tokio::time::Instant::now();
-    loop {
-        let now = owners(db, topic).await;
-        if ok(&now) {
-            return started.elapsed();
-        }
-        assert!(
-            started.elapsed() < limit,
-            "not {what} within {limit:?}: {now:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
 
 /// A `consume` member with a 3 s session timeout (unless `extra` sets
 /// one) and tiny fetches, so it is still busy while the test acts.
@@ -78,20 +34,6 @@ fn member(topic: &str, db: &TestDb, id: &str, extra: &[&str]) -> tokio::process:
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     cmd.spawn().expect("member starts")
-}
-
-async fn stop_all(children: Vec<tokio::process::Child>) {
-    for c in &children {
-        signal(c, "TERM");
-    }
-    for c in children {
-        let out = c.wait_with_output().await.expect("member exits");
-        assert!(
-            out.status.success(),
-            "member failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
 }
 
 /// Three members over six partitions get two each; a SIGKILLed member's partitions move to the others within the session timeout, come back when it rejoins, and no event is lost or applied twice.
@@ -220,7 +162,7 @@ async fn paused_owner_is_fenced() {
     db.drop_db().await;
 }
 
-/// A commit under a superseded lease epoch is refused and writes nothing, even though the stored offset still matches.
+/// A live owner's lease cannot be taken; once the owner is gone it can, and a commit under the superseded epoch is refused and writes nothing, even though the stored offset still matches.
 #[tokio::test]
 async fn stale_epoch_cannot_commit() {
     let db = TestDb::create().await;
@@ -231,14 +173,43 @@ async fn stale_epoch_cannot_commit() {
     .await
     .expect("connect");
     store.migrate().await.expect("migrate");
+    let member = |id: &str| store::Member {
+        group: GROUP.to_owned(),
+        id: id.to_owned(),
+        host: "test".to_owned(),
+        pid: 1,
+        session: uuid::Uuid::new_v4(),
+        metrics_addr: None,
+    };
+    let timeout = Duration::from_secs(10);
+    let (a_member, b_member) = (member("a"), member("b"));
+    store
+        .heartbeat(&a_member, "test", true, timeout)
+        .await
+        .expect("a joins");
     let a = store
-        .take_lease(GROUP, "t", 0, "a", &["a".to_owned()], Some(0))
+        .take_lease(&a_member, "t", 0, timeout, Some(0))
         .await
         .expect("take")
         .expect("free");
-    // "a" is no longer live: "b" takes over with the next epoch.
+    store
+        .heartbeat(&b_member, "test", true, timeout)
+        .await
+        .expect("b joins");
+    // "a" is live: "b" cannot take its lease.
+    let refused = store
+        .take_lease(&b_member, "t", 0, timeout, Some(0))
+        .await
+        .expect("take");
+    assert_eq!(refused, None, "a live owner's lease is never taken");
+    // "a" leaves (its row goes, as after expiry): "b" takes over with the next epoch.
+    db.client()
+        .await
+        .execute("DELETE FROM group_members WHERE member_id = 'a'", &[])
+        .await
+        .expect("a expires");
     let b = store
-        .take_lease(GROUP, "t", 0, "b", &["b".to_owned()], Some(0))
+        .take_lease(&b_member, "t", 0, timeout, Some(0))
         .await
         .expect("take")
         .expect("a is not live");
@@ -251,6 +222,7 @@ async fn stale_epoch_cannot_commit() {
             timestamp: e.occurred_at,
             key: Some(e.customer_id.clone().into_bytes()),
             value: Some(e.to_json()),
+            headers: Vec::new(),
             event: Ok(e),
         })
         .collect();

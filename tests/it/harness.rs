@@ -22,6 +22,15 @@ fn admin_url() -> String {
     })
 }
 
+/// A URL of the PostgreSQL under test as a role that may create roles
+/// (kafka_user may not): trust auth for `postgres` on 127.0.0.1, as `make
+/// up` finds it on these machines, unless FOODPIPE_TEST_SUPERUSER_URL says
+/// otherwise.
+fn superuser_url() -> String {
+    std::env::var("FOODPIPE_TEST_SUPERUSER_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
 fn random_suffix() -> String {
     format!("{:016x}", rand::random::<u64>())
 }
@@ -85,6 +94,94 @@ impl TestDb {
                 self.name
             ))
             .await;
+    }
+}
+
+/// A login role that may only read: USAGE on some schemas of one test
+/// database and SELECT on their tables, nothing else. Dropped by
+/// [`ReadOnlyRole::drop_role`] after the database.
+#[derive(Debug)]
+pub struct ReadOnlyRole {
+    pub name: String,
+    /// The `DATABASE_URL` that logs in as this role.
+    pub url: String,
+}
+
+impl TestDb {
+    /// Creates a role that may only SELECT from the tables of `schemas` in
+    /// this database (as they are now: grant after migrating).
+    pub async fn read_only_role(&self, schemas: &[&str]) -> ReadOnlyRole {
+        let su_url = superuser_url();
+        let (su, connection) = tokio_postgres::connect(&su_url, NoTls)
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "this test creates a read-only role and needs a superuser of the PostgreSQL \
+                     under test (FOODPIPE_TEST_SUPERUSER_URL, default postgres@127.0.0.1:5432): {e}"
+                )
+            });
+        tokio::spawn(connection);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("clock after 1970")
+            .as_secs();
+        drop_stale_roles(&su, now).await;
+        let name = format!("fp_ro_{now}_{}", &random_suffix()[..8]);
+        su.batch_execute(&format!(
+            "CREATE ROLE {name} LOGIN PASSWORD '{name}' NOSUPERUSER NOCREATEDB NOCREATEROLE"
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("cannot create role {name}: {e}"));
+        // The database's owner grants, as an operator would.
+        let owner = self.client().await;
+        for schema in schemas {
+            owner
+                .batch_execute(&format!(
+                    "GRANT USAGE ON SCHEMA {schema} TO {name}; \
+                     GRANT SELECT ON ALL TABLES IN SCHEMA {schema} TO {name}"
+                ))
+                .await
+                .unwrap_or_else(|e| panic!("cannot grant {schema} to {name}: {e}"));
+        }
+        let (scheme, rest) = self.url.split_once("://").expect("a URL");
+        let (_, host_and_path) = rest.rsplit_once('@').expect("a URL with a user");
+        let url = format!("{scheme}://{name}:{name}@{host_and_path}");
+        ReadOnlyRole { name, url }
+    }
+}
+
+impl ReadOnlyRole {
+    /// Drops the role; call after dropping the database it was granted in.
+    pub async fn drop_role(self) {
+        if let Ok((su, connection)) = tokio_postgres::connect(&superuser_url(), NoTls).await {
+            tokio::spawn(connection);
+            let _ = su
+                .batch_execute(&format!("DROP ROLE IF EXISTS {}", self.name))
+                .await;
+        }
+    }
+}
+
+/// Drops read-only roles left behind by failed runs more than an hour ago
+/// (a role still granted in a kept database stays).
+async fn drop_stale_roles(su: &tokio_postgres::Client, now: u64) {
+    let Ok(rows) = su
+        .query(
+            "SELECT rolname FROM pg_roles WHERE rolname LIKE 'fp\\_ro\\_%'",
+            &[],
+        )
+        .await
+    else {
+        return;
+    };
+    for row in rows {
+        let name: String = row.get(0);
+        let created: Option<u64> = name.split('_').nth(2).and_then(|s| s.parse().ok());
+        if created.is_some_and(|t| t + 3600 < now) {
+            let _ = su
+                .batch_execute(&format!("DROP ROLE IF EXISTS {name}"))
+                .await;
+        }
     }
 }
 
@@ -171,10 +268,31 @@ pub fn foodpipe(args: &[&str]) -> Command {
         .env_remove("DATABASE_URL")
         .env_remove("FOODPIPE_TOPIC")
         .env_remove("FOODPIPE_GROUP")
-        // Tests run many consumers at once: no shared metrics port.
-        .env("FOODPIPE_METRICS_ADDR", "off")
+        .env_remove("FOODPIPE_SCHEMA")
+        // Many consumers run at once, each with the default metrics
+        // address: they fall back to free ports, as on a user's host.
+        .env_remove("FOODPIPE_METRICS_ADDR")
         .kill_on_drop(true);
     cmd
+}
+
+/// `foodpipe send` of raw bytes (lines of `KEY<TAB>VALUE`) to `topic`.
+pub async fn send_lines(topic: &str, input: &[u8]) {
+    use tokio::io::AsyncWriteExt;
+    let mut cmd = foodpipe(&["send", "--topic", topic, "--partitions", "3", "--quiet"]);
+    cmd.stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().expect("send runs");
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin.write_all(input).await.expect("write lines");
+    drop(stdin);
+    let out = child.wait_with_output().await.expect("send finishes");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Runs a command to completion, failing the test if it takes over `limit`.
@@ -259,11 +377,15 @@ pub async fn read_topic_raw_at(
             .await
             .expect("earliest offset");
         while offset < end {
-            let (batch, _) = pc
-                .fetch_records(offset, 1..4_000_000, 100)
+            // Step by whole batches, so a transaction marker (a batch of no
+            // records) is passed rather than asked for again forever.
+            let fetched = pc
+                .fetch_records_detailed(offset, 1..4_000_000, 100)
                 .await
                 .expect("fetch");
-            for r in batch {
+            let fetched = kafka::read_committed(offset, fetched);
+            assert!(fetched.corrupt.is_none(), "corrupt batch: {fetched:?}");
+            for r in fetched.records {
                 records.push(RawRecord {
                     partition,
                     offset: r.offset,
@@ -272,8 +394,8 @@ pub async fn read_topic_raw_at(
                     headers: r.record.headers,
                     timestamp: r.record.timestamp,
                 });
-                offset = r.offset + 1;
             }
+            offset = fetched.next_offset;
         }
     }
     (records, watermarks)
@@ -766,4 +888,246 @@ pub async fn delete_topic(broker: &PrivateBroker, topic: &str) {
 pub async fn consume_until_caught_up_after_produce(topic: &str, db: &TestDb) {
     produce_events(topic, 50, 99).await;
     consume_until_caught_up(topic, db, &[]).await;
+}
+
+/// partition → owner, as stored in `consumer_offsets` (empty until the
+/// first member has applied the migrations).
+pub async fn owners(db: &TestDb, topic: &str) -> BTreeMap<i32, Option<String>> {
+    db.client()
+        .await
+        .query(
+            "SELECT partition, owner FROM consumer_offsets WHERE group_id = $1 AND topic = $2",
+            &[&"order-processors", &topic],
+        )
+        .await
+        .map(|rows| rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+        .unwrap_or_default()
+}
+
+/// How many partitions each member owns (members owning none are absent).
+pub fn counts(owners: &BTreeMap<i32, Option<String>>) -> BTreeMap<String, usize> {
+    let mut c = BTreeMap::new();
+    for m in owners.values().flatten() {
+        *c.entry(m.clone()).or_insert(0) += 1;
+    }
+    c
+}
+
+/// Polls `owners` until `ok` holds, failing after `limit`.
+pub async fn wait_owners(
+    db: &TestDb,
+    topic: &str,
+    limit: Duration,
+    what: &str,
+    ok: impl Fn(&BTreeMap<i32, Option<String>>) -> bool,
+) -> Duration {
+    let started = tokio::time::Instant::now();
+    loop {
+        let now = owners(db, topic).await;
+        if ok(&now) {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < limit,
+            "not {what} within {limit:?}: {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A plain HTTP GET on loopback, returning status code and body.
+pub async fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("metrics port answers");
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .expect("send request");
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .await
+        .expect("read response");
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status line");
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// Each partition's log-end offset (ListOffsets only: no record is read).
+pub async fn log_ends(topic: &str) -> BTreeMap<i32, i64> {
+    let client = kafka_client().await;
+    let count = client
+        .list_topics()
+        .await
+        .expect("list topics")
+        .into_iter()
+        .find(|t| t.name == topic)
+        .map_or(0, |t| t.partitions.len() as i32);
+    let mut ends = BTreeMap::new();
+    for partition in 0..count {
+        let pc = client
+            .partition_client(topic, partition, UnknownTopicHandling::Retry)
+            .await
+            .expect("partition client");
+        ends.insert(
+            partition,
+            pc.get_offset(OffsetAt::Latest)
+                .await
+                .expect("latest offset"),
+        );
+    }
+    ends
+}
+
+/// SIGTERMs each member and checks that each exits 0.
+pub async fn stop_all(children: Vec<tokio::process::Child>) {
+    for c in &children {
+        signal(c, "TERM");
+    }
+    for c in children {
+        let out = c.wait_with_output().await.expect("member exits");
+        assert!(
+            out.status.success(),
+            "member failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// A TCP proxy in front of a Kafka broker that forwards every request but
+/// those of the `blocked` API keys: for those it closes the client's
+/// connection, as a broker whose group coordinator cannot be reached
+/// would. Requests and responses of one connection are relayed in order.
+#[derive(Debug)]
+pub struct KafkaProxy {
+    /// Where clients connect (what the broker should advertise).
+    pub address: String,
+    /// How many requests were refused.
+    pub refused: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for KafkaProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl KafkaProxy {
+    /// Listens on `port` (127.0.0.1) and relays to `upstream`.
+    pub async fn start(port: u16, upstream: String, blocked: &'static [i16]) -> KafkaProxy {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .expect("proxy port");
+        let refused = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counter = std::sync::Arc::clone(&refused);
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else {
+                    return;
+                };
+                let upstream = upstream.clone();
+                let counter = std::sync::Arc::clone(&counter);
+                tokio::spawn(async move {
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    let Ok(mut broker) = tokio::net::TcpStream::connect(&upstream).await else {
+                        return;
+                    };
+                    loop {
+                        let mut size = [0u8; 4];
+                        if client.read_exact(&mut size).await.is_err() {
+                            return;
+                        }
+                        let mut frame = vec![0u8; i32::from_be_bytes(size).max(0) as usize];
+                        if client.read_exact(&mut frame).await.is_err() {
+                            return;
+                        }
+                        let api_key = i16::from_be_bytes([frame[0], frame[1]]);
+                        if blocked.contains(&api_key) {
+                            counter.fetch_add(1, Ordering::SeqCst);
+                            return; // Dropping both ends: unreachable.
+                        }
+                        if broker.write_all(&size).await.is_err()
+                            || broker.write_all(&frame).await.is_err()
+                        {
+                            return;
+                        }
+                        let mut size = [0u8; 4];
+                        if broker.read_exact(&mut size).await.is_err() {
+                            return;
+                        }
+                        let mut answer = vec![0u8; i32::from_be_bytes(size).max(0) as usize];
+                        if broker.read_exact(&mut answer).await.is_err()
+                            || client.write_all(&size).await.is_err()
+                            || client.write_all(&answer).await.is_err()
+                        {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        KafkaProxy {
+            address: format!("127.0.0.1:{port}"),
+            refused,
+            task,
+        }
+    }
+}
+
+/// The offsets `group` has committed on the broker for `topic`'s
+/// partitions, as read by an independent client: `confluent-kafka`
+/// (librdkafka's `committed()`) or `kafka-python` (its admin client's
+/// `list_consumer_group_offsets`).
+pub async fn broker_committed(
+    client: &str,
+    bootstrap: &str,
+    group: &str,
+    topic: &str,
+    partitions: i32,
+) -> BTreeMap<i32, i64> {
+    let out = Command::new(librdkafka_python())
+        .arg(script("committed_offsets.py"))
+        .args([client, bootstrap, group, topic, &partitions.to_string()])
+        .output()
+        .await
+        .expect("python runs");
+    assert!(
+        out.status.success(),
+        "committed_offsets.py {client} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let parsed: BTreeMap<String, i64> =
+        serde_json::from_slice(&out.stdout).expect("JSON from committed_offsets.py");
+    parsed
+        .into_iter()
+        .map(|(p, o)| (p.parse().expect("partition"), o))
+        .collect()
+}
+
+/// The stored offsets of `group` on `topic` in the test database.
+pub async fn stored_offsets(db: &TestDb, group: &str, topic: &str) -> BTreeMap<i32, i64> {
+    db.client()
+        .await
+        .query(
+            "SELECT partition, next_offset FROM consumer_offsets WHERE group_id = $1 AND topic = $2",
+            &[&group, &topic],
+        )
+        .await
+        .expect("offsets")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
 }

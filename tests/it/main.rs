@@ -7,12 +7,16 @@
 //! missing: a skipped integration test proves nothing.
 
 mod bad_input;
+mod cli;
+mod codecs;
 mod consumer;
 mod end_to_end;
 mod groups;
 mod harness;
+mod mirror;
 mod partitioner;
 mod producer;
+mod runtime;
 #[cfg(all(feature = "tls", feature = "sasl"))]
 mod security;
 mod static_binary;

@@ -129,7 +129,7 @@ fn secured(args: &[&str], bootstrap: &str, ca: &Path, password: &str) -> Command
 }
 
 /// Over SASL_SSL (SCRAM-SHA-512 inside TLS) the pipeline produces and folds
-/// every event; a wrong password and an untrusted certificate each fail in
+/// every event and mirrors its offsets to the broker; a wrong password and an untrusted certificate each fail in
 /// one line that shows no password.
 #[tokio::test]
 async fn sasl_ssl_round_trip() {
@@ -225,6 +225,21 @@ async fn sasl_ssl_round_trip() {
     broker.restart_with(&[], None).await;
     crate::harness::assert_db_is_fold_of_topic_at(&broker.address, &db, &topic, "order-processors")
         .await;
+    // The offset mirror committed over the same SASL_SSL connection
+    // settings: the broker kept what it was sent while it required both.
+    let stored = crate::harness::stored_offsets(&db, "order-processors", &topic).await;
+    assert_eq!(
+        crate::harness::broker_committed(
+            "confluent",
+            &broker.address,
+            "order-processors",
+            &topic,
+            stored.len() as i32
+        )
+        .await,
+        stored,
+        "the mirror's offsets, committed over SASL_SSL"
+    );
     db.drop_db().await;
 }
 

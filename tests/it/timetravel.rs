@@ -106,6 +106,10 @@ async fn asof_bad_input_is_exit_2() {
     );
     let errors = |err: &str| err.lines().filter(|l| l.starts_with("error:")).count();
 
+    // asof only reads: the database needs foodpipe's tables first.
+    let mut migrate = foodpipe(&["migrate"]);
+    migrate.env("DATABASE_URL", &db.url);
+    run_ok(migrate).await;
     let mut cmd = foodpipe(&[
         "asof",
         "2026-01-01T00:00:00Z",

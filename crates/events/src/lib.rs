@@ -8,12 +8,16 @@
 //!   order's current state.
 //! - [`generator`] makes a deterministic, realistic stream of interleaved
 //!   order lifecycles.
+//! - [`escape_for_terminal`]: record bytes as text a terminal prints and
+//!   does not obey, for every printer of record bytes.
 
 pub mod generator;
 pub mod state;
+mod terminal;
 mod wire;
 
 pub use state::{OrderState, Status, TransitionError};
+pub use terminal::{escape_for_terminal, json_for_terminal};
 pub use wire::{
     CancelledBy, DecodeError, ErrorKind, EventBody, LineItem, OrderCancelled, OrderCreated,
     OrderDelivered, OrderEvent, OrderPaid, OrderShipped, SCHEMA_VERSION, decode,

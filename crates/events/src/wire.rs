@@ -110,8 +110,16 @@ pub enum CancelledBy {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ErrorKind {
-    /// The record has no value (a tombstone) where an event was expected.
+    /// The value is present but zero bytes long.
     EmptyValue,
+    /// The value is null: a tombstone, which on a compacted topic deletes
+    /// its key. An event log has nothing to delete, so it is a dead letter
+    /// of its own kind, told apart from a zero-length value.
+    Tombstone,
+    /// The record batch holding it cannot be decoded, so there is no
+    /// record to look at: the batch's raw bytes are kept instead
+    /// (`consume --on-corrupt-batch skip`).
+    CorruptBatch,
     /// The value is not UTF-8, so it cannot be JSON.
     NotUtf8,
     /// The value is not well-formed JSON, or not a JSON object.
@@ -131,6 +139,8 @@ impl ErrorKind {
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorKind::EmptyValue => "empty_value",
+            ErrorKind::Tombstone => "tombstone",
+            ErrorKind::CorruptBatch => "corrupt_batch",
             ErrorKind::NotUtf8 => "not_utf8",
             ErrorKind::MalformedJson => "malformed_json",
             ErrorKind::UnknownSchemaVersion => "unknown_schema_version",
@@ -192,8 +202,17 @@ const KNOWN_TYPES: [&str; 5] = [
 /// Decodes one record value into an event, or says exactly why not.
 pub fn decode(value: Option<&[u8]>) -> Result<OrderEvent, DecodeError> {
     let bytes = value.ok_or_else(|| {
-        DecodeError::new(ErrorKind::EmptyValue, "record has no value (tombstone)")
+        DecodeError::new(
+            ErrorKind::Tombstone,
+            "record value is null (a tombstone), not an event",
+        )
     })?;
+    if bytes.is_empty() {
+        return Err(DecodeError::new(
+            ErrorKind::EmptyValue,
+            "record value is empty (zero bytes), not an event",
+        ));
+    }
     let text = std::str::from_utf8(bytes)
         .map_err(|e| DecodeError::new(ErrorKind::NotUtf8, format!("value is not UTF-8: {e}")))?;
 
@@ -324,13 +343,26 @@ mod tests {
         assert_eq!(event.customer_id, "CUST-0001");
     }
 
+    /// A null value (tombstone) and a zero-length value are two kinds, with stable names.
+    #[test]
+    fn tombstone_and_empty_value_are_distinct() {
+        let tombstone = decode(None).expect_err("null value");
+        let empty = decode(Some(b"")).expect_err("zero bytes");
+        assert_eq!(tombstone.kind.as_str(), "tombstone");
+        assert_eq!(empty.kind.as_str(), "empty_value");
+        assert_ne!(tombstone.kind, empty.kind);
+        // Whitespace is not empty: it is (malformed) JSON text.
+        assert_eq!(kind_of(b" "), ErrorKind::MalformedJson);
+    }
+
     /// Each kind of bad record is classified by what is wrong with it.
     #[test]
     fn bad_records_are_classified() {
         assert_eq!(
             decode(None).expect_err("tombstone").kind,
-            ErrorKind::EmptyValue
+            ErrorKind::Tombstone
         );
+        assert_eq!(kind_of(b""), ErrorKind::EmptyValue);
         assert_eq!(kind_of(&[0xff, 0xfe, b'{']), ErrorKind::NotUtf8);
         assert_eq!(kind_of(b"{not json"), ErrorKind::MalformedJson);
         assert_eq!(kind_of(b"[1,2,3]"), ErrorKind::MalformedJson);

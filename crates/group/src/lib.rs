@@ -11,14 +11,17 @@
 //!   checks `owner = me AND epoch = my epoch` in the same transaction, so a
 //!   member that lost a partition (paused, partitioned, slow) can never
 //!   commit to it again (invariant 5).
-//! - The coordinator loop in `pipeline::consume`: heartbeat, compute the
-//!   assignment with an [`Assignor`], release what is no longer this
+//! - The coordinator in `pipeline::consume`: heartbeats on its own timer,
+//!   computes the assignment with an [`Assignor`] and carries out the
+//!   [`rebalance::decide`] actions: release what is no longer this
 //!   member's, take what is once its previous owner let go or expired.
 //!
 //! Every member computes the same assignment from the same inputs — the
 //! sorted live members and the partition count — so no leader is needed.
-//! This crate holds that pure part.
+//! This crate holds the pure parts: the assignors and the rebalance
+//! decision.
 
 pub mod assign;
+pub mod rebalance;
 
 pub use assign::Assignor;

@@ -39,6 +39,22 @@ pub struct ClusterView {
     pub controller_id: i32,
 }
 
+/// The brokers one per line as `cluster` shows them, the controller marked.
+impl std::fmt::Display for ClusterView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "brokers, as they advertise themselves:")?;
+        for b in &self.brokers {
+            let role = if b.id == self.controller_id {
+                "  (controller)"
+            } else {
+                ""
+            };
+            writeln!(f, "  id {:<4} {}{role}", b.id, b.address())?;
+        }
+        Ok(())
+    }
+}
+
 const API_METADATA: i16 = 3;
 const CORRELATION_ID: i32 = 0x0F00D;
 

@@ -6,32 +6,66 @@
 //!
 //! - [`connect`]: a client from a bootstrap list, with a deadline so an
 //!   unreachable cluster is an error rather than an endless retry.
-//! - [`ensure_topic`]: create the topic if missing; an existing topic keeps
+//! - [`topics`]: topic administration (list, describe, create, delete,
+//!   [`ensure_topic`]) returning foodpipe's types; an existing topic keeps
 //!   its partition count.
 //! - [`Producer`]: per-partition batching (linger, batch size), compression,
 //!   a bound on bytes in flight (backpressure), retries, delivery report.
-//! - [`PartitionReader`]: fetch a bounded batch of records from an offset.
+//! - [`PartitionReader`]: fetch a bounded batch of records from an offset,
+//!   as a `read_committed` consumer sees them ([`read_committed`]: control
+//!   batches stepped over, aborted transactions dropped, an undecodable
+//!   batch reported as [`CorruptBatch`]); [`TopicFetcher`]: the same for
+//!   many partitions of a topic, one request per leader broker.
+//! - [`record_batch`]: record batches encoded byte for byte from Kafka's
+//!   specification, for tests, benchmarks and raw produce.
+//!
+//! All four codecs (gzip, snappy, lz4, zstd) are pure Rust, through a
+//! vendored, patched rskafka (`vendor/rskafka/FOODPIPE-PATCH.md`).
 //!
 //! This crate knows nothing of PostgreSQL or of what the records mean.
 
+mod broker_groups;
 mod cluster;
+mod committed;
 mod error;
 mod producer;
 mod reader;
+pub mod record_batch;
 mod security;
+pub mod topics;
 
 use std::time::Duration;
 
 use rskafka::BackoffConfig;
 use rskafka::client::ClientBuilder;
 
+pub use broker_groups::{BrokerGroups, ListedGroup};
 pub use cluster::{Broker, ClusterView, describe_cluster};
-pub use error::{Error, Result};
+pub use committed::{CorruptBatch, FetchedBatch, read_committed};
+pub use error::{Error, ErrorKind, Result};
 pub use producer::{PartitionReport, ProduceReport, Producer, ProducerConfig};
-pub use reader::{FetchedBatch, PartitionReader, PartitionWriter};
+pub use reader::{PartitionReader, PartitionWriter, TopicFetcher};
 pub use rskafka::client::Client;
-pub use rskafka::client::partition::{Compression, OffsetAt};
+pub use rskafka::client::error::ProtocolError;
+pub use rskafka::client::partition::{
+    AbortedTransaction, Compression, ControlRecordType, CorruptRecordBatch, FetchDetailed,
+    FetchedRecordBatch, OffsetAt, decode_record_batches,
+};
 pub use rskafka::record::{Record, RecordAndOffset};
+pub use topics::{TopicInfo, ensure_topic, existing_topic_partitions, topic_partitions};
+
+/// A record's headers as `(key, value)` pairs sorted by key: the form
+/// dead letters keep them in.
+///
+/// rskafka's [`Record`] holds headers in a map, so of several headers with
+/// one key (which Kafka allows) only the last one reaches foodpipe.
+pub fn record_headers(record: &Record) -> Vec<(String, Vec<u8>)> {
+    record
+        .headers
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
 #[cfg(feature = "tls")]
 pub use security::tls_client_config;
 pub use security::{SaslCredentials, SaslMechanism, Security};
@@ -123,81 +157,8 @@ async fn partition_client(
         })
 }
 
-/// The partition count of `topic`, or `None` if it does not exist.
-pub async fn topic_partitions(client: &Client, topic: &str) -> Result<Option<u32>> {
-    let topics = client
-        .list_topics()
-        .await
-        .map_err(|source| Error::Metadata { source })?;
-    Ok(topics
-        .into_iter()
-        .find(|t| t.name == topic)
-        .map(|t| t.partitions.len() as u32))
-}
-
-/// The partition count of `topic`, which must exist
-/// ([`Error::UnknownTopic`] otherwise).
-pub async fn existing_topic_partitions(client: &Client, topic: &str) -> Result<u32> {
-    topic_partitions(client, topic)
-        .await?
-        .ok_or_else(|| Error::UnknownTopic {
-            topic: topic.to_owned(),
-        })
-}
-
-/// What [`ensure_topic`] found or made.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TopicInfo {
-    pub partitions: u32,
-    /// True if this call created the topic.
-    pub created: bool,
-}
-
-/// Creates `topic` with `partitions` partitions unless it exists; an
-/// existing topic keeps its own partition count, which is returned.
-pub async fn ensure_topic(client: &Client, topic: &str, partitions: u32) -> Result<TopicInfo> {
-    if let Some(existing) = topic_partitions(client, topic).await? {
-        return Ok(TopicInfo {
-            partitions: existing,
-            created: false,
-        });
-    }
-    let controller = client
-        .controller_client()
-        .map_err(|source| Error::Metadata { source })?;
-    // Replication factor 1: the local broker is a single node. A real
-    // cluster's operators create production topics themselves.
-    let created = controller
-        .create_topic(topic, partitions as i32, 1, 5_000)
-        .await;
-    match created {
-        Ok(()) => {}
-        // Someone else created it between our check and our request.
-        Err(rskafka::client::error::Error::ServerError {
-            protocol_error: rskafka::client::error::ProtocolError::TopicAlreadyExists,
-            ..
-        }) => {}
-        Err(source) => {
-            return Err(Error::CreateTopic {
-                topic: topic.to_owned(),
-                source,
-            });
-        }
-    }
-    // Metadata may lag creation by a moment; wait until it shows.
-    for _ in 0..50 {
-        if let Some(n) = topic_partitions(client, topic).await? {
-            return Ok(TopicInfo {
-                partitions: n,
-                created: true,
-            });
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    Err(Error::UnknownTopic {
-        topic: topic.to_owned(),
-    })
-}
+#[cfg(test)]
+mod decode_tests;
 
 #[cfg(test)]
 mod tests {

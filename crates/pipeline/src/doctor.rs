@@ -16,6 +16,15 @@ pub struct BootstrapAnswer {
     pub answer: Result<ClusterView, String>,
 }
 
+impl std::fmt::Display for BootstrapAnswer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.answer {
+            Ok(_) => write!(f, "bootstrap {}: answered", self.address),
+            Err(e) => write!(f, "bootstrap {}: no answer ({e})", self.address),
+        }
+    }
+}
+
 /// Asks every bootstrap entry for the cluster's brokers. The probe is a
 /// raw Metadata request in plaintext: with TLS or SASL configured it is
 /// not sent, and each entry says so.
@@ -160,7 +169,7 @@ pub async fn doctor(kafka: &KafkaConfig, store: &StoreConfig, topic: &str) -> Ve
                 }
                 Ok((applied, known)) => checks.push(Check::fail(
                     format!("migrations: {applied} of {known} applied"),
-                    "the next `foodpipe consume` applies the rest (or run `foodpipe status`)",
+                    "run `foodpipe migrate` (the next `foodpipe consume` also applies them)",
                 )),
                 Err(e) => checks.push(Check::fail(
                     format!("migrations: cannot read refinery_schema_history ({e})"),

@@ -17,6 +17,11 @@
 //! | `foodpipe_duplicates_total` | counter | records skipped as already applied |
 //! | `foodpipe_retries_total` | counter | failed fetches or commits retried (`operation`) |
 //! | `foodpipe_batch_seconds` | histogram | fetch-to-commit time of a batch |
+//! | `foodpipe_partition_state` | gauge | 1 for the partition's current `state` (taking, waiting, running, retrying, stopped, done), 0 for the others |
+//!
+//! Gauges of a partition this member no longer owns stop being updated and
+//! disappear from `/metrics` after [`GAUGE_IDLE`], so two members never
+//! both export a lag for one partition for long.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -27,6 +32,12 @@ use axum::Router;
 use axum::http::StatusCode;
 use axum::routing::get;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_util::MetricKindMask;
+
+/// How long a gauge nobody sets stays in `/metrics`. The coordinator sets
+/// every owned partition's gauges each heartbeat, so this only removes the
+/// gauges of partitions that moved to another member.
+pub(crate) const GAUGE_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Checks the consumer's dependencies; `Err` says which one failed.
 pub(crate) type HealthCheck =
@@ -47,6 +58,7 @@ fn handle() -> anyhow::Result<PrometheusHandle> {
                 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
             ],
         )?
+        .idle_timeout(MetricKindMask::GAUGE, Some(GAUGE_IDLE))
         .build_recorder();
     let h = recorder.handle();
     if metrics::set_global_recorder(recorder).is_err() {
@@ -55,16 +67,56 @@ fn handle() -> anyhow::Result<PrometheusHandle> {
     Ok(HANDLE.get_or_init(|| h).clone())
 }
 
-/// Installs the recorder, binds `addr` and serves `/metrics` and
-/// `/healthz` until the process ends.
-pub(crate) async fn serve(addr: SocketAddr, health: HealthCheck) -> anyhow::Result<SocketAddr> {
-    let handle = handle()?;
-    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
-        anyhow::anyhow!(
-            "cannot serve metrics on --metrics-addr {addr}: {e}; choose another address, or `--metrics-addr off`"
-        )
-    })?;
-    let bound = listener.local_addr()?;
+/// How many ports above the default address a member tries when the
+/// default is taken (several members on one host).
+const FALLBACK_PORTS: u16 = 100;
+
+/// Installs the recorder, binds an address as `listen` says and serves
+/// `/metrics` and `/healthz` until the process ends. Returns the address
+/// bound.
+pub(crate) async fn serve(
+    listen: crate::consume::MetricsListen,
+    health: HealthCheck,
+) -> Result<SocketAddr, crate::consume::Error> {
+    use crate::consume::{Error, MetricsListen};
+    let handle = handle().map_err(|e| Error::Internal(e.to_string()))?;
+    let bind_error = |addr: SocketAddr, source| Error::Metrics {
+        addr: addr.to_string(),
+        source,
+    };
+    let listener = match listen {
+        MetricsListen::Off => return Err(Error::Internal("metrics are off".into())),
+        MetricsListen::Exactly(addr) => tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| bind_error(addr, e))?,
+        MetricsListen::FirstFreeFrom(first) => {
+            let mut bound = None;
+            let mut last_error = None;
+            for port in first.port()..=first.port().saturating_add(FALLBACK_PORTS) {
+                let addr = SocketAddr::new(first.ip(), port);
+                match tokio::net::TcpListener::bind(addr).await {
+                    Ok(l) => {
+                        bound = Some(l);
+                        break;
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => last_error = Some(e),
+                    Err(e) => return Err(bind_error(addr, e)),
+                }
+            }
+            match bound {
+                Some(l) => l,
+                None => {
+                    return Err(bind_error(
+                        first,
+                        last_error.unwrap_or_else(|| std::io::ErrorKind::AddrInUse.into()),
+                    ));
+                }
+            }
+        }
+    };
+    let bound = listener
+        .local_addr()
+        .map_err(|e| Error::Internal(e.to_string()))?;
     let app = Router::new()
         .route(
             "/metrics",
@@ -94,7 +146,12 @@ pub(crate) async fn serve(addr: SocketAddr, health: HealthCheck) -> anyhow::Resu
             tracing::error!(error = %e, "metrics server stopped");
         }
     });
-    tracing::info!("serving /metrics and /healthz on http://{bound}");
+    match listen {
+        MetricsListen::FirstFreeFrom(first) if first != bound => tracing::info!(
+            "serving /metrics and /healthz on http://{bound} ({first} is taken, by another member on this host?)"
+        ),
+        _ => tracing::info!("serving /metrics and /healthz on http://{bound}"),
+    }
     Ok(bound)
 }
 
@@ -130,6 +187,29 @@ impl PartitionMetrics {
         metrics::counter!("foodpipe_duplicates_total", &self.labels)
             .increment(applied.duplicates as u64);
         metrics::histogram!("foodpipe_batch_seconds", &self.labels).record(seconds);
+    }
+
+    /// Sets `foodpipe_partition_state`: 1 for `current`, 0 for the rest.
+    pub(crate) fn state(&self, current: &str, all: &[&'static str]) {
+        for label in all {
+            let labels = [
+                self.labels[0].clone(),
+                self.labels[1].clone(),
+                self.labels[2].clone(),
+                ("state", (*label).to_owned()),
+            ];
+            metrics::gauge!("foodpipe_partition_state", &labels).set(if *label == current {
+                1.0
+            } else {
+                0.0
+            });
+        }
+    }
+
+    /// The partition left this member: no state is current. Its gauges
+    /// are no longer set and expire after [`GAUGE_IDLE`].
+    pub(crate) fn forget(&self, all: &[&'static str]) {
+        self.state("", all);
     }
 
     pub(crate) fn retry(&self, operation: &'static str) {

@@ -37,14 +37,23 @@ pub(crate) type SourceError = Arc<Mutex<Option<String>>>;
 /// keep the producer busy, small enough not to matter for memory.
 const CHANNEL_RECORDS: usize = 4096;
 
+/// Where and how `produce` and `send` write: the one destination config
+/// both share.
 #[derive(Debug, Clone)]
-pub(crate) struct DriveConfig {
+pub struct Destination {
     pub kafka: KafkaConfig,
     pub topic: String,
-    /// Partitions to create the topic with, if it does not exist.
+    /// Partitions to create the topic with if it does not exist; an
+    /// existing topic keeps its own count (with a warning if it differs).
     pub partitions: u32,
     pub producer: ProducerConfig,
+    /// Draw a progress bar on stderr.
     pub progress: bool,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct DriveConfig {
+    pub destination: Destination,
     /// The number of records expected, for the progress bar.
     pub expected: Option<u64>,
 }
@@ -128,6 +137,10 @@ pub(crate) async fn drive<S>(
 where
     S: FnOnce(mpsc::Sender<Outgoing>, SourceError) + Send + 'static,
 {
+    let DriveConfig {
+        destination: config,
+        expected,
+    } = config;
     let client = kafka::connect(&config.kafka).await?;
     let topic = kafka::ensure_topic(&client, &config.topic, config.partitions).await?;
     if !topic.created && topic.partitions != config.partitions {
@@ -147,7 +160,7 @@ where
     )
     .await?;
 
-    let bar = progress_bar(config.progress, config.expected);
+    let bar = progress_bar(config.progress, expected);
     let (tx, mut rx) = mpsc::channel::<Outgoing>(CHANNEL_RECORDS);
     let source_error: SourceError = Arc::default();
     let source_thread = {

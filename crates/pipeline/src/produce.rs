@@ -4,11 +4,10 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use events::generator::{Generator, GeneratorConfig};
-use kafka::{KafkaConfig, ProducerConfig};
 use tokio::sync::mpsc;
 
 use crate::outbound::{self, DriveConfig, Outgoing};
-pub use crate::outbound::{PartitionCount, ProduceSummary};
+pub use crate::outbound::{Destination, PartitionCount, ProduceSummary};
 
 /// When a produce run stops.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -22,17 +21,11 @@ pub enum Amount {
 /// Everything `produce` needs.
 #[derive(Debug, Clone)]
 pub struct ProduceConfig {
-    pub kafka: KafkaConfig,
-    pub topic: String,
-    /// Partitions to create the topic with if it does not exist.
-    pub partitions: u32,
+    pub destination: Destination,
     pub amount: Amount,
     /// Events per second to aim for; `None` for as fast as the broker takes them.
     pub rate: Option<f64>,
     pub generator: GeneratorConfig,
-    pub producer: ProducerConfig,
-    /// Draw a progress bar on stderr.
-    pub progress: bool,
 }
 
 /// Produces generated events until the amount is reached or `shutdown`
@@ -43,11 +36,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<ProduceSummary> {
     let drive = DriveConfig {
-        kafka: config.kafka,
-        topic: config.topic,
-        partitions: config.partitions,
-        producer: config.producer,
-        progress: config.progress,
+        destination: config.destination,
         expected: match config.amount {
             Amount::Count(n) => Some(n),
             Amount::Duration(_) => None,

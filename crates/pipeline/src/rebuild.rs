@@ -41,6 +41,33 @@ pub struct RebuildReport {
     pub swapped: bool,
 }
 
+impl std::fmt::Display for RebuildReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "rebuilt from Kafka: {} events, {} orders; {} order(s) differ from the live view",
+            self.events, self.orders, self.differing
+        )?;
+        for d in &self.first_differences {
+            writeln!(
+                f,
+                "  {}: live {} | rebuilt {}",
+                d.order_id,
+                d.live.as_deref().unwrap_or("(missing)"),
+                d.rebuilt.as_deref().unwrap_or("(missing)")
+            )?;
+        }
+        if self.swapped {
+            writeln!(
+                f,
+                "swapped in: history, view, dead letters and offsets now come from the rebuild"
+            )
+        } else {
+            writeln!(f, "dry run: nothing swapped")
+        }
+    }
+}
+
 /// Rebuilds the view of `config.group` on `config.topic` in
 /// `config.store.schema` (default `public`). `dry_run` compares only.
 pub async fn run(
@@ -68,7 +95,9 @@ pub async fn run(
         until_caught_up: true,
         member_id: Some("rebuild".to_owned()),
         progress: config.progress,
-        metrics_addr: None,
+        metrics: crate::consume::MetricsListen::Off,
+        // The shadow's progress is not the live group's: never mirrored.
+        mirror_interval: None,
         dead_letter_topic: None,
         ..config.clone()
     };

@@ -10,22 +10,16 @@ use std::future::Future;
 use std::io::BufRead;
 
 use chrono::Utc;
-use kafka::{KafkaConfig, ProducerConfig};
 
-pub use crate::outbound::ProduceSummary;
 use crate::outbound::{self, DriveConfig, Outgoing};
+pub use crate::outbound::{Destination, ProduceSummary};
 
 /// Everything `send` needs.
 #[derive(Debug, Clone)]
 pub struct SendConfig {
-    pub kafka: KafkaConfig,
-    pub topic: String,
-    /// Partitions to create the topic with if it does not exist.
-    pub partitions: u32,
+    pub destination: Destination,
     /// Separates the key from the value on a line.
     pub separator: u8,
-    pub producer: ProducerConfig,
-    pub progress: bool,
 }
 
 /// Splits a line into key and value at the first separator.
@@ -44,11 +38,7 @@ pub async fn run(
 ) -> anyhow::Result<ProduceSummary> {
     let separator = config.separator;
     let drive = DriveConfig {
-        kafka: config.kafka,
-        topic: config.topic,
-        partitions: config.partitions,
-        producer: config.producer,
-        progress: config.progress,
+        destination: config.destination,
         expected: None,
     };
     outbound::drive(

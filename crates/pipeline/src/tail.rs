@@ -21,7 +21,8 @@ pub enum From {
 /// How records are printed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
-    /// `partition<TAB>offset<TAB>timestamp<TAB>key<TAB>value`
+    /// `partition<TAB>offset<TAB>timestamp<TAB>key<TAB>value`, key and
+    /// value escaped for the terminal (`events::escape_for_terminal`).
     Text,
     /// One JSON object per line.
     Json,
@@ -91,13 +92,29 @@ pub async fn run(
                 () = &mut shutdown => return Ok(printed),
                 f = reader.fetch(*next, 1024 * 1024, wait) => f?,
             };
+            if let Some(c) = &fetched.corrupt
+                && fetched.next_offset == *next
+            {
+                // Nothing before it to print and no way past it: say so
+                // instead of asking for the same offset forever.
+                return Err(c.to_error(&config.topic, reader.partition()).into());
+            }
             for r in fetched.records {
                 if !config.follow && r.offset >= *end {
                     break;
                 }
                 print_record(out, config.format, reader.partition(), &r)?;
                 printed += 1;
-                *next = r.offset + 1;
+            }
+            // Past the whole batches fetched, markers and aborted records
+            // included: a fetch landing on a transaction marker returns no
+            // record but still moves on.
+            if fetched.next_offset > *next {
+                *next = if config.follow {
+                    fetched.next_offset
+                } else {
+                    fetched.next_offset.min(*end)
+                };
                 progressed = true;
             }
         }
@@ -114,28 +131,40 @@ pub async fn run(
     }
 }
 
+/// One record on one line. Text escapes the key and value for the
+/// terminal (an escape sequence in a record must not drive it; a tab or
+/// newline must not break the line); JSON is escaped by serde and
+/// `events::json_for_terminal`, with bytes that are not UTF-8 replaced by
+/// U+FFFD.
 fn print_record(
     out: &mut (dyn Write + Send),
     format: Format,
     partition: i32,
     r: &kafka::RecordAndOffset,
 ) -> std::io::Result<()> {
-    let text = |b: &Option<Vec<u8>>| {
-        b.as_deref()
-            .map(|b| String::from_utf8_lossy(b).into_owned())
-    };
-    let key = text(&r.record.key);
-    let value = text(&r.record.value);
     match format {
-        Format::Text => writeln!(
-            out,
-            "{partition}\t{}\t{}\t{}\t{}",
-            r.offset,
-            r.record.timestamp.to_rfc3339(),
-            key.as_deref().unwrap_or(""),
-            value.as_deref().unwrap_or("")
-        ),
+        Format::Text => {
+            let text = |b: &Option<Vec<u8>>| {
+                b.as_deref()
+                    .map(events::escape_for_terminal)
+                    .unwrap_or_default()
+            };
+            writeln!(
+                out,
+                "{partition}\t{}\t{}\t{}\t{}",
+                r.offset,
+                r.record.timestamp.to_rfc3339(),
+                text(&r.record.key),
+                text(&r.record.value)
+            )
+        }
         Format::Json => {
+            let text = |b: &Option<Vec<u8>>| {
+                b.as_deref()
+                    .map(|b| String::from_utf8_lossy(b).into_owned())
+            };
+            let key = text(&r.record.key);
+            let value = text(&r.record.value);
             let line = serde_json::json!({
                 "partition": partition,
                 "offset": r.offset,
@@ -143,7 +172,7 @@ fn print_record(
                 "key": key,
                 "value": value,
             });
-            writeln!(out, "{line}")
+            writeln!(out, "{}", events::json_for_terminal(&line.to_string()))
         }
     }
 }

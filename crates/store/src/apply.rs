@@ -297,6 +297,7 @@ async fn insert_dead_letters(
     let mut value: Vec<Option<&[u8]>> = Vec::with_capacity(n);
     let mut kind = Vec::with_capacity(n);
     let mut message = Vec::with_capacity(n);
+    let mut headers = Vec::with_capacity(n);
     for d in dead {
         let record = &batch.records[d.index];
         tracing::warn!(
@@ -312,6 +313,7 @@ async fn insert_dead_letters(
         value.push(record.value.as_deref());
         kind.push(d.kind);
         message.push(d.message.as_str());
+        headers.push(crate::headers::to_json(&record.headers));
     }
     let stmt = tx
         .prepare_cached(include_str!("sql/insert_dead_letters.sql"))
@@ -329,6 +331,7 @@ async fn insert_dead_letters(
             &kind,
             &message,
             &batch.incarnation,
+            &headers,
         ],
     )
     .await?;

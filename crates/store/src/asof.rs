@@ -1,6 +1,9 @@
 //! Time travel over the event history.
 
+use std::fmt;
+
 use chrono::{DateTime, Utc};
+use events::escape_for_terminal;
 use uuid::Uuid;
 
 use crate::{Result, Store};
@@ -16,6 +19,38 @@ pub struct OrderAsOf {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub last_event_id: Uuid,
+}
+
+/// Every order asked for as of one moment; its `Display` is `asof`'s table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrdersAsOf {
+    pub time: DateTime<Utc>,
+    pub orders: Vec<OrderAsOf>,
+}
+
+impl fmt::Display for OrdersAsOf {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "{} orders as of {}",
+            self.orders.len(),
+            self.time.to_rfc3339()
+        )?;
+        for o in &self.orders {
+            writeln!(
+                f,
+                "{}  {:<10} {:<10} {:>9}  updated {}",
+                o.order_id,
+                // Written by whoever produced the event.
+                escape_for_terminal(o.customer_id.as_bytes()),
+                o.status,
+                o.total_cents
+                    .map_or("-".to_owned(), |c| format!("{}.{:02}", c / 100, c % 100)),
+                o.updated_at.to_rfc3339()
+            )?;
+        }
+        Ok(())
+    }
 }
 
 impl Store {

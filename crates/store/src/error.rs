@@ -23,6 +23,26 @@ pub enum Error {
     Db(#[from] tokio_postgres::Error),
     #[error("migrations failed: {0}")]
     Migrate(String),
+    /// A read-only command found no foodpipe tables where it looked.
+    #[error(
+        "schema {schema} has no foodpipe tables; run `foodpipe consume` or `foodpipe migrate` first"
+    )]
+    NotMigrated { schema: String },
+    /// The tables are there, but without migrations this build needs.
+    #[error(
+        "schema {schema} lacks foodpipe migration(s) {}; run `foodpipe migrate` first",
+        missing.join(", ")
+    )]
+    MigrationsMissing {
+        schema: String,
+        missing: Vec<String>,
+    },
+    /// The schema exists and the role has no USAGE on it, so it sees no table.
+    #[error(
+        "role {role} may not use schema {schema}: GRANT USAGE ON SCHEMA {schema} TO {role} \
+         (and SELECT ON ALL TABLES IN SCHEMA {schema})"
+    )]
+    SchemaNotUsable { schema: String, role: String },
     #[error(
         "{topic}/{partition} is no longer this member's: its lease, epoch or stored offset \
          (expected {expected}) changed, so another member of group {group} owns it now"
@@ -32,6 +52,17 @@ pub enum Error {
         topic: String,
         partition: i32,
         expected: i64,
+    },
+    #[error(
+        "member id {member} of group {group} was taken over by another process \
+         (host {host}, pid {pid}) started with the same --member-id; this one stops. \
+         Give each consume process its own --member-id (or none)"
+    )]
+    MemberIdTaken {
+        group: String,
+        member: String,
+        host: String,
+        pid: i32,
     },
 }
 
@@ -43,7 +74,13 @@ impl Error {
         match self {
             Error::Connect { .. } => true,
             Error::Db(e) => {
-                e.is_closed()
+                // FATAL: the server ended the session (shut down, killed it,
+                // or it sat idle in a transaction past the timeout while
+                // this process was paused). The statement was not judged;
+                // a new session can run it.
+                let session_ended = e.as_db_error().is_some_and(|d| d.severity() == "FATAL");
+                session_ended
+                    || e.is_closed()
                     || e.code().is_none()
                     || e.code().is_some_and(|c| {
                         let class = &c.code()[..2];

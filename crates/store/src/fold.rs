@@ -16,6 +16,8 @@ pub struct SourceRecord {
     pub timestamp: DateTime<Utc>,
     pub key: Option<Vec<u8>>,
     pub value: Option<Vec<u8>>,
+    /// The record's headers, `(key, value)`; kept with a dead letter.
+    pub headers: Vec<(String, Vec<u8>)>,
     /// The event, or why the record is a dead letter.
     pub event: Result<OrderEvent, DecodeError>,
 }
@@ -184,6 +186,7 @@ mod tests {
                 timestamp: e.occurred_at,
                 key: Some(e.customer_id.clone().into_bytes()),
                 value: Some(e.to_json()),
+                headers: Vec::new(),
                 event: Ok(e.clone()),
             })
             .collect()

@@ -1,9 +1,12 @@
 //! foodpipe's PostgreSQL side.
 //!
 //! - [`Store::connect`]: a deadpool pool from a `DATABASE_URL`, checked once
-//!   so a wrong URL fails at start with a clear message.
-//! - [`Store::migrate`]: the SQL files of `migrations/`, embedded and applied
-//!   by refinery under an advisory lock (several consumers may start at once).
+//!   so a wrong URL fails at start with a clear message. Connecting writes
+//!   nothing, so read-only commands work with a role that may only SELECT.
+//! - [`Store::migrate`]: the schema if one is named, and the SQL files of
+//!   `migrations/`, embedded and applied by refinery under an advisory lock
+//!   (several consumers may start at once). [`Store::check_migrated`] is
+//!   what read-only commands do instead: check, change nothing.
 //! - [`fold`]: the pure part of a batch: which records are new, which are
 //!   duplicates, what each touched order becomes, which are dead letters.
 //! - [`Store::apply_batch`]: one transaction per fetched batch: history, view,
@@ -16,6 +19,7 @@ mod apply;
 mod asof;
 mod error;
 pub mod fold;
+pub mod headers;
 mod membership;
 mod report;
 
@@ -27,15 +31,20 @@ use tokio_postgres::NoTls;
 use tokio_postgres::config::Host;
 
 pub use apply::{Applied, Batch};
-pub use asof::OrderAsOf;
+pub use asof::{OrderAsOf, OrdersAsOf};
 pub use error::{Error, Result};
 pub use fold::SourceRecord;
-pub use membership::{GroupRow, GroupView, Lease, MemberRow, PartitionOwner};
-pub use report::{DeadLetterRow, StatusReport};
+pub use membership::{GroupRow, GroupView, Lease, LeaseRow, Member, MemberRow, PartitionOwner};
+pub use report::{DeadLetterList, DeadLetterRow, StatusReport};
 
 mod embedded {
     refinery::embed_migrations!("../../migrations");
 }
+
+/// The `DATABASE_URL` when none is given: the local stack `make up` starts
+/// (role `kafka_user`, database `food_orders`). The one definition of it.
+pub const DEFAULT_DATABASE_URL: &str =
+    "postgres://kafka_user:kafka_password@localhost:5432/food_orders";
 
 /// Advisory lock key taken while migrating ("foodpipe" in ASCII, truncated).
 const MIGRATION_LOCK: i64 = 0x666f_6f64_7069_7065;
@@ -68,8 +77,7 @@ pub struct StoreConfig {
 impl Default for StoreConfig {
     fn default() -> Self {
         Self {
-            database_url: "postgres://kafka_user:kafka_password@localhost:5432/food_orders"
-                .to_owned(),
+            database_url: DEFAULT_DATABASE_URL.to_owned(),
             pool_size: 4,
             connect_timeout: Duration::from_secs(5),
             idle_in_transaction_timeout: None,
@@ -88,6 +96,8 @@ pub struct Store {
     /// `user@host:port/db`, never the password: safe to log.
     target: String,
     tls: Tls,
+    /// The schema named in the config, if any: [`Store::migrate`] creates it.
+    schema: Option<String>,
 }
 
 /// How connections are made: plaintext, or TLS for `sslmode=require`.
@@ -188,6 +198,8 @@ pub fn describe_target(config: &tokio_postgres::Config) -> String {
 
 impl Store {
     /// Builds the pool and opens one connection to prove the URL works.
+    /// Writes nothing: a schema named in the config is created by
+    /// [`Store::migrate`], never here.
     pub async fn connect(config: &StoreConfig) -> Result<Store> {
         let mut pg_config = tokio_postgres::Config::from_str(&config.database_url)
             .map_err(|e| Error::BadUrl(e.to_string()))?;
@@ -224,15 +236,9 @@ impl Store {
             pg_config,
             target,
             tls,
+            schema: config.schema.clone(),
         };
         drop(store.client().await?);
-        if let Some(schema) = &config.schema {
-            store
-                .client()
-                .await?
-                .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
-                .await?;
-        }
         Ok(store)
     }
 
@@ -262,8 +268,9 @@ impl Store {
         Ok(())
     }
 
-    /// Applies the migrations in `migrations/` that are not applied yet.
-    pub async fn migrate(&self) -> Result<()> {
+    /// Creates the configured schema if it is missing and applies the
+    /// migrations in `migrations/` that are not applied yet; says which.
+    pub async fn migrate(&self) -> Result<Migrated> {
         // refinery wants a plain client; a dedicated connection also keeps
         // the session-level advisory lock away from pooled connections.
         let (mut client, conn) = match &self.tls {
@@ -280,17 +287,116 @@ impl Store {
         client
             .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
             .await?;
-        let report = embedded::migrations::runner()
-            .run_async(&mut client)
-            .await
-            .map_err(|e| Error::Migrate(e.to_string()));
+        let result = self.migrate_locked(&mut client).await;
         // Closing the connection releases the lock even if migrating failed.
         drop(client);
         let _ = conn.await;
-        for m in report?.applied_migrations() {
-            tracing::info!(migration = %m, "applied migration");
+        let migrated = result?;
+        for m in &migrated.applied {
+            tracing::info!(migration = %m, schema = %migrated.schema, "applied migration");
         }
-        Ok(())
+        Ok(migrated)
+    }
+
+    /// The schema and the migrations, on a connection holding the
+    /// migration lock.
+    async fn migrate_locked(&self, client: &mut tokio_postgres::Client) -> Result<Migrated> {
+        if let Some(schema) = &self.schema {
+            // The session's search_path already names it: PostgreSQL uses
+            // a schema in the path from the moment it exists.
+            let created = client
+                .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
+                .await;
+            match created {
+                Ok(()) => {}
+                // Processes of older versions create it outside the lock and
+                // race on IF NOT EXISTS: the loser gets a unique violation
+                // on the catalog; the schema exists.
+                Err(e)
+                    if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION)
+                        || e.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_SCHEMA) => {
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let runner = embedded::migrations::runner();
+        let known = runner.get_migrations().len();
+        let report = runner
+            .run_async(client)
+            .await
+            .map_err(|e| Error::Migrate(e.to_string()))?;
+        let schema: String = client
+            .query_one("SELECT coalesce(current_schema(), 'public')", &[])
+            .await?
+            .get(0);
+        Ok(Migrated {
+            schema,
+            applied: report
+                .applied_migrations()
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+            known,
+        })
+    }
+
+    /// Checks, changing nothing, that the schema holds foodpipe's tables
+    /// with every migration this build knows: what read-only commands do
+    /// instead of [`Store::migrate`], so a mistyped `--schema` or a
+    /// database never migrated is said in one line rather than created
+    /// empty and reported as zeros.
+    pub async fn check_migrated(&self) -> Result<()> {
+        let client = self.client().await?;
+        // to_regclass needs no privilege on the table and resolves names
+        // through the search_path exactly as the queries that follow will.
+        let row = client
+            .query_one(
+                "SELECT current_schema(), current_user::text, \
+                        to_regclass('order_events') IS NOT NULL \
+                        AND to_regclass('refinery_schema_history') IS NOT NULL",
+                &[],
+            )
+            .await?;
+        let schema = self
+            .schema
+            .clone()
+            .or_else(|| row.get(0))
+            .unwrap_or_else(|| "public".to_owned());
+        if !row.get::<_, bool>(2) {
+            // A schema this role may not use is invisible to it: say so
+            // rather than that it is empty.
+            let usable: Option<bool> = client
+                .query_opt(
+                    "SELECT has_schema_privilege(oid, 'USAGE') FROM pg_namespace WHERE nspname = $1",
+                    &[&schema],
+                )
+                .await?
+                .map(|r| r.get(0));
+            if usable == Some(false) {
+                return Err(Error::SchemaNotUsable {
+                    schema,
+                    role: row.get(1),
+                });
+            }
+            return Err(Error::NotMigrated { schema });
+        }
+        let applied: Vec<i64> = client
+            .query("SELECT version::int8 FROM refinery_schema_history", &[])
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let missing: Vec<String> = embedded::migrations::runner()
+            .get_migrations()
+            .iter()
+            .filter(|m| !applied.contains(&i64::from(m.version())))
+            .map(ToString::to_string)
+            .collect();
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::MigrationsMissing { schema, missing })
+        }
     }
 
     /// The stored next offset of each partition of `topic` for `group`.
@@ -436,6 +542,40 @@ impl Store {
     }
 }
 
+/// What [`Store::migrate`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Migrated {
+    /// The schema migrated: the one configured, or the connection's default.
+    pub schema: String,
+    /// The migrations this call applied, in order, e.g. `V1__initial`.
+    pub applied: Vec<String>,
+    /// How many migrations this build knows.
+    pub known: usize,
+}
+
+impl std::fmt::Display for Migrated {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for m in &self.applied {
+            writeln!(f, "applied {m} to schema {}", self.schema)?;
+        }
+        if self.applied.is_empty() {
+            writeln!(
+                f,
+                "schema {} is up to date: all {} migrations were applied before; nothing to do",
+                self.schema, self.known
+            )
+        } else {
+            writeln!(
+                f,
+                "schema {} is up to date: {} migrations applied now, {} before",
+                self.schema,
+                self.applied.len(),
+                self.known.saturating_sub(self.applied.len())
+            )
+        }
+    }
+}
+
 /// A partition's stored position.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StoredOffset {
@@ -467,6 +607,36 @@ pub struct Gap<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `migrate` says each migration it applied, or that there was nothing to do.
+    #[test]
+    fn migrated_says_what_it_applied() {
+        let now = Migrated {
+            schema: "billing".to_owned(),
+            applied: vec!["V5__x".to_owned(), "V6__y".to_owned()],
+            known: 6,
+        };
+        assert_eq!(
+            now.to_string(),
+            "applied V5__x to schema billing\napplied V6__y to schema billing\n\
+             schema billing is up to date: 2 migrations applied now, 4 before\n"
+        );
+        let before = Migrated {
+            applied: vec![],
+            ..now
+        };
+        assert_eq!(
+            before.to_string(),
+            "schema billing is up to date: all 6 migrations were applied before; nothing to do\n"
+        );
+    }
+
+    /// The default DATABASE_URL is the local stack's, and StoreConfig uses it.
+    #[test]
+    fn default_url_is_the_one_definition() {
+        assert_eq!(StoreConfig::default().database_url, DEFAULT_DATABASE_URL);
+        assert!(DEFAULT_DATABASE_URL.ends_with("@localhost:5432/food_orders"));
+    }
 
     /// The printable target of a URL never contains its password.
     #[test]

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::{Result, Store, StoredOffset};
+use crate::{Error, Result, Store, StoredOffset};
 
 /// A group as one heartbeat saw it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,11 +18,38 @@ pub struct GroupView {
     pub joined: bool,
 }
 
+/// One `consume` process as a member of a group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    pub group: String,
+    pub id: String,
+    pub host: String,
+    pub pid: i32,
+    /// Random per process: tells this process from an earlier or later one
+    /// started with the same member id.
+    pub session: uuid::Uuid,
+    /// Where it serves `/metrics` and `/healthz`, if anywhere.
+    pub metrics_addr: Option<String>,
+}
+
 /// This member's lease on a partition, and the offset it starts from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Lease {
     pub epoch: i64,
     pub stored: StoredOffset,
+}
+
+/// A partition's lease as the rebalance decision sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseRow {
+    pub partition: i32,
+    pub owner: Option<String>,
+    /// The owner heartbeated within the session timeout, by PostgreSQL's clock.
+    pub owner_live: bool,
+    pub epoch: i64,
+    pub next_offset: i64,
+    /// Why the owner stopped the partition, if it did.
+    pub stopped_error: Option<String>,
 }
 
 /// Who holds a partition, for tools and for the sticky assignor.
@@ -33,20 +60,27 @@ pub struct PartitionOwner {
     pub epoch: i64,
     pub next_offset: i64,
     pub updated_at: chrono::DateTime<chrono::Utc>,
+    /// Why its owner stopped it, if it did.
+    pub stopped_error: Option<String>,
 }
 
 impl Store {
-    /// Records a heartbeat of `member`, joining the group if needed, and
-    /// expires members silent for longer than `session_timeout`. Any join
-    /// or expiry bumps the generation.
+    /// Records a heartbeat of `member` with its one-line `state`, joining
+    /// the group if needed, and expires members silent for longer than
+    /// `session_timeout`. Any join or expiry bumps the generation.
+    ///
+    /// `claim` (the first heartbeat of a process) takes the member id over
+    /// from another process using it; without it, a heartbeat that finds
+    /// its id held by another session fails with [`Error::MemberIdTaken`]:
+    /// this process was replaced and must stop.
     pub async fn heartbeat(
         &self,
-        group: &str,
-        member: &str,
-        host: &str,
-        pid: i32,
+        member: &Member,
+        state: &str,
+        claim: bool,
         session_timeout: Duration,
     ) -> Result<GroupView> {
+        let group = member.group.as_str();
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         tx.execute(
@@ -68,22 +102,49 @@ impl Store {
                 "DELETE FROM group_members WHERE group_id = $1 AND member_id <> $2 \
                  AND heartbeat_at < clock_timestamp() - make_interval(secs => $3) \
                  RETURNING member_id",
-                &[&group, &member, &timeout_secs],
+                &[&group, &member.id, &timeout_secs],
             )
             .await?
             .iter()
             .map(|r| r.get(0))
             .collect();
-        let joined: bool = tx
-            .query_one(
-                "INSERT INTO group_members (group_id, member_id, host, pid) VALUES ($1, $2, $3, $4) \
+        let joined: Option<bool> = tx
+            .query_opt(
+                "INSERT INTO group_members (group_id, member_id, host, pid, session, metrics_addr, state) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) \
                  ON CONFLICT (group_id, member_id) DO UPDATE \
-                 SET heartbeat_at = clock_timestamp(), host = EXCLUDED.host, pid = EXCLUDED.pid \
+                 SET heartbeat_at = clock_timestamp(), host = EXCLUDED.host, pid = EXCLUDED.pid, \
+                     session = EXCLUDED.session, metrics_addr = EXCLUDED.metrics_addr, \
+                     state = EXCLUDED.state \
+                 WHERE group_members.session IS NOT DISTINCT FROM EXCLUDED.session OR $8 \
                  RETURNING (xmax = 0)",
-                &[&group, &member, &host, &pid],
+                &[
+                    &group,
+                    &member.id,
+                    &member.host,
+                    &member.pid,
+                    &member.session,
+                    &member.metrics_addr,
+                    &state,
+                    &claim,
+                ],
             )
             .await?
-            .get(0);
+            .map(|r| r.get(0));
+        let Some(joined) = joined else {
+            let row = tx
+                .query_one(
+                    "SELECT host, pid FROM group_members WHERE group_id = $1 AND member_id = $2",
+                    &[&group, &member.id],
+                )
+                .await?;
+            return Err(Error::MemberIdTaken {
+                group: group.to_owned(),
+                member: member.id.clone(),
+                host: row.get(0),
+                pid: row.get(1),
+            });
+        };
         if joined || !expired.is_empty() {
             generation = tx
                 .query_one(
@@ -114,25 +175,31 @@ impl Store {
 
     /// Leaves the group at once (no waiting for the session timeout): the
     /// member row goes, its leases are released, the generation goes up.
-    pub async fn leave(&self, group: &str, member: &str) -> Result<()> {
+    /// Only this process's session leaves: a process that was replaced by
+    /// another with the same member id must not remove its successor.
+    pub async fn leave(&self, member: &Member) -> Result<()> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         let gone = tx
             .execute(
-                "DELETE FROM group_members WHERE group_id = $1 AND member_id = $2",
-                &[&group, &member],
+                "DELETE FROM group_members WHERE group_id = $1 AND member_id = $2 AND session = $3",
+                &[&member.group, &member.id, &member.session],
             )
             .await?;
-        tx.execute(
-            "UPDATE consumer_offsets SET owner = NULL WHERE group_id = $1 AND owner = $2",
-            &[&group, &member],
-        )
-        .await?;
         if gone > 0 {
+            // A stop means "held stopped by a live member": it ends with
+            // the member, and whoever takes the partition next tries again.
+            tx.execute(
+                "UPDATE consumer_offsets SET owner = NULL, stopped_error = NULL, \
+                     stopped_at = NULL, updated_at = now() \
+                 WHERE group_id = $1 AND owner = $2",
+                &[&member.group, &member.id],
+            )
+            .await?;
             tx.execute(
                 "UPDATE consumer_groups SET generation = generation + 1, updated_at = now() \
                  WHERE group_id = $1",
-                &[&group],
+                &[&member.group],
             )
             .await?;
         }
@@ -140,37 +207,83 @@ impl Store {
         Ok(())
     }
 
-    /// Takes the lease on a partition by bumping its epoch, if nobody else
-    /// holds it: its owner is empty, is `member`, or is not among `live`.
-    /// `initial` creates the offset row for a partition the group has never
-    /// read (`None` if the policy forbids). Returns `None` if another live
-    /// member still holds it.
-    pub async fn take_lease(
+    /// Every partition lease of the group on `topic`, with whether its
+    /// owner is live (heartbeat within `session_timeout`, PostgreSQL's clock).
+    pub async fn leases(
         &self,
         group: &str,
         topic: &str,
+        session_timeout: Duration,
+    ) -> Result<Vec<LeaseRow>> {
+        let secs = session_timeout.as_secs_f64();
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT o.partition, o.owner, \
+                        m.member_id IS NOT NULL \
+                          AND m.heartbeat_at >= clock_timestamp() - make_interval(secs => $3), \
+                        o.epoch, o.next_offset, o.stopped_error \
+                 FROM consumer_offsets o \
+                 LEFT JOIN group_members m ON m.group_id = o.group_id AND m.member_id = o.owner \
+                 WHERE o.group_id = $1 AND o.topic = $2 ORDER BY o.partition",
+                &[&group, &topic, &secs],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| LeaseRow {
+                partition: r.get(0),
+                owner: r.get(1),
+                owner_live: r.get(2),
+                epoch: r.get(3),
+                next_offset: r.get(4),
+                stopped_error: r.get(5),
+            })
+            .collect())
+    }
+
+    /// Takes the lease on a partition by bumping its epoch, if nobody else
+    /// holds it: its owner is empty, is this member, or is not live. Who is
+    /// live is read in this same statement (a heartbeat within
+    /// `session_timeout` by PostgreSQL's clock), never from an older member
+    /// list, and only a member whose session still holds its member id can
+    /// take. Taking clears a stopped mark: the new owner tries again.
+    /// `initial` creates the offset row for a partition the group has
+    /// never read (`None` if the policy forbids). Returns `None` if the
+    /// partition is held by a live member (or this process was replaced).
+    pub async fn take_lease(
+        &self,
+        member: &Member,
+        topic: &str,
         partition: i32,
-        member: &str,
-        live: &[String],
+        session_timeout: Duration,
         initial: Option<i64>,
     ) -> Result<Option<Lease>> {
         let client = self.client().await?;
         if let Some(initial) = initial {
+            let stmt = client
+                .prepare_cached(include_str!("sql/init_offset.sql"))
+                .await?;
             client
-                .execute(
-                    "INSERT INTO consumer_offsets (group_id, topic, partition, next_offset) \
-                     VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
-                    &[&group, &topic, &partition, &initial],
-                )
+                .execute(&stmt, &[&member.group, &topic, &partition, &initial])
                 .await?;
         }
+        let stmt = client
+            .prepare_cached(include_str!("sql/take_lease.sql"))
+            .await?;
+        let secs = session_timeout.as_secs_f64();
         let row = client
             .query_opt(
-                "UPDATE consumer_offsets SET owner = $4, epoch = epoch + 1, updated_at = now() \
-                 WHERE group_id = $1 AND topic = $2 AND partition = $3 \
-                   AND (owner IS NULL OR owner = $4 OR NOT (owner = ANY($5))) \
-                 RETURNING epoch, next_offset, incarnation, last_fingerprint",
-                &[&group, &topic, &partition, &member, &live],
+                &stmt,
+                &[
+                    &member.group,
+                    &topic,
+                    &partition,
+                    &member.id,
+                    &member.session,
+                    &secs,
+                ],
             )
             .await?;
         Ok(row.map(|r| Lease {
@@ -183,22 +296,48 @@ impl Store {
         }))
     }
 
-    /// Gives a lease up, if it is still this member's at this epoch.
+    /// Gives a lease up if it is still this member's (at `epoch`, when
+    /// given: a lease left by an earlier process of this member is
+    /// released at whatever epoch it has). Returns whether it was.
     pub async fn release_lease(
         &self,
         group: &str,
         topic: &str,
         partition: i32,
         member: &str,
-        epoch: i64,
-    ) -> Result<()> {
-        self.client()
+        epoch: Option<i64>,
+    ) -> Result<bool> {
+        let released = self
+            .client()
             .await?
             .execute(
                 "UPDATE consumer_offsets SET owner = NULL, updated_at = now() \
                  WHERE group_id = $1 AND topic = $2 AND partition = $3 \
-                   AND owner = $4 AND epoch = $5",
+                   AND owner = $4 AND ($5::bigint IS NULL OR epoch = $5)",
                 &[&group, &topic, &partition, &member, &epoch],
+            )
+            .await?;
+        Ok(released == 1)
+    }
+
+    /// Marks a partition stopped by its owner with the error that stopped
+    /// it (for `group describe` and every other member), if the lease is
+    /// still this member's at `epoch`.
+    pub async fn mark_stopped(
+        &self,
+        group: &str,
+        topic: &str,
+        partition: i32,
+        lease: (&str, i64),
+        error: &str,
+    ) -> Result<()> {
+        self.client()
+            .await?
+            .execute(
+                "UPDATE consumer_offsets SET stopped_error = $6, stopped_at = now() \
+                 WHERE group_id = $1 AND topic = $2 AND partition = $3 \
+                   AND owner = $4 AND epoch = $5",
+                &[&group, &topic, &partition, &lease.0, &lease.1, &error],
             )
             .await?;
         Ok(())
@@ -210,7 +349,7 @@ impl Store {
             .client()
             .await?
             .query(
-                "SELECT partition, owner, epoch, next_offset, updated_at FROM consumer_offsets \
+                "SELECT partition, owner, epoch, next_offset, updated_at, stopped_error FROM consumer_offsets \
                  WHERE group_id = $1 AND topic = $2 ORDER BY partition",
                 &[&group, &topic],
             )
@@ -223,6 +362,7 @@ impl Store {
                 epoch: r.get(2),
                 next_offset: r.get(3),
                 updated_at: r.get(4),
+                stopped_error: r.get(5),
             })
             .collect())
     }
@@ -237,6 +377,10 @@ pub struct MemberRow {
     pub started_at: chrono::DateTime<chrono::Utc>,
     /// Seconds since the last heartbeat, by PostgreSQL's clock.
     pub silent_secs: f64,
+    /// Where it serves `/metrics` and `/healthz`, if anywhere.
+    pub metrics_addr: Option<String>,
+    /// Its one-line state from its last heartbeat.
+    pub state: String,
 }
 
 /// A group as `group list` shows it.
@@ -248,6 +392,19 @@ pub struct GroupRow {
     pub topics: Vec<String>,
 }
 
+impl std::fmt::Display for GroupRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}\tgeneration {}\t{} member(s)\ttopics: {}",
+            self.group_id,
+            self.generation,
+            self.members,
+            self.topics.join(", ")
+        )
+    }
+}
+
 impl Store {
     /// The members of `group`, with how long each has been silent.
     pub async fn members(&self, group: &str) -> Result<Vec<MemberRow>> {
@@ -256,7 +413,8 @@ impl Store {
             .await?
             .query(
                 "SELECT member_id, host, pid, started_at, \
-                        extract(epoch FROM clock_timestamp() - heartbeat_at)::float8 \
+                        extract(epoch FROM clock_timestamp() - heartbeat_at)::float8, \
+                        metrics_addr, state \
                  FROM group_members WHERE group_id = $1 ORDER BY member_id",
                 &[&group],
             )
@@ -269,6 +427,8 @@ impl Store {
                 pid: r.get(2),
                 started_at: r.get(3),
                 silent_secs: r.get(4),
+                metrics_addr: r.get(5),
+                state: r.get(6),
             })
             .collect())
     }

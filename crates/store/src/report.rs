@@ -1,10 +1,17 @@
-//! Read-only summaries of what the pipeline has stored.
+//! Read-only summaries of what the pipeline has stored, and how the
+//! commands print them.
+
+use std::fmt;
+
+use events::escape_for_terminal;
 
 use crate::{Result, Store};
 
 /// What `foodpipe status` prints.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StatusReport {
+    pub group: String,
+    pub topic: String,
     /// Stored next offset per partition, for the group.
     pub offsets: Vec<(i32, i64)>,
     /// Events in history per partition of the topic.
@@ -49,6 +56,8 @@ impl Store {
             .await?
             .get(0);
         Ok(StatusReport {
+            group: group.to_owned(),
+            topic: topic.to_owned(),
             offsets,
             events_per_partition,
             orders_per_status,
@@ -57,7 +66,27 @@ impl Store {
     }
 }
 
-/// A stored dead letter.
+impl fmt::Display for StatusReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "topic {} / group {}", self.topic, self.group)?;
+        writeln!(f, "stored offsets (next record to apply):")?;
+        for (partition, offset) in &self.offsets {
+            writeln!(f, "  partition {partition:>3}: {offset}")?;
+        }
+        writeln!(f, "events in history:")?;
+        for (partition, count) in &self.events_per_partition {
+            writeln!(f, "  partition {partition:>3}: {count}")?;
+        }
+        writeln!(f, "orders by status:")?;
+        for (status, count) in &self.orders_per_status {
+            writeln!(f, "  {status:<10} {count}")?;
+        }
+        writeln!(f, "dead letters: {}", self.dead_letters)
+    }
+}
+
+/// A stored dead letter. Its `Display` is `dead-letters show`: every field,
+/// record bytes escaped for the terminal.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeadLetterRow {
     pub id: i64,
@@ -72,10 +101,94 @@ pub struct DeadLetterRow {
     pub kind: String,
     pub error: String,
     pub recorded_at: chrono::DateTime<chrono::Utc>,
+    /// The record's headers, `(key, value)`.
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+/// Record bytes for a terminal; `(none)` for a null key or value.
+fn show_bytes(bytes: Option<&[u8]>) -> String {
+    bytes.map_or_else(|| "(none)".to_owned(), escape_for_terminal)
+}
+
+impl fmt::Display for DeadLetterRow {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "id:          {}", self.id)?;
+        writeln!(f, "group:       {}", self.group)?;
+        writeln!(
+            f,
+            "position:    {}/{} offset {} (incarnation {})",
+            self.topic, self.partition, self.offset, self.incarnation
+        )?;
+        writeln!(f, "timestamp:   {}", self.kafka_timestamp.to_rfc3339())?;
+        writeln!(f, "recorded at: {}", self.recorded_at.to_rfc3339())?;
+        writeln!(f, "kind:        {}", self.kind)?;
+        // The error may quote the record (a decoder's message does).
+        writeln!(
+            f,
+            "error:       {}",
+            escape_for_terminal(self.error.as_bytes())
+        )?;
+        writeln!(f, "key:         {}", show_bytes(self.key.as_deref()))?;
+        writeln!(f, "value:       {}", show_bytes(self.value.as_deref()))?;
+        if self.headers.is_empty() {
+            return writeln!(f, "headers:     (none)");
+        }
+        writeln!(f, "headers:")?;
+        for (key, value) in &self.headers {
+            writeln!(
+                f,
+                "  {}: {}",
+                escape_for_terminal(key.as_bytes()),
+                show_bytes(Some(value))
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// The dead letters of a group on a topic, as `dead-letters list` prints
+/// them: one line each, the error shortened to fit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetterList {
+    pub group: String,
+    pub topic: String,
+    pub rows: Vec<DeadLetterRow>,
+}
+
+/// The longest error `dead-letters list` prints; `show` prints it whole.
+const LIST_ERROR_CHARS: usize = 80;
+
+impl fmt::Display for DeadLetterList {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.rows.is_empty() {
+            return writeln!(
+                f,
+                "no dead letters for group {} on {}",
+                self.group, self.topic
+            );
+        }
+        writeln!(
+            f,
+            "{:>8}  {:>9}  {:>10}  {:<22}  error",
+            "id", "partition", "offset", "kind"
+        )?;
+        for r in &self.rows {
+            let mut error = escape_for_terminal(r.error.replace('\n', " ").as_bytes());
+            if error.chars().count() > LIST_ERROR_CHARS {
+                error = error.chars().take(LIST_ERROR_CHARS - 3).collect::<String>() + "...";
+            }
+            writeln!(
+                f,
+                "{:>8}  {:>9}  {:>10}  {:<22}  {error}",
+                r.id, r.partition, r.offset, r.kind
+            )?;
+        }
+        Ok(())
+    }
 }
 
 const DEAD_LETTER_COLUMNS: &str = "id, group_id, topic, partition, kafka_incarnation, kafka_offset, \
-     kafka_timestamp, key, value, error_kind, error, recorded_at";
+     kafka_timestamp, key, value, error_kind, error, recorded_at, headers";
 
 fn dead_letter_from_row(r: &tokio_postgres::Row) -> DeadLetterRow {
     DeadLetterRow {
@@ -91,6 +204,7 @@ fn dead_letter_from_row(r: &tokio_postgres::Row) -> DeadLetterRow {
         kind: r.get(9),
         error: r.get(10),
         recorded_at: r.get(11),
+        headers: crate::headers::from_json(&r.get::<_, serde_json::Value>(12)),
     }
 }
 
@@ -127,5 +241,71 @@ impl Store {
             )
             .await?;
         Ok(row.as_ref().map(dead_letter_from_row))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(error: &str, value: Option<&[u8]>) -> DeadLetterRow {
+        let t = chrono::DateTime::parse_from_rfc3339("2026-11-24T12:00:00Z")
+            .expect("time")
+            .with_timezone(&chrono::Utc);
+        DeadLetterRow {
+            id: 7,
+            group: "g".to_owned(),
+            topic: "food-orders".to_owned(),
+            partition: 1,
+            incarnation: 0,
+            offset: 42,
+            kafka_timestamp: t,
+            key: Some(b"CUST-\x1b[31m".to_vec()),
+            value: value.map(<[u8]>::to_vec),
+            kind: "malformed_json".to_owned(),
+            error: error.to_owned(),
+            recorded_at: t,
+            headers: vec![("trace\x1b".to_owned(), b"t\x00".to_vec())],
+        }
+    }
+
+    /// `dead-letters show` escapes key, value, error and headers; a null value says so.
+    #[test]
+    fn shown_dead_letter_is_escaped() {
+        let shown = row("bad \x1b[2J", Some(b"{\x1b[2J\xff")).to_string();
+        assert!(!shown.contains('\x1b'), "{shown}");
+        assert!(shown.contains("key:         CUST-\\x1b[31m\n"), "{shown}");
+        assert!(shown.contains("value:       {\\x1b[2J\\xff\n"), "{shown}");
+        assert!(shown.contains("error:       bad \\x1b[2J\n"), "{shown}");
+        assert!(shown.contains("  trace\\x1b: t\\x00\n"), "{shown}");
+        assert!(row("e", None).to_string().contains("value:       (none)\n"));
+    }
+
+    /// `dead-letters list` gives one line per row, the error escaped and cut to 80 characters.
+    #[test]
+    fn listed_dead_letters_are_one_line_each() {
+        let long = format!("line one\nline two \x07{}", "x".repeat(200));
+        let list = DeadLetterList {
+            group: "g".to_owned(),
+            topic: "t".to_owned(),
+            rows: vec![row(&long, Some(b"v"))],
+        }
+        .to_string();
+        let lines: Vec<&str> = list.lines().collect();
+        assert_eq!(lines.len(), 2, "{list}");
+        let error = lines[1]
+            .split("malformed_json")
+            .nth(1)
+            .expect("error")
+            .trim();
+        assert!(error.starts_with("line one line two \\x07x"), "{error}");
+        assert_eq!(error.chars().count(), 80);
+        assert!(error.ends_with("..."));
+        let empty = DeadLetterList {
+            group: "g".to_owned(),
+            topic: "t".to_owned(),
+            rows: vec![],
+        };
+        assert_eq!(empty.to_string(), "no dead letters for group g on t\n");
     }
 }

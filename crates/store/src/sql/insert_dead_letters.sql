@@ -1,9 +1,9 @@
 INSERT INTO dead_letters (
     group_id, topic, partition, kafka_incarnation, kafka_offset,
-    kafka_timestamp, key, value, error_kind, error)
+    kafka_timestamp, key, value, error_kind, error, headers)
 SELECT $1, $2, $3, $10, d.kafka_offset, d.kafka_timestamp, d.key, d.value,
-       d.error_kind, d.error
+       d.error_kind, d.error, d.headers
 FROM unnest($4::int8[], $5::timestamptz[], $6::bytea[], $7::bytea[],
-            $8::text[], $9::text[])
-     AS d(kafka_offset, kafka_timestamp, key, value, error_kind, error)
+            $8::text[], $9::text[], $11::jsonb[])
+     AS d(kafka_offset, kafka_timestamp, key, value, error_kind, error, headers)
 ON CONFLICT DO NOTHING

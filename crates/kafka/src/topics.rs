@@ -1,0 +1,245 @@
+//! Topic administration, like `kafka-topics`: list, describe, create,
+//! delete, and [`ensure_topic`] for producers. Every function returns
+//! foodpipe's types, so callers never name an rskafka one.
+
+use std::fmt;
+use std::time::Duration;
+
+use rskafka::client::Client;
+use rskafka::client::partition::OffsetAt;
+
+use crate::{Error, PartitionReader, Result};
+
+/// How long the controller may take to create or delete a topic.
+const ADMIN_TIMEOUT_MS: i32 = 5_000;
+
+/// A topic and its partition count, as `topics list` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicSummary {
+    pub name: String,
+    pub partitions: u32,
+}
+
+impl fmt::Display for TopicSummary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}\t{} partition(s)", self.name, self.partitions)
+    }
+}
+
+/// Every topic of the cluster, sorted by name.
+pub async fn list(client: &Client) -> Result<Vec<TopicSummary>> {
+    let mut topics: Vec<TopicSummary> = client
+        .list_topics()
+        .await
+        .map_err(|source| Error::Metadata { source })?
+        .into_iter()
+        .map(|t| TopicSummary {
+            partitions: t.partitions.len() as u32,
+            name: t.name,
+        })
+        .collect();
+    topics.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(topics)
+}
+
+/// One partition's earliest offset still on the broker and its log end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionOffsets {
+    pub partition: i32,
+    pub earliest: i64,
+    pub latest: i64,
+}
+
+/// A topic's partitions with their offsets, as `topics describe` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicDescription {
+    pub name: String,
+    pub partitions: Vec<PartitionOffsets>,
+}
+
+impl fmt::Display for TopicDescription {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "topic {}: {} partition(s)",
+            self.name,
+            self.partitions.len()
+        )?;
+        writeln!(
+            f,
+            "{:>9} {:>16} {:>16} {:>10}",
+            "PARTITION", "EARLIEST-OFFSET", "LATEST-OFFSET", "RECORDS"
+        )?;
+        for p in &self.partitions {
+            writeln!(
+                f,
+                "{:>9} {:>16} {:>16} {:>10}",
+                p.partition,
+                p.earliest,
+                p.latest,
+                p.latest - p.earliest
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// The partitions of `topic`, which must exist ([`Error::UnknownTopic`]),
+/// with their earliest and latest offsets.
+pub async fn describe(client: &Client, topic: &str) -> Result<TopicDescription> {
+    let count = existing_topic_partitions(client, topic).await?;
+    let mut partitions = Vec::with_capacity(count as usize);
+    for partition in 0..count as i32 {
+        let reader = PartitionReader::new(client, topic, partition).await?;
+        partitions.push(PartitionOffsets {
+            partition,
+            earliest: reader.offset(OffsetAt::Earliest).await?,
+            latest: reader.offset(OffsetAt::Latest).await?,
+        });
+    }
+    Ok(TopicDescription {
+        name: topic.to_owned(),
+        partitions,
+    })
+}
+
+/// Creates `topic` with `partitions` partitions; [`Error::TopicExists`]
+/// (with its partition count) if it exists already.
+pub async fn create(client: &Client, topic: &str, partitions: u32) -> Result<TopicInfo> {
+    if let Some(existing) = topic_partitions(client, topic).await? {
+        return Err(Error::TopicExists {
+            topic: topic.to_owned(),
+            partitions: existing,
+        });
+    }
+    ensure_topic(client, topic, partitions).await
+}
+
+/// Deletes `topic`, which must exist ([`Error::UnknownTopic`]).
+///
+/// Tansu 0.6.0 deletes every topic of the cluster instead (see the README).
+pub async fn delete(client: &Client, topic: &str) -> Result<()> {
+    existing_topic_partitions(client, topic).await?;
+    client
+        .controller_client()
+        .map_err(|source| Error::Metadata { source })?
+        .delete_topic(topic, ADMIN_TIMEOUT_MS)
+        .await
+        .map_err(|source| Error::DeleteTopic {
+            topic: topic.to_owned(),
+            source,
+        })
+}
+
+/// The partition count of `topic`, or `None` if it does not exist.
+pub async fn topic_partitions(client: &Client, topic: &str) -> Result<Option<u32>> {
+    let topics = client
+        .list_topics()
+        .await
+        .map_err(|source| Error::Metadata { source })?;
+    Ok(topics
+        .into_iter()
+        .find(|t| t.name == topic)
+        .map(|t| t.partitions.len() as u32))
+}
+
+/// The partition count of `topic`, which must exist
+/// ([`Error::UnknownTopic`] otherwise).
+pub async fn existing_topic_partitions(client: &Client, topic: &str) -> Result<u32> {
+    topic_partitions(client, topic)
+        .await?
+        .ok_or_else(|| Error::UnknownTopic {
+            topic: topic.to_owned(),
+        })
+}
+
+/// What [`ensure_topic`] found or made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TopicInfo {
+    pub partitions: u32,
+    /// True if this call created the topic.
+    pub created: bool,
+}
+
+/// Creates `topic` with `partitions` partitions unless it exists; an
+/// existing topic keeps its own partition count, which is returned.
+pub async fn ensure_topic(client: &Client, topic: &str, partitions: u32) -> Result<TopicInfo> {
+    if let Some(existing) = topic_partitions(client, topic).await? {
+        return Ok(TopicInfo {
+            partitions: existing,
+            created: false,
+        });
+    }
+    let controller = client
+        .controller_client()
+        .map_err(|source| Error::Metadata { source })?;
+    // Replication factor 1: the local broker is a single node. A real
+    // cluster's operators create production topics themselves.
+    let created = controller
+        .create_topic(topic, partitions as i32, 1, ADMIN_TIMEOUT_MS)
+        .await;
+    match created {
+        Ok(()) => {}
+        // Someone else created it between our check and our request.
+        Err(rskafka::client::error::Error::ServerError {
+            protocol_error: rskafka::client::error::ProtocolError::TopicAlreadyExists,
+            ..
+        }) => {}
+        Err(source) => {
+            return Err(Error::CreateTopic {
+                topic: topic.to_owned(),
+                source,
+            });
+        }
+    }
+    // Metadata may lag creation by a moment; wait until it shows.
+    for _ in 0..50 {
+        if let Some(n) = topic_partitions(client, topic).await? {
+            return Ok(TopicInfo {
+                partitions: n,
+                created: true,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(Error::UnknownTopic {
+        topic: topic.to_owned(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `topics describe` prints a header and one aligned row per partition with its record count.
+    #[test]
+    fn description_is_a_table() {
+        let d = TopicDescription {
+            name: "food-orders".to_owned(),
+            partitions: vec![
+                PartitionOffsets {
+                    partition: 0,
+                    earliest: 0,
+                    latest: 12,
+                },
+                PartitionOffsets {
+                    partition: 1,
+                    earliest: 5,
+                    latest: 9,
+                },
+            ],
+        };
+        assert_eq!(
+            d.to_string(),
+            "topic food-orders: 2 partition(s)\n\
+             PARTITION  EARLIEST-OFFSET    LATEST-OFFSET    RECORDS\n\
+             \x20       0                0               12         12\n\
+             \x20       1                5                9          4\n"
+        );
+        let t = TopicSummary {
+            name: "t".to_owned(),
+            partitions: 3,
+        };
+        assert_eq!(t.to_string(), "t\t3 partition(s)");
+    }
+}

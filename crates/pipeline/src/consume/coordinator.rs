@@ -1,0 +1,892 @@
+//! The coordinator: this member's one place of decisions.
+//!
+//! It owns the membership view, the assignment, and the set of partitions
+//! this member holds (running, being taken, stopped, done), and it is the
+//! only task that starts or stops workers. Everything else reaches it by
+//! message:
+//!
+//! - the heartbeat task (its own timer and its own connection, so no take,
+//!   fetch or commit can delay a heartbeat past the session timeout) sends
+//!   each view of the group; every view runs the rebalance decision;
+//! - takes run concurrently (bounded by `take_concurrency`) and report
+//!   back; a taken partition gets a worker and a place in the fetcher;
+//! - workers report how their tenure ended ([`Exit`]).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::sync::Arc;
+
+use group::rebalance::{self, Holder};
+use kafka::{KafkaConfig, OffsetAt, PartitionReader};
+use store::{GroupView, LeaseRow, Member, Store, StoreConfig};
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::task::{Id, JoinSet};
+
+use super::dlt::DeadLetterTopic;
+use super::error::{Action, Error, Result};
+use super::fetcher::{self, Assigned, FetcherHandle};
+use super::mirror::Mirror;
+use super::offsets::{self, NotTaken, Taken};
+use super::status::{State, Status, StoppedPartition};
+use super::worker::{Exit, Worker};
+use super::{ConsumeConfig, ConsumeSummary, MetricsListen, PartitionSummary};
+
+/// What the heartbeat task reports.
+#[derive(Debug, Clone)]
+enum Beat {
+    View(GroupView),
+    /// Another process took this member id over: stop.
+    Replaced(String),
+}
+
+/// `--until-caught-up`: where each partition must get to.
+#[derive(Debug, Clone)]
+struct Targets {
+    /// The stored offset each partition must reach.
+    end: BTreeMap<i32, i64>,
+    /// The log start at start: a partition with nothing to apply
+    /// (`end <= earliest`) and no stored offset is caught up as it is.
+    earliest: BTreeMap<i32, i64>,
+}
+
+impl Targets {
+    fn reached(&self, partition: i32, stored: Option<i64>) -> bool {
+        let end = self.end.get(&partition).copied().unwrap_or(0);
+        match stored {
+            Some(s) => s >= end,
+            None => end <= self.earliest.get(&partition).copied().unwrap_or(0),
+        }
+    }
+}
+
+/// A running worker, as the coordinator sees it.
+#[derive(Debug)]
+struct Running {
+    epoch: i64,
+    stop: watch::Sender<bool>,
+}
+
+/// Joins the group and runs the member until shutdown or, with
+/// `until_caught_up`, until the group reached the targets.
+pub(super) async fn run(
+    config: ConsumeConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<ConsumeSummary> {
+    let with_timeout = |pool_size| StoreConfig {
+        idle_in_transaction_timeout: Some(config.session_timeout),
+        pool_size,
+        ..config.store.clone()
+    };
+    // Two pools: the control plane (heartbeats, leases, takes) never waits
+    // behind batch commits for a connection.
+    let control = Store::connect(&with_timeout(CONTROL_CONNECTIONS)).await?;
+    control.migrate().await?;
+    let data = Store::connect(&with_timeout(config.db_connections.max(1))).await?;
+    // The cluster, for metadata and the tools' requests.
+    let client = Arc::new(kafka::connect(&config.kafka).await?);
+    // The client partition readers are made from (takes, then fetches;
+    // rskafka gives each partition client a connection of its own). Both
+    // retry failed requests themselves, with backoff and health saying so;
+    // rskafka's own retry loop would only hide a failing partition from
+    // them for the whole --kafka-timeout.
+    let reader_client = Arc::new(
+        kafka::connect(&KafkaConfig {
+            timeout: config.kafka.timeout.min(READER_RETRY_DEADLINE),
+            ..config.kafka.clone()
+        })
+        .await?,
+    );
+    let partitions = kafka::existing_topic_partitions(&client, &config.topic).await?;
+    let status = Status::new(&config.group, &config.topic, config.stall_timeout);
+
+    let metrics_addr = match config.metrics {
+        MetricsListen::Off => None,
+        listen => {
+            let health = health_check(
+                control.clone(),
+                Arc::clone(&client),
+                config.topic.clone(),
+                status.clone(),
+            );
+            Some(crate::observe::serve(listen, health).await?)
+        }
+    };
+    let dead_letter_topic = match &config.dead_letter_topic {
+        Some(topic) => Some(Arc::new(
+            DeadLetterTopic::open(&client, topic, partitions).await?,
+        )),
+        None => None,
+    };
+    let targets = if config.until_caught_up {
+        Some(targets(&client, &config, partitions).await?)
+    } else {
+        None
+    };
+    let member = Member {
+        group: config.group.clone(),
+        id: config
+            .member_id
+            .clone()
+            .unwrap_or_else(super::default_member_id),
+        host: super::hostname(),
+        pid: std::process::id() as i32,
+        session: super::process_token(),
+        metrics_addr: metrics_addr.map(|a| a.to_string()),
+    };
+    tracing::info!(
+        group = %config.group,
+        member = %member.id,
+        assignor = config.assignor.as_str(),
+        partitions,
+        "joining consumer group"
+    );
+    // The first heartbeat joins, and claims the member id from any earlier
+    // process still holding it (static membership: the new one wins).
+    let first = control
+        .heartbeat(&member, "joining", true, config.session_timeout)
+        .await?;
+    let (beats_tx, beats) = watch::channel(Beat::View(first));
+    let heartbeats = tokio::spawn(heartbeat_loop(
+        control.clone(),
+        member.clone(),
+        status.clone(),
+        config.heartbeat_interval,
+        config.session_timeout,
+        beats_tx,
+    ));
+
+    let mirror = config.mirror_interval.map(|interval| {
+        Mirror::start(
+            kafka::BrokerGroups::new(Arc::clone(&client)),
+            config.group.clone(),
+            config.topic.clone(),
+            status.clone(),
+            interval,
+        )
+    });
+    let config = Arc::new(config);
+    let budget = Arc::new(Semaphore::new(config.max_inflight_bytes.max(2048)));
+    let (fetcher, fetcher_task) = fetcher::spawn(Arc::clone(&config), status.clone(), budget);
+    let bars = indicatif::MultiProgress::new();
+    if !config.progress {
+        bars.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let mut coordinator = Coordinator {
+        config,
+        member,
+        control,
+        data,
+        client,
+        reader_client,
+        status,
+        fetcher,
+        mirror,
+        dead_letter_topic,
+        partitions,
+        view: None,
+        assigned: BTreeSet::new(),
+        leases: Vec::new(),
+        running: BTreeMap::new(),
+        workers: JoinSet::new(),
+        worker_ids: BTreeMap::new(),
+        taking: BTreeSet::new(),
+        takes: JoinSet::new(),
+        take_ids: BTreeMap::new(),
+        take_slots: Arc::new(Semaphore::new(0)),
+        stopped: BTreeMap::new(),
+        done: BTreeSet::new(),
+        targets,
+        summaries: BTreeMap::new(),
+        bars,
+    };
+    coordinator.take_slots = Arc::new(Semaphore::new(coordinator.config.take_concurrency.max(1)));
+    let outcome = coordinator.run(beats, shutdown).await;
+    heartbeats.abort();
+    let summary = coordinator.finish(outcome).await;
+    fetcher_task.abort();
+    summary
+}
+
+/// PostgreSQL connections of the control plane: a heartbeat, a lease read
+/// and a few takes at a time (takes spend most of their time on the broker;
+/// more of them wait here for a connection, never holding one idle).
+const CONTROL_CONNECTIONS: usize = 6;
+
+/// How long rskafka itself retries a failed request of a partition reader
+/// before the take or the fetcher sees the failure.
+const READER_RETRY_DEADLINE: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// A take's partition and how it went.
+type TakeResult = (i32, std::result::Result<Taken, NotTaken>);
+
+/// Why the main loop ended.
+#[derive(Debug)]
+enum Outcome {
+    Shutdown,
+    /// `--until-caught-up`: every partition reached its target, or every
+    /// one that did not is stopped.
+    Finished,
+    Fatal(Error),
+}
+
+struct Coordinator {
+    config: Arc<ConsumeConfig>,
+    member: Member,
+    /// Heartbeats, leases, takes and releases.
+    control: Store,
+    /// Batch commits.
+    data: Store,
+    client: Arc<kafka::Client>,
+    /// Partition readers are made from this one (see `run`).
+    reader_client: Arc<kafka::Client>,
+    status: Status,
+    fetcher: FetcherHandle,
+    mirror: Option<Mirror>,
+    dead_letter_topic: Option<Arc<DeadLetterTopic>>,
+    partitions: u32,
+    view: Option<GroupView>,
+    /// What the assignor gave this member at the last rebalance.
+    assigned: BTreeSet<i32>,
+    /// The group's leases at the last rebalance.
+    leases: Vec<LeaseRow>,
+    running: BTreeMap<i32, Running>,
+    workers: JoinSet<(i32, Exit, PartitionSummary)>,
+    worker_ids: BTreeMap<Id, i32>,
+    taking: BTreeSet<i32>,
+    takes: JoinSet<TakeResult>,
+    take_ids: BTreeMap<Id, i32>,
+    take_slots: Arc<Semaphore>,
+    /// Stopped partitions this member keeps, with the lease epoch if held.
+    stopped: BTreeMap<i32, Option<i64>>,
+    /// Partitions that reached their `--until-caught-up` target.
+    done: BTreeSet<i32>,
+    targets: Option<Targets>,
+    summaries: BTreeMap<i32, PartitionSummary>,
+    bars: indicatif::MultiProgress,
+}
+
+impl Coordinator {
+    async fn run(
+        &mut self,
+        mut beats: watch::Receiver<Beat>,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Outcome {
+        let mut shutdown = std::pin::pin!(shutdown);
+        let (topic_tx, mut topic_changes) = mpsc::channel(1);
+        let watcher = tokio::spawn(watch_partition_count(
+            Arc::clone(&self.client),
+            self.config.topic.clone(),
+            self.partitions,
+            topic_tx,
+        ));
+        // The first view is already there: decide at once.
+        beats.mark_changed();
+        let outcome = loop {
+            tokio::select! {
+                () = &mut shutdown => break Outcome::Shutdown,
+                changed = beats.changed() => {
+                    if changed.is_err() {
+                        break Outcome::Fatal(Error::Internal("the heartbeat task ended".into()));
+                    }
+                    let beat = beats.borrow_and_update().clone();
+                    match beat {
+                        Beat::View(view) => {
+                            self.view = Some(view);
+                            self.rebalance().await;
+                            if self.targets.is_some() && self.until_finished().await {
+                                break Outcome::Finished;
+                            }
+                        }
+                        Beat::Replaced(message) => break Outcome::Fatal(Error::Replaced(message)),
+                    }
+                }
+                Some(joined) = self.workers.join_next_with_id() => self.on_worker_exit(joined).await,
+                Some(joined) = self.takes.join_next_with_id() => self.on_taken(joined).await,
+                Some(count) = topic_changes.recv() => {
+                    tracing::info!(from = self.partitions, to = count, "the topic's partition count changed");
+                    self.partitions = count;
+                    self.rebalance().await;
+                }
+            }
+        };
+        watcher.abort();
+        outcome
+    }
+
+    /// The group's leases on the topic, with their owners' liveness.
+    async fn read_leases(&self) -> store::Result<Vec<LeaseRow>> {
+        self.control
+            .leases(
+                &self.config.group,
+                &self.config.topic,
+                self.config.session_timeout,
+            )
+            .await
+    }
+
+    /// The rebalance decision on the latest view, carried out.
+    async fn rebalance(&mut self) {
+        let Some(view) = self.view.clone() else {
+            return;
+        };
+        let leases = match self.read_leases().await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the group's leases; deciding again at the next heartbeat");
+                return;
+            }
+        };
+        let me = self.member.id.as_str();
+        let holders: BTreeMap<i32, Holder> = leases
+            .iter()
+            .map(|l| {
+                let holder = match &l.owner {
+                    None => Holder::Free,
+                    Some(o) if o == me => Holder::Me,
+                    Some(o) if l.owner_live => Holder::Live(o.clone()),
+                    Some(o) => Holder::Dead(o.clone()),
+                };
+                (l.partition, holder)
+            })
+            .collect();
+        let previous = if self.config.assignor == group::Assignor::Sticky {
+            let mut previous = group::assign::Assignment::new();
+            for l in leases.iter().filter(|l| l.owner_live) {
+                if let Some(o) = &l.owner {
+                    previous.entry(o.clone()).or_default().push(l.partition);
+                }
+            }
+            previous
+        } else {
+            group::assign::Assignment::new()
+        };
+        let assignment = self
+            .config
+            .assignor
+            .assign(&view.members, self.partitions, &previous);
+        let assigned: BTreeSet<i32> = assignment
+            .get(me)
+            .map(|ps| ps.iter().copied().collect())
+            .unwrap_or_default();
+        if assigned != self.assigned {
+            tracing::info!(
+                generation = view.generation,
+                members = view.members.len(),
+                partitions = ?assigned,
+                "assignment"
+            );
+        }
+        for gone in &view.expired {
+            tracing::warn!(member = %gone, "expired a silent member");
+        }
+        self.assigned = assigned;
+        self.leases = leases;
+        let held: BTreeSet<i32> = self
+            .running
+            .keys()
+            .chain(self.taking.iter())
+            .chain(self.stopped.keys())
+            .copied()
+            .collect();
+        let actions = rebalance::decide(rebalance::Inputs {
+            assigned: &self.assigned,
+            held: &held,
+            done: &self.done,
+            leases: &holders,
+        });
+        for p in actions.release {
+            if let Some(r) = self.running.get(&p) {
+                // The worker finishes its batch in hand; its exit releases.
+                let _ = r.stop.send(true);
+            } else if let Some(epoch) = self.stopped.remove(&p) {
+                self.release(p, epoch).await;
+                self.status.remove(p);
+            } else if !self.taking.contains(&p) {
+                // A lease left by an earlier process of this member id.
+                self.release(p, None).await;
+            }
+        }
+        for p in actions.take {
+            self.start_take(p);
+        }
+        for (p, holder) in actions.wait {
+            self.status.set(p, State::Waiting(holder));
+        }
+        // Partitions neither assigned nor held are no concern of ours.
+        for p in 0..self.partitions as i32 {
+            if !self.assigned.contains(&p) && !held.contains(&p) && !self.done.contains(&p) {
+                self.status.remove(p);
+            }
+        }
+    }
+
+    fn start_take(&mut self, partition: i32) {
+        if !self.taking.insert(partition) {
+            return;
+        }
+        self.status.set(partition, State::Taking);
+        let store = self.control.clone();
+        let client = Arc::clone(&self.reader_client);
+        let config = Arc::clone(&self.config);
+        let member = self.member.clone();
+        let slots = Arc::clone(&self.take_slots);
+        let handle = self.takes.spawn(async move {
+            let _slot = slots.acquire_owned().await;
+            let taken = offsets::take(&store, &client, &config, &member, partition).await;
+            (partition, taken)
+        });
+        self.take_ids.insert(handle.id(), partition);
+    }
+
+    async fn on_taken(
+        &mut self,
+        joined: std::result::Result<(Id, TakeResult), tokio::task::JoinError>,
+    ) {
+        let (partition, result) = match joined {
+            Ok((id, done)) => {
+                self.take_ids.remove(&id);
+                done
+            }
+            Err(e) => {
+                let Some(partition) = self.take_ids.remove(&e.id()) else {
+                    return;
+                };
+                (
+                    partition,
+                    Err(NotTaken::Failed {
+                        epoch: None,
+                        error: Error::Internal(format!(
+                            "the take of partition {partition} failed: {e}"
+                        )),
+                    }),
+                )
+            }
+        };
+        self.taking.remove(&partition);
+        match result {
+            Ok(taken) if !self.assigned.contains(&partition) => {
+                // The assignment moved on while taking.
+                self.release(partition, Some(taken.lease.epoch)).await;
+                self.status.remove(partition);
+            }
+            Ok(taken) => self.start_worker(partition, taken),
+            Err(NotTaken::Held) => {
+                self.status
+                    .set(partition, State::Waiting("another live member".into()));
+            }
+            Err(NotTaken::Failed { epoch, error }) => match error.action() {
+                Action::Retry | Action::Retake => {
+                    tracing::warn!(partition, %error, "could not take the partition; trying again at the next heartbeat");
+                    self.status.set(
+                        partition,
+                        State::Retrying {
+                            what: "take",
+                            error: error.to_string(),
+                        },
+                    );
+                    if let Some(epoch) = epoch {
+                        self.release(partition, Some(epoch)).await;
+                    }
+                }
+                Action::Stop => {
+                    let message = error.to_string();
+                    tracing::error!(partition, error = %message, "partition stopped");
+                    self.status.set(partition, State::Stopped(message.clone()));
+                    if let Some(epoch) = epoch {
+                        let lease = (self.member.id.as_str(), epoch);
+                        if let Err(e) = self
+                            .control
+                            .mark_stopped(
+                                &self.config.group,
+                                &self.config.topic,
+                                partition,
+                                lease,
+                                &message,
+                            )
+                            .await
+                        {
+                            tracing::warn!(partition, error = %e, "could not record the stop in consumer_offsets");
+                        }
+                    }
+                    self.stopped.insert(partition, epoch);
+                }
+            },
+        }
+    }
+
+    fn start_worker(&mut self, partition: i32, taken: Taken) {
+        let Taken {
+            lease,
+            reader,
+            start,
+            latest,
+        } = taken;
+        tracing::info!(
+            partition,
+            epoch = lease.epoch,
+            offset = start.next_offset,
+            "took partition"
+        );
+        let target = self
+            .targets
+            .as_ref()
+            .map(|t| t.end.get(&partition).copied().unwrap_or(0));
+        let (tx, deliveries) = mpsc::channel(1);
+        let (stop_tx, stop) = watch::channel(false);
+        self.fetcher.add(Assigned {
+            partition,
+            reader,
+            offset: start.next_offset,
+            high_watermark: latest,
+            target,
+            worker: tx,
+        });
+        self.status.set(partition, State::Running);
+        self.status
+            .positions(partition, Some(start.next_offset), Some(latest));
+        let bar = self.bars.add(indicatif::ProgressBar::new(
+            target.unwrap_or(latest).max(0) as u64
+        ));
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "partition {prefix:>3} {bar:40} {pos}/{len} ({per_sec})",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar.set_prefix(partition.to_string());
+        bar.set_position(start.next_offset.max(0) as u64);
+        let worker = Worker {
+            config: Arc::clone(&self.config),
+            store: self.data.clone(),
+            status: self.status.clone(),
+            partition,
+            lease: (self.member.id.clone(), lease.epoch),
+            start,
+            target,
+            deliveries,
+            room: self.fetcher.room(),
+            stop,
+            dead_letter_topic: self.dead_letter_topic.clone(),
+            bar,
+        };
+        let handle = self.workers.spawn(worker.run());
+        self.worker_ids.insert(handle.id(), partition);
+        self.running.insert(
+            partition,
+            Running {
+                epoch: lease.epoch,
+                stop: stop_tx,
+            },
+        );
+    }
+
+    async fn on_worker_exit(
+        &mut self,
+        joined: std::result::Result<(Id, (i32, Exit, PartitionSummary)), tokio::task::JoinError>,
+    ) {
+        let (partition, exit, summary) = match joined {
+            Ok((id, done)) => {
+                self.worker_ids.remove(&id);
+                done
+            }
+            Err(e) => {
+                let Some(partition) = self.worker_ids.remove(&e.id()) else {
+                    return;
+                };
+                let error =
+                    Error::Internal(format!("the worker of partition {partition} failed: {e}"));
+                self.status
+                    .set(partition, State::Stopped(error.to_string()));
+                (partition, Exit::Stopped(error), PartitionSummary::default())
+            }
+        };
+        self.fetcher.remove(partition);
+        if matches!(exit, Exit::Released | Exit::CaughtUp)
+            && let Some(mirror) = &self.mirror
+        {
+            mirror.released(partition, summary.next_offset);
+        }
+        self.summaries.entry(partition).or_default().merge(summary);
+        let epoch = self.running.remove(&partition).map(|r| r.epoch);
+        match exit {
+            Exit::Released => {
+                self.release(partition, epoch).await;
+                if !self.assigned.contains(&partition) {
+                    self.status.remove(partition);
+                }
+            }
+            Exit::CaughtUp => {
+                self.done.insert(partition);
+                self.status.set(partition, State::Done);
+                self.release(partition, epoch).await;
+            }
+            Exit::LeaseLost => {
+                tracing::warn!(
+                    partition,
+                    "lease lost: another member owns the partition now"
+                );
+                self.status.remove(partition);
+                self.rebalance().await;
+            }
+            Exit::Retake(error) => {
+                tracing::warn!(partition, %error, "taking the partition again");
+                if self.assigned.contains(&partition) {
+                    self.start_take(partition);
+                } else {
+                    self.release(partition, epoch).await;
+                }
+            }
+            Exit::Stopped(_) => {
+                // The worker recorded the stop; the lease stays ours so
+                // the partition is not passed around to fail elsewhere.
+                self.stopped.insert(partition, epoch);
+            }
+        }
+    }
+
+    /// Releases a lease (at `epoch`, or whatever epoch a lease left by an
+    /// earlier process of this member has). A failure is logged; the lease
+    /// then shows as this member's without a worker, and the next
+    /// rebalance releases it again.
+    async fn release(&self, partition: i32, epoch: Option<i64>) {
+        if let Err(e) = self
+            .control
+            .release_lease(
+                &self.config.group,
+                &self.config.topic,
+                partition,
+                &self.member.id,
+                epoch,
+            )
+            .await
+        {
+            tracing::warn!(partition, error = %e, "could not release the lease; trying again at the next heartbeat");
+        }
+    }
+
+    /// `--until-caught-up`: has the group reached every target? Also true
+    /// when every partition still short of its target is stopped (by any
+    /// member): waiting longer would change nothing.
+    async fn until_finished(&self) -> bool {
+        let Some(targets) = &self.targets else {
+            return false;
+        };
+        let stored: BTreeMap<i32, i64> = match self
+            .control
+            .offsets(&self.config.group, &self.config.topic)
+            .await
+        {
+            Ok(o) => o.into_iter().collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the group's offsets; checking again at the next heartbeat");
+                return false;
+            }
+        };
+        let short: Vec<i32> = targets
+            .end
+            .keys()
+            .copied()
+            .filter(|p| !targets.reached(*p, stored.get(p).copied()))
+            .collect();
+        let stopped_elsewhere = |p: &i32| {
+            self.stopped.contains_key(p)
+                || self
+                    .leases
+                    .iter()
+                    .any(|l| l.partition == *p && l.stopped_error.is_some() && l.owner_live)
+        };
+        short.is_empty() || short.iter().all(stopped_elsewhere)
+    }
+
+    /// Stops every worker (each finishes its batch in hand), leaves the
+    /// group and builds the summary.
+    async fn finish(&mut self, outcome: Outcome) -> Result<ConsumeSummary> {
+        for r in self.running.values() {
+            let _ = r.stop.send(true);
+        }
+        self.takes.abort_all();
+        let mut last_offsets = self.status.committed_offsets();
+        while let Some(joined) = self.workers.join_next_with_id().await {
+            if let Ok((id, (partition, _, summary))) = joined {
+                self.worker_ids.remove(&id);
+                last_offsets.retain(|(p, _)| *p != partition);
+                last_offsets.push((partition, summary.next_offset));
+                self.summaries.entry(partition).or_default().merge(summary);
+            }
+        }
+        if let Some(mirror) = self.mirror.take() {
+            mirror.finish(last_offsets).await;
+        }
+        // Stopped partitions of the whole group: this member's, and those
+        // other live members hold stopped. Read before leaving, which ends
+        // this member's stops.
+        let me = self.member.id.clone();
+        let mut stopped = self.status.stopped();
+        if let Ok(leases) = self.read_leases().await {
+            for l in leases {
+                if let (Some(error), Some(owner)) = (l.stopped_error, &l.owner)
+                    && l.owner_live
+                    && *owner != me
+                    && !stopped.iter().any(|s| s.partition == l.partition)
+                {
+                    stopped.push(StoppedPartition {
+                        partition: l.partition,
+                        error: format!("{error} (member {owner})"),
+                    });
+                }
+            }
+        }
+        stopped.sort_by_key(|s| s.partition);
+        let replaced = matches!(&outcome, Outcome::Fatal(_));
+        if !replaced && let Err(e) = self.control.leave(&self.member).await {
+            tracing::warn!(error = %e, "could not leave the group; it expires after the session timeout");
+        }
+        let interrupted = matches!(outcome, Outcome::Shutdown);
+        if let Outcome::Fatal(error) = outcome {
+            return Err(error);
+        }
+        let caught_up = self.targets.is_some() && !interrupted && stopped.is_empty();
+        Ok(ConsumeSummary {
+            topic: self.config.topic.clone(),
+            group: self.config.group.clone(),
+            member: self.member.id.clone(),
+            partitions: std::mem::take(&mut self.summaries).into_values().collect(),
+            stopped,
+            caught_up,
+            interrupted,
+        })
+    }
+}
+
+/// Heartbeats on their own timer until aborted, sending each view.
+async fn heartbeat_loop(
+    store: Store,
+    member: Member,
+    status: Status,
+    interval: std::time::Duration,
+    session_timeout: std::time::Duration,
+    beats: watch::Sender<Beat>,
+) {
+    let mut timer = tokio::time::interval(interval);
+    timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    timer.tick().await; // The first tick is now; the join was the first beat.
+    let mut failing_since: Option<std::time::Instant> = None;
+    loop {
+        timer.tick().await;
+        let state = status.summary_line();
+        match store
+            .heartbeat(&member, &state, false, session_timeout)
+            .await
+        {
+            Ok(view) => {
+                if let Some(since) = failing_since.take() {
+                    tracing::info!("heartbeats work again after {:?}", since.elapsed());
+                }
+                if beats.send(Beat::View(view)).is_err() {
+                    return;
+                }
+            }
+            Err(e @ store::Error::MemberIdTaken { .. }) => {
+                let _ = beats.send(Beat::Replaced(e.to_string()));
+                return;
+            }
+            Err(e) => {
+                // Logged once when it starts, then every tenth failure.
+                let since = *failing_since.get_or_insert_with(std::time::Instant::now);
+                if since.elapsed() < interval || since.elapsed().as_secs().is_multiple_of(10) {
+                    tracing::warn!(error = %e, "heartbeat failed; retrying (the group expires this member if it lasts past the session timeout)");
+                }
+            }
+        }
+    }
+}
+
+/// Re-reads the topic's partition count every few seconds and reports
+/// changes (partitions added to the topic).
+async fn watch_partition_count(
+    client: Arc<kafka::Client>,
+    topic: String,
+    mut known: u32,
+    changes: mpsc::Sender<u32>,
+) {
+    loop {
+        tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+        if let Ok(Some(n)) = kafka::topic_partitions(&client, &topic).await
+            && n != known
+        {
+            known = n;
+            if changes.send(n).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// The stored offset every partition must reach for `--until-caught-up`.
+async fn targets(
+    client: &kafka::Client,
+    config: &ConsumeConfig,
+    partitions: u32,
+) -> Result<Targets> {
+    let mut end = BTreeMap::new();
+    let mut earliest = BTreeMap::new();
+    for p in 0..partitions as i32 {
+        let reader = PartitionReader::new(client, &config.topic, p).await?;
+        earliest.insert(p, reader.offset(OffsetAt::Earliest).await?);
+        let target = match (&config.targets, config.until) {
+            // Listed targets are exact; unlisted partitions: nothing.
+            (Some(listed), _) => listed.get(&p).copied().unwrap_or(0),
+            (None, None) => reader.offset(OffsetAt::Latest).await?,
+            (None, Some(t)) => {
+                // The first record after `t`; none: the log end.
+                let after = t + chrono::Duration::milliseconds(1);
+                let at = reader.offset(OffsetAt::Timestamp(after)).await?;
+                if at >= 0 {
+                    at
+                } else {
+                    reader.offset(OffsetAt::Latest).await?
+                }
+            }
+        };
+        end.insert(p, target);
+    }
+    Ok(Targets { end, earliest })
+}
+
+/// `/healthz`: every partition makes progress (or waits for no longer than
+/// the stall timeout), the broker answers metadata for the topic, and
+/// PostgreSQL answers a query.
+fn health_check(
+    store: Store,
+    client: Arc<kafka::Client>,
+    topic: String,
+    status: Status,
+) -> crate::observe::HealthCheck {
+    Arc::new(move || {
+        let store = store.clone();
+        let client = Arc::clone(&client);
+        let topic = topic.clone();
+        let status = status.clone();
+        Box::pin(async move {
+            let mut problems = Vec::new();
+            if let Err(e) = status.verdict() {
+                problems.push(e);
+            }
+            match kafka::topic_partitions(&client, &topic).await {
+                Ok(Some(_)) => {}
+                Ok(None) => problems.push(format!(
+                    "broker answers, but topic {topic:?} does not exist"
+                )),
+                Err(e) => problems.push(format!("broker: {e}")),
+            }
+            if let Err(e) = store.ping().await {
+                problems.push(e.to_string());
+            }
+            if problems.is_empty() {
+                Ok(())
+            } else {
+                Err(problems.join("\n"))
+            }
+        })
+    })
+}

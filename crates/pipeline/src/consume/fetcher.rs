@@ -1,0 +1,653 @@
+//! The fetcher: one actor per `consume` process that fetches for every
+//! partition the member owns, the way Kafka's own consumers do.
+//!
+//! A fetch per partition, each waiting for records on its own (rskafka
+//! gives every partition client a connection of its own), costs the broker
+//! a connection and a waiting request per partition: with 400 idle
+//! partitions, 400 long polls at all times, and Tansu polls its sqlite
+//! store for each. So the fetcher asks for all ready partitions in one
+//! round with one shared wait, like the Java consumer's `Fetcher` sends one
+//! FetchRequest per broker (`kafka::TopicFetcher`: one request per leader,
+//! sent over one of that leader's partition connections):
+//!
+//! - A partition is *ready* when its worker has room for one more batch
+//!   (one applied, one waiting: the read-ahead) and it is not backing off.
+//! - If any owned partition is known to have records waiting (position
+//!   below the last high watermark seen), rounds do not wait at all, name
+//!   only busy partitions (as many as the round's bytes can fill), and idle
+//!   partitions ride along at most once per `--fetch-max-wait`; only when
+//!   every partition is idle does a round long-poll.
+//! - Bytes are reserved from the shared budget (`--max-inflight-bytes`)
+//!   for the round as a whole before it is sent, split among the batches
+//!   it brings back, and each batch holds its share until committed. Idle
+//!   partitions cost nothing while they wait, so they never hold budget a
+//!   busy partition needs.
+//! - A round names partitions least recently served first, so when the
+//!   byte limit of a round cuts it short, the same partitions are not
+//!   always last (Tansu even lets the first partition of a request take
+//!   all of the request's bytes).
+//!
+//! Transient fetch errors back the partition off here (and health says so);
+//! any other error is handed to the partition's worker, which decides.
+//!
+//! One broker behaviour needs care: Tansu answers a fetch of a batch it
+//! cannot serve (snappy) by closing the connection, so the whole round
+//! fails with it, every partition in it. So a partition
+//! whose fetch failed is next fetched *alone*. If its lone fetches keep
+//! failing while the broker answers ListOffsets for it in between, the
+//! fault is that partition's, not the broker's: after [`STRIKES`] such
+//! failures it is handed to its worker as broken, and stops loudly rather
+//! than being retried for ever.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kafka::TopicFetcher;
+use store::SourceRecord;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
+
+use super::ConsumeConfig;
+use super::status::{State, Status};
+use crate::retry::Backoff;
+
+/// Lone fetches of one partition that fail while the broker answers
+/// ListOffsets for it, before the partition is given up as broken.
+pub(crate) const STRIKES: u32 = 3;
+
+/// A fetched, decoded batch on its way to its partition's worker, holding
+/// its share of the byte budget until it is committed.
+#[derive(Debug)]
+pub(crate) struct Fetched {
+    /// The offset it was fetched from: the worker's stored offset.
+    pub from_offset: i64,
+    /// The offset to store once it is applied.
+    pub next_offset: i64,
+    pub high_watermark: i64,
+    pub records: Vec<SourceRecord>,
+    pub started: Instant,
+    pub _permit: Option<OwnedSemaphorePermit>,
+}
+
+/// What the fetcher hands a worker.
+#[derive(Debug)]
+pub(crate) enum Delivery {
+    Batch(Fetched),
+    /// A fetch error retrying will not fix (offset out of range, topic
+    /// gone, a response that cannot be read): the worker decides.
+    Failed(kafka::Error),
+    /// The position is past the log end: the log is shorter than the
+    /// stored offset, so the topic was recreated (Tansu answers such a
+    /// fetch with an empty batch rather than `OffsetOutOfRange`).
+    PastLogEnd {
+        offset: i64,
+        high_watermark: i64,
+    },
+    /// The batch at the position cannot be decoded (bad CRC, unknown
+    /// codec, garbled records): the worker stops the partition.
+    Corrupt(kafka::CorruptBatch),
+    /// Every fetch of this partition at `offset` fails, while the broker
+    /// answers other requests about it: see [`STRIKES`].
+    Broken {
+        offset: i64,
+        attempts: u32,
+        error: kafka::Error,
+    },
+}
+
+/// A partition for the fetcher to serve.
+#[derive(Debug)]
+pub(crate) struct Assigned {
+    pub partition: i32,
+    /// Its reader, from the take (its connection to the leader).
+    pub reader: kafka::PartitionReader,
+    /// The worker's stored offset: where fetching starts.
+    pub offset: i64,
+    /// The log end seen when the partition was taken.
+    pub high_watermark: i64,
+    /// Stop fetching here (exclusive), for `--until-caught-up`.
+    pub target: Option<i64>,
+    pub worker: mpsc::Sender<Delivery>,
+}
+
+#[derive(Debug)]
+enum Command {
+    Add(Assigned),
+    Remove(i32),
+}
+
+/// The only way in to the fetcher actor.
+#[derive(Debug, Clone)]
+pub(crate) struct FetcherHandle {
+    commands: mpsc::UnboundedSender<Command>,
+    /// Workers notify this when they take a batch, so a fetcher waiting
+    /// for room wakes up.
+    room: Arc<Notify>,
+}
+
+impl FetcherHandle {
+    pub(crate) fn add(&self, assigned: Assigned) {
+        let _ = self.commands.send(Command::Add(assigned));
+    }
+
+    pub(crate) fn remove(&self, partition: i32) {
+        let _ = self.commands.send(Command::Remove(partition));
+    }
+
+    /// For workers: a batch was taken off the channel.
+    pub(crate) fn room(&self) -> Arc<Notify> {
+        Arc::clone(&self.room)
+    }
+}
+
+/// One partition's fetch state.
+#[derive(Debug)]
+struct Slot {
+    offset: i64,
+    high_watermark: i64,
+    target: Option<i64>,
+    worker: mpsc::Sender<Delivery>,
+    backoff: Backoff,
+    retry_at: Option<tokio::time::Instant>,
+    /// Its last fetch failed: fetch it alone until one succeeds.
+    alone: bool,
+    /// Consecutive lone fetches that failed while the broker answered.
+    strikes: u32,
+}
+
+impl Slot {
+    fn finished(&self) -> bool {
+        self.target.is_some_and(|t| self.offset >= t)
+    }
+
+    /// Records are known to be waiting.
+    fn busy(&self) -> bool {
+        self.offset < self.high_watermark
+    }
+}
+
+/// Starts the fetcher; it runs until the handle and every clone are
+/// dropped (or the process ends).
+pub(crate) fn spawn(
+    config: Arc<ConsumeConfig>,
+    status: Status,
+    budget: Arc<Semaphore>,
+) -> (FetcherHandle, tokio::task::JoinHandle<()>) {
+    let (commands, rx) = mpsc::unbounded_channel();
+    let room = Arc::new(Notify::new());
+    let topic = TopicFetcher::empty(&config.topic);
+    let fetcher = Fetcher {
+        config,
+        status,
+        budget,
+        topic,
+        commands: rx,
+        room: Arc::clone(&room),
+        slots: BTreeMap::new(),
+        round: 0,
+        served: BTreeMap::new(),
+        idle_polled: None,
+        record_size: 512,
+    };
+    let task = tokio::spawn(fetcher.run());
+    (FetcherHandle { commands, room }, task)
+}
+
+struct Fetcher {
+    config: Arc<ConsumeConfig>,
+    status: Status,
+    budget: Arc<Semaphore>,
+    /// The owned partitions' leaders; one Fetch per leader a round.
+    topic: TopicFetcher,
+    commands: mpsc::UnboundedReceiver<Command>,
+    room: Arc<Notify>,
+    slots: BTreeMap<i32, Slot>,
+    /// Rounds so far.
+    round: u64,
+    /// The round in which each partition last brought records: the order
+    /// of the next round (least recently served first).
+    served: BTreeMap<i32, u64>,
+    /// When idle partitions were last asked for records.
+    idle_polled: Option<Instant>,
+    /// The average bytes of a record fetched so far (a moving average):
+    /// how much a partition's lag is expected to bring.
+    record_size: usize,
+}
+
+impl Fetcher {
+    fn apply(&mut self, command: Command) {
+        match command {
+            Command::Add(a) => {
+                self.topic.insert(a.reader);
+                self.slots.insert(
+                    a.partition,
+                    Slot {
+                        offset: a.offset,
+                        high_watermark: a.high_watermark,
+                        target: a.target,
+                        worker: a.worker,
+                        backoff: Backoff::new(self.config.max_backoff),
+                        retry_at: None,
+                        alone: false,
+                        strikes: 0,
+                    },
+                );
+            }
+            Command::Remove(p) => {
+                self.slots.remove(&p);
+                self.served.remove(&p);
+                self.topic.remove(p);
+            }
+        }
+    }
+
+    async fn run(mut self) {
+        loop {
+            // Take in every command that is waiting; stop when the
+            // coordinator is gone.
+            loop {
+                match self.commands.try_recv() {
+                    Ok(c) => self.apply(c),
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => return,
+                }
+            }
+            // Slots whose worker is gone are dropped.
+            let gone: Vec<i32> = self
+                .slots
+                .iter()
+                .filter(|(_, s)| s.worker.is_closed())
+                .map(|(p, _)| *p)
+                .collect();
+            for p in gone {
+                self.slots.remove(&p);
+                self.topic.remove(p);
+            }
+            let now = tokio::time::Instant::now();
+            let ready: Vec<i32> = self
+                .slots
+                .iter()
+                .filter(|(_, s)| {
+                    !s.finished() && s.worker.capacity() > 0 && s.retry_at.is_none_or(|t| t <= now)
+                })
+                .map(|(p, _)| *p)
+                .collect();
+            // While any partition has records waiting, rounds carry the
+            // busy ones and do not wait; idle partitions come along at
+            // most once per --fetch-max-wait (a broker such as Tansu does
+            // work for every partition a request names, records or not).
+            let any_busy = self.slots.values().any(Slot::busy);
+            let idle_due = self
+                .idle_polled
+                .is_none_or(|t| t.elapsed() >= self.config.fetch_max_wait);
+            let round: Vec<i32> = if any_busy && !idle_due {
+                ready
+                    .iter()
+                    .copied()
+                    .filter(|p| self.slots.get(p).is_some_and(Slot::busy))
+                    .collect()
+            } else {
+                ready
+            };
+            if round.is_empty() {
+                let next_retry = self.slots.values().filter_map(|s| s.retry_at).min();
+                let idle_at = self
+                    .idle_polled
+                    .map(|t| tokio::time::Instant::from_std(t + self.config.fetch_max_wait));
+                let wake = match (next_retry, idle_at) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                tokio::select! {
+                    command = self.commands.recv() => match command {
+                        Some(c) => self.apply(c),
+                        None => return,
+                    },
+                    () = self.room.notified() => {}
+                    () = sleep_until(wake) => {}
+                }
+                continue;
+            }
+            if round
+                .iter()
+                .any(|p| self.slots.get(p).is_some_and(|s| !s.busy()))
+            {
+                self.idle_polled = Some(Instant::now());
+            }
+            // A partition under suspicion goes alone, before the others.
+            let round = match round
+                .iter()
+                .find(|p| self.slots.get(p).is_some_and(|s| s.alone))
+            {
+                Some(p) => vec![*p],
+                None => round,
+            };
+            if !self.fetch_round(round).await {
+                return;
+            }
+        }
+    }
+
+    /// Fetches once for the `ready` partitions and delivers the results.
+    /// Returns false when the coordinator is gone.
+    async fn fetch_round(&mut self, mut ready: Vec<i32>) -> bool {
+        self.round = self.round.wrapping_add(1);
+        // Least recently served first: a broker fills a round's bytes in
+        // request order (and Tansu lets the first partition take them all,
+        // whatever its own limit), so the partition waiting longest for
+        // records must come first, or it may never get any.
+        least_recently_served_first(&mut ready, &self.served);
+        let round_bytes = (self.config.max_inflight_bytes / 2).max(1024);
+        let share = self.config.fetch_max_bytes.max(1024) as usize;
+        // A round of busy partitions names only as many as its bytes can be
+        // expected to fill (lag times the record size seen so far, at most
+        // a partition's share): naming more adds nothing to the answer and
+        // costs the broker a lookup each (Tansu caps an answer at 5 MiB and
+        // still looks up every partition named). The rotation gives each
+        // its turn.
+        if ready
+            .iter()
+            .all(|p| self.slots.get(p).is_some_and(Slot::busy))
+        {
+            let mut expected = 0usize;
+            ready.retain(|p| {
+                let fits = expected < round_bytes;
+                if let Some(slot) = self.slots.get(p) {
+                    let lag = (slot.high_watermark - slot.offset).max(1) as usize;
+                    expected += (lag.saturating_mul(self.record_size)).min(share);
+                }
+                fits
+            });
+        }
+        // Long-poll only when no owned partition has records waiting: a
+        // round must not sit in the broker's wait while a busy partition
+        // (not in this round because its worker is full) gets room.
+        let busy = self.slots.values().any(Slot::busy);
+        let max_wait = if busy {
+            Duration::ZERO
+        } else {
+            self.config.fetch_max_wait
+        };
+        // The round's bytes, reserved before it is sent: half the budget
+        // (the other half holds batches waiting to be applied). Each
+        // partition may bring up to --fetch-max-bytes of it; the broker
+        // fills partitions in request order until the round's bytes are
+        // used, and the rotation above makes that fair over rounds. Large
+        // batches for a few partitions beat small ones for all: each batch
+        // is one transaction.
+        let reserve = (share * ready.len()).min(round_bytes);
+        let permit = tokio::select! {
+            permit = Arc::clone(&self.budget).acquire_many_owned(reserve as u32) => match permit {
+                Ok(p) => p,
+                Err(_) => return false,
+            },
+            command = self.commands.recv() => {
+                // Something changed while waiting for budget: start over.
+                return match command {
+                    Some(c) => { self.apply(c); true }
+                    None => false,
+                };
+            }
+        };
+        let requests: Vec<(i32, i64, i32)> = ready
+            .iter()
+            .filter_map(|p| self.slots.get(p).map(|s| (*p, s.offset, share as i32)))
+            .collect();
+        let started = Instant::now();
+        let results = self
+            .topic
+            .fetch_many(&requests, Some(reserve as i32), max_wait)
+            .await;
+        let mut permit = Some(permit);
+        let mut progress = false;
+        let alone = requests.len() == 1;
+        for ((partition, result), &(_, from_offset, _)) in results.into_iter().zip(&requests) {
+            let Some(slot) = self.slots.get_mut(&partition) else {
+                continue; // Removed while fetching.
+            };
+            if slot.offset != from_offset {
+                continue;
+            }
+            match result {
+                Ok(fetched) => {
+                    slot.alone = false;
+                    slot.strikes = 0;
+                    if slot.retry_at.take().is_some() {
+                        slot.backoff = Backoff::new(self.config.max_backoff);
+                        self.status.recover(partition, "fetch");
+                    }
+                    slot.high_watermark = fetched.high_watermark;
+                    self.status
+                        .positions(partition, None, Some(fetched.high_watermark));
+                    let high_watermark = fetched.high_watermark;
+                    let mut records = fetched.records;
+                    // Past the whole batches fetched, transaction markers
+                    // and aborted records included, never past the target.
+                    let mut next_offset = fetched.next_offset;
+                    if let Some(t) = slot.target {
+                        records.retain(|r| r.offset < t);
+                        next_offset = next_offset.min(t);
+                    }
+                    if next_offset <= from_offset {
+                        if let Some(corrupt) = fetched.corrupt {
+                            let delivery = corrupt_delivery(&self.config, partition, corrupt);
+                            if let Delivery::Batch(b) = &delivery {
+                                slot.offset = b.next_offset;
+                            } else {
+                                // The worker stops the partition.
+                                slot.target = Some(from_offset);
+                            }
+                            let _ = slot.worker.try_send(delivery);
+                            progress = true;
+                        } else if from_offset > high_watermark {
+                            let _ = slot.worker.try_send(Delivery::PastLogEnd {
+                                offset: from_offset,
+                                high_watermark,
+                            });
+                            // The worker ends this tenure; nothing more to fetch.
+                            slot.target = Some(from_offset);
+                        }
+                        continue;
+                    }
+                    progress = true;
+                    self.served.insert(partition, self.round);
+                    let bytes: usize = records.iter().map(record_bytes).sum();
+                    if let Some(per_record) = bytes.checked_div(records.len()) {
+                        self.record_size = (self.record_size * 7 + per_record) / 8;
+                    }
+                    let share = permit.as_mut().and_then(|p| {
+                        let n = bytes.min(p.num_permits());
+                        if n == p.num_permits() {
+                            None
+                        } else {
+                            p.split(n)
+                        }
+                    });
+                    // The last batch of a round takes what is left whole.
+                    let share = share.or_else(|| permit.take());
+                    let records: Vec<SourceRecord> = records
+                        .into_iter()
+                        .map(|r| super::decode(r, self.config.max_record_bytes))
+                        .collect();
+                    // A round that brought only markers (or aborted
+                    // records) still moves the stored offset past them.
+                    let batch = Fetched {
+                        from_offset,
+                        next_offset,
+                        high_watermark,
+                        records,
+                        started,
+                        _permit: share,
+                    };
+                    // Only ready partitions (with room) were fetched, and
+                    // only the fetcher sends, so this does not block.
+                    if slot.worker.try_send(Delivery::Batch(batch)).is_ok() {
+                        slot.offset = next_offset;
+                    }
+                }
+                Err(error) if error.kind() == kafka::ErrorKind::Transient => {
+                    let delay = slot.backoff.next_delay();
+                    slot.retry_at = Some(tokio::time::Instant::now() + delay);
+                    self.status.set(
+                        partition,
+                        State::Retrying {
+                            what: "fetch",
+                            error: error.to_string(),
+                        },
+                    );
+                    crate::observe::PartitionMetrics::new(
+                        &self.config.group,
+                        &self.config.topic,
+                        partition,
+                    )
+                    .retry("fetch");
+                    tracing::warn!(partition, offset = from_offset, %error, "fetch failed; retrying in {delay:?}");
+                    // Lag stays known while fetches fail: ask ListOffsets.
+                    // Its answer also tells whether the broker is up.
+                    let broker_answers =
+                        match self.topic.offset(partition, kafka::OffsetAt::Latest).await {
+                            Ok(end) => {
+                                self.status.positions(partition, None, Some(end));
+                                true
+                            }
+                            Err(_) => false,
+                        };
+                    if alone && broker_answers {
+                        slot.strikes += 1;
+                    }
+                    slot.alone = true;
+                    if slot.strikes >= STRIKES {
+                        let _ = slot.worker.try_send(Delivery::Broken {
+                            offset: from_offset,
+                            attempts: slot.strikes,
+                            error,
+                        });
+                        self.slots.remove(&partition);
+                    }
+                }
+                Err(error) => {
+                    let _ = slot.worker.try_send(Delivery::Failed(error));
+                    self.slots.remove(&partition);
+                }
+            }
+        }
+        tracing::debug!(
+            partitions = requests.len(),
+            wait_ms = max_wait.as_millis() as u64,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            progress,
+            "fetch round"
+        );
+        // A round that brought nothing back: do not spin. Wait until a
+        // worker takes a batch (a busy partition gets room), or a moment
+        // (the broker may answer an idle long poll at once).
+        if !progress && started.elapsed() < self.config.fetch_max_wait / 4 {
+            let pause = if busy {
+                Duration::from_millis(10)
+            } else {
+                self.config.fetch_max_wait / 4
+            };
+            tokio::select! {
+                () = tokio::time::sleep(pause) => {}
+                () = self.room.notified() => {}
+            }
+        }
+        true
+    }
+}
+
+/// What to hand a worker for a batch that cannot be decoded: by default a
+/// stop (the worker stops the partition, naming the offsets and the cause);
+/// with `--on-corrupt-batch skip`, a batch of one dead letter holding the
+/// raw bytes, whose commit moves the stored offset past it.
+fn corrupt_delivery(
+    config: &ConsumeConfig,
+    partition: i32,
+    corrupt: kafka::CorruptBatch,
+) -> Delivery {
+    match (config.on_corrupt_batch, corrupt.last_offset) {
+        (super::OnCorruptBatch::Skip, Some(last)) => {
+            let message = format!(
+                "record batch at offsets {}..={last} cannot be decoded: {}; skipped by --on-corrupt-batch skip (value: the batch as fetched)",
+                corrupt.first_offset, corrupt.error
+            );
+            tracing::error!(partition, first_offset = corrupt.first_offset, last_offset = last, cause = %corrupt.error, "skipping a batch that cannot be decoded; its bytes go to dead_letters");
+            let record = SourceRecord {
+                offset: corrupt.first_offset,
+                // The batch's own timestamps are inside what cannot be read.
+                timestamp: chrono::Utc::now(),
+                key: None,
+                value: Some(corrupt.raw),
+                headers: Vec::new(),
+                event: Err(events::DecodeError::new(
+                    events::ErrorKind::CorruptBatch,
+                    message,
+                )),
+            };
+            Delivery::Batch(Fetched {
+                from_offset: corrupt.first_offset,
+                next_offset: last + 1,
+                high_watermark: last + 1,
+                records: vec![record],
+                started: Instant::now(),
+                _permit: None,
+            })
+        }
+        _ => Delivery::Corrupt(corrupt),
+    }
+}
+
+/// Orders a round: partitions that brought records longest ago (or never)
+/// first, then by partition number.
+fn least_recently_served_first(round: &mut [i32], served: &BTreeMap<i32, u64>) {
+    round.sort_by_key(|p| (served.get(p).copied().unwrap_or(0), *p));
+}
+
+/// The bytes a record holds in memory, roughly: what the budget counts.
+fn record_bytes(r: &kafka::RecordAndOffset) -> usize {
+    let headers: usize = r
+        .record
+        .headers
+        .iter()
+        .map(|(k, v)| k.len() + v.len())
+        .sum();
+    r.record.key.as_ref().map_or(0, Vec::len)
+        + r.record.value.as_ref().map_or(0, Vec::len)
+        + headers
+        + 64
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whichever partitions have room, the one served longest ago leads the round, so none starves behind busier ones.
+    #[test]
+    fn the_partition_waiting_longest_leads() {
+        let mut served = BTreeMap::new();
+        // Partitions 0 and 2 alternate having room; 1 always has room.
+        // With a rotation by round number, 1 was always second.
+        for round in 1..=10u64 {
+            let mut ready = if round % 2 == 0 {
+                vec![0, 1]
+            } else {
+                vec![1, 2]
+            };
+            least_recently_served_first(&mut ready, &served);
+            // The broker serves only the first partition of a round.
+            served.insert(ready[0], round);
+        }
+        assert!(served.get(&1).is_some_and(|r| *r >= 8), "{served:?}");
+        let mut ready = vec![2, 0, 1];
+        let served: BTreeMap<i32, u64> = [(0, 5), (1, 3)].into_iter().collect();
+        least_recently_served_first(&mut ready, &served);
+        assert_eq!(ready, vec![2, 1, 0], "never served, then oldest");
+    }
+}
