@@ -1018,3 +1018,85 @@ async fn corrupt_batch_stops_only_its_partition_or_is_skipped_into_dead_letters(
     assert_eq!(history, 450, "every event around the batch applied once");
     db.drop_db().await;
 }
+
+/// A record keyed other than by its event's `customer_id`, or not keyed at all, is applied, counted in `foodpipe_key_mismatch_total` by reason, and warned about once for its partition.
+#[tokio::test]
+async fn records_not_keyed_by_customer_are_applied_counted_and_warned_once() {
+    let topic = random_topic_name();
+    // One partition, so an order whose records are keyed badly still
+    // arrives in order and every event can be applied.
+    create_topic(&topic, 1).await;
+    let db = TestDb::create().await;
+    let lines = run_ok(foodpipe(&["generate", "--count", "300", "--seed", "1290"])).await;
+    let (mut missing, mut differs) = (0, 0);
+    let mut input = String::new();
+    for (i, line) in lines.lines().enumerate() {
+        let (key, value) = line.split_once('\t').expect("KEY<TAB>JSON");
+        match i % 10 {
+            3 => {
+                missing += 1;
+                input.push_str(&format!("{value}\n"));
+            }
+            6 | 7 => {
+                differs += 1;
+                input.push_str(&format!("moved-{key}\t{value}\n"));
+            }
+            _ => input.push_str(&format!("{line}\n")),
+        }
+    }
+    let mut send = foodpipe(&["send", "--topic", &topic, "--quiet"]);
+    send.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = send.spawn().expect("send starts");
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin.write_all(input.as_bytes()).await.expect("lines");
+    drop(stdin);
+    let out = child.wait_with_output().await.expect("send exits");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let member = spawn_consumer(&topic, &db, &[]);
+    wait_caught_up(&db, &topic, Duration::from_secs(120)).await;
+    assert_db_is_fold_of_topic(&db, &topic, "order-processors").await;
+    let applied: i64 = db
+        .client()
+        .await
+        .query_one("SELECT count(*) FROM order_events", &[])
+        .await
+        .expect("history")
+        .get(0);
+    assert_eq!(applied, 300, "every event is applied, whatever its key");
+
+    let addr: String = db
+        .client()
+        .await
+        .query_one("SELECT metrics_addr FROM group_members", &[])
+        .await
+        .expect("one member")
+        .get(0);
+    let (_, metrics) = http_get(&addr, "/metrics").await;
+    for (reason, count) in [("missing", missing), ("differs", differs)] {
+        let line = format!(
+            "foodpipe_key_mismatch_total{{group=\"order-processors\",topic=\"{topic}\",partition=\"0\",reason=\"{reason}\"}} {count}"
+        );
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "{line} not in\n{metrics}"
+        );
+    }
+
+    signal(&member, "TERM");
+    let out = member.wait_with_output().await.expect("member exits");
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let warnings = stderr
+        .lines()
+        .filter(|l| l.contains("key records by customer_id"))
+        .count();
+    assert_eq!(warnings, 1, "one warning for the partition:\n{stderr}");
+    db.drop_db().await;
+}

@@ -212,6 +212,18 @@ impl PartitionMetrics {
         self.state("", all);
     }
 
+    /// Counts an applied record whose key is not its event's `customer_id`
+    /// (`reason` missing or differs).
+    pub(crate) fn key_mismatch(&self, reason: &'static str) {
+        let labels = [
+            self.labels[0].clone(),
+            self.labels[1].clone(),
+            self.labels[2].clone(),
+            ("reason", reason.to_owned()),
+        ];
+        metrics::counter!("foodpipe_key_mismatch_total", &labels).increment(1);
+    }
+
     pub(crate) fn retry(&self, operation: &'static str) {
         let labels = [
             self.labels[0].clone(),

@@ -34,6 +34,7 @@ mod coordinator;
 mod dlt;
 pub mod error;
 mod fetcher;
+mod keys;
 mod mirror;
 mod offsets;
 mod status;

@@ -14,10 +14,12 @@ use tokio::sync::{Notify, mpsc, watch};
 use super::dlt::DeadLetterTopic;
 use super::error::{Action, Error};
 use super::fetcher::Delivery;
+use super::keys;
 use super::status::{State, Status};
 use super::{ConsumeConfig, PartitionSummary};
 use crate::observe::PartitionMetrics;
 use crate::retry::Backoff;
+use events::escape_for_terminal;
 
 /// Why a worker ended.
 #[derive(Debug)]
@@ -102,6 +104,8 @@ impl Worker {
         let partition = self.partition;
         let metrics = PartitionMetrics::new(&self.config.group, &self.config.topic, partition);
         let mut committed = self.start.next_offset;
+        // One warning per tenure about keys; every one is counted.
+        let mut warned_about_keys = false;
         loop {
             if self.target.is_some_and(|t| committed >= t) {
                 return Exit::CaughtUp;
@@ -221,6 +225,26 @@ impl Worker {
             };
             self.status.recover(partition, "commit");
             committed = fetched.next_offset;
+            let mismatched = keys::mismatches(&fetched.records);
+            for m in &mismatched {
+                metrics.key_mismatch(m.mismatch.as_str());
+            }
+            if let Some(first) = mismatched.first()
+                && !warned_about_keys
+            {
+                warned_about_keys = true;
+                let what = match first.mismatch {
+                    keys::Mismatch::Missing => "a record has no key",
+                    keys::Mismatch::Differs => "a record's key is not its event's customer_id",
+                };
+                tracing::warn!(
+                    partition,
+                    offset = first.offset,
+                    key = %first.key.as_deref().map_or("(none)".into(), |k| escape_for_terminal(k.as_bytes())),
+                    customer_id = %escape_for_terminal(first.customer_id.as_bytes()),
+                    "{what}: applied, but this order's events may be split across partitions and applied out of order; key records by customer_id (every one is counted in foodpipe_key_mismatch_total; this warning comes once per partition)"
+                );
+            }
             let seconds = fetched.started.elapsed().as_secs_f64();
             metrics.batch(&applied, seconds);
             self.status
