@@ -181,6 +181,15 @@ struct Track {
     history: VecDeque<f64>,
 }
 
+/// The group as one database reading saw it: generation, members, owner
+/// per partition.
+#[derive(Debug)]
+struct Seen {
+    generation: i64,
+    members: BTreeSet<String>,
+    owners: BTreeMap<i32, Option<String>>,
+}
+
 /// Turns readings into snapshots, remembering what the last ones said.
 #[derive(Debug)]
 pub struct Tracker {
@@ -196,8 +205,8 @@ pub struct Tracker {
     db: DbReading,
     db_at: Option<DateTime<Utc>>,
     /// What the previous good database reading said about the group, to
-    /// tell rebalances: generation, members, owner per partition.
-    seen: Option<(i64, BTreeSet<String>, BTreeMap<i32, Option<String>>)>,
+    /// tell rebalances.
+    seen: Option<Seen>,
     events: VecDeque<String>,
 }
 
@@ -384,7 +393,12 @@ impl Tracker {
             .iter()
             .map(|o| (o.partition, o.owner.clone()))
             .collect();
-        if let Some((generation, before, owned)) = &self.seen {
+        if let Some(Seen {
+            generation,
+            members: before,
+            owners: owned,
+        }) = &self.seen
+        {
             let time = at.format("%H:%M:%S");
             let mut lines = Vec::new();
             if *generation != db.generation {
@@ -424,7 +438,11 @@ impl Tracker {
             }
             self.events.truncate(EVENT_LOG);
         }
-        self.seen = Some((db.generation, members, owners));
+        self.seen = Some(Seen {
+            generation: db.generation,
+            members,
+            owners,
+        });
     }
 }
 
