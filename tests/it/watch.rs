@@ -94,25 +94,71 @@ impl Tmux {
     }
 }
 
+impl Tmux {
+    /// A shell in a `width` x `height` pane starts `watch` with `args`
+    /// against `bootstrap` and `db`; returns once the frame shows
+    /// `partitions` rows with log ends and stored offsets.
+    async fn watch(
+        (width, height): (u16, u16),
+        bootstrap: &str,
+        db: &TestDb,
+        args: &str,
+        partitions: usize,
+    ) -> (Tmux, String) {
+        let tmux = Tmux::start(width, height);
+        tmux.wait_for("the shell prompt", Duration::from_secs(10), |s| {
+            s.contains(PROMPT)
+        })
+        .await;
+        let log = tmux.log();
+        tmux.type_text(&format!(
+            "env -u RUST_LOG NO_COLOR=1 KAFKA_BOOTSTRAP_SERVERS='{bootstrap}' DATABASE_URL='{}' '{}' watch {args} 2>'{}'",
+            db.url,
+            env!("CARGO_BIN_EXE_foodpipe"),
+            log.display()
+        ));
+        tmux.press("Enter");
+        let screen = tmux
+            .wait_for("every partition row", Duration::from_secs(30), |s| {
+                stored(s).len() == partitions && ends(s).len() == partitions
+            })
+            .await;
+        assert!(tmux.alternate_on(), "watch draws on the alternate screen");
+        (tmux, screen)
+    }
+
+    /// Where watch's stderr goes.
+    fn log(&self) -> std::path::PathBuf {
+        std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{}.log", self.socket))
+    }
+
+    /// `q`: watch exits with status 0, the alternate screen is left and the
+    /// shell prompt is back; watch wrote no error.
+    async fn quit(&self) {
+        self.press("q");
+        self.wait_for("the shell prompt after q", Duration::from_secs(10), |s| {
+            s.trim_end().ends_with(PROMPT)
+        })
+        .await;
+        assert!(!self.alternate_on(), "the alternate screen is left");
+        self.type_text("echo exit=$?");
+        self.press("Enter");
+        self.wait_for("exit status 0", Duration::from_secs(10), |s| {
+            s.contains("exit=0")
+        })
+        .await;
+        let errors = std::fs::read_to_string(self.log()).unwrap_or_default();
+        assert!(
+            !errors.contains("panicked") && !errors.contains("error"),
+            "stderr: {errors}"
+        );
+    }
+}
+
 impl Drop for Tmux {
     fn drop(&mut self) {
         let _ = self.command(&["kill-server"]).output();
     }
-}
-
-/// The shell command line that runs watch in the pane: the stack under
-/// test, no colour, logs to a file beside the test's target dir.
-fn watch_command(bootstrap: &str, db: &TestDb, args: &str, log: &std::path::Path) -> String {
-    format!(
-        "env -u RUST_LOG NO_COLOR=1 KAFKA_BOOTSTRAP_SERVERS='{bootstrap}' DATABASE_URL='{}' '{}' watch {args} 2>'{}'",
-        db.url,
-        env!("CARGO_BIN_EXE_foodpipe"),
-        log.display()
-    )
-}
-
-fn log_path(topic: &str) -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("watch-{topic}.log"))
 }
 
 /// The partition rows of a frame: partition -> [P, START, END, STORED, LAG].
@@ -177,26 +223,15 @@ async fn live_view_follows_a_producer_and_a_consumer_and_q_restores_the_terminal
     let status = status_offsets(&topic, &db).await;
     assert_eq!(status.len(), 3, "{status:?}");
 
-    let log = log_path(&topic);
     // Wide enough for a long host name in the member id.
-    let tmux = Tmux::start(120, 30);
-    tmux.wait_for("the shell prompt", Duration::from_secs(10), |s| {
-        s.contains(PROMPT)
-    })
-    .await;
-    tmux.type_text(&watch_command(
+    let (tmux, screen) = Tmux::watch(
+        (120, 30),
         &bootstrap_servers(),
         &db,
         &format!("--topic {topic} --interval 500ms"),
-        &log,
-    ));
-    tmux.press("Enter");
-    let screen = tmux
-        .wait_for("three partition rows", Duration::from_secs(30), |s| {
-            stored(s).len() == 3
-        })
-        .await;
-    assert!(tmux.alternate_on(), "watch draws on the alternate screen");
+        3,
+    )
+    .await;
     assert!(
         screen.starts_with(&format!(
             "foodpipe watch  topic {topic}  group order-processors"
@@ -259,24 +294,7 @@ async fn live_view_follows_a_producer_and_a_consumer_and_q_restores_the_terminal
     assert!(produced.status.success(), "{produced:?}");
     stop_all(vec![consumer]).await;
 
-    // q: the alternate screen is left and the shell is back, exit 0.
-    tmux.press("q");
-    tmux.wait_for("the shell prompt after q", Duration::from_secs(10), |s| {
-        s.trim_end().ends_with(PROMPT)
-    })
-    .await;
-    assert!(!tmux.alternate_on(), "the alternate screen is left");
-    tmux.type_text("echo exit=$?");
-    tmux.press("Enter");
-    tmux.wait_for("exit status 0", Duration::from_secs(10), |s| {
-        s.contains("exit=0")
-    })
-    .await;
-    let errors = std::fs::read_to_string(&log).unwrap_or_default();
-    assert!(
-        !errors.contains("panicked") && !errors.contains("error"),
-        "stderr: {errors}"
-    );
+    tmux.quit().await;
     db.drop_db().await;
 }
 
@@ -290,24 +308,14 @@ async fn key_explorer_agrees_with_foodpipe_partition() {
     produce_events_to(&topic, 60, 1502, 6).await;
     consume_until_caught_up(&topic, &db, &[]).await;
 
-    let log = log_path(&topic);
-    let tmux = Tmux::start(80, 24);
-    tmux.wait_for("the shell prompt", Duration::from_secs(10), |s| {
-        s.contains(PROMPT)
-    })
-    .await;
-    tmux.type_text(&watch_command(
+    let (tmux, screen) = Tmux::watch(
+        (80, 24),
         &bootstrap_servers(),
         &db,
         &format!("--topic {topic}"),
-        &log,
-    ));
-    tmux.press("Enter");
-    let screen = tmux
-        .wait_for("six partition rows", Duration::from_secs(30), |s| {
-            stored(s).len() == 6
-        })
-        .await;
+        6,
+    )
+    .await;
     assert!(screen.lines().all(|l| l.chars().count() <= 80), "{screen}");
 
     for key in ["CUST-0042", "order-7"] {
@@ -342,12 +350,7 @@ async fn key_explorer_agrees_with_foodpipe_partition() {
         })
         .await;
     }
-    tmux.press("q");
-    tmux.wait_for("the shell prompt after q", Duration::from_secs(10), |s| {
-        s.trim_end().ends_with(PROMPT)
-    })
-    .await;
-    assert!(!tmux.alternate_on());
+    tmux.quit().await;
     db.drop_db().await;
 }
 
@@ -365,24 +368,14 @@ async fn a_broker_outage_is_a_banner_not_a_crash() {
         .env("KAFKA_BOOTSTRAP_SERVERS", &broker.address);
     run_ok(consume).await;
 
-    let log = log_path(&topic);
-    let tmux = Tmux::start(100, 30);
-    tmux.wait_for("the shell prompt", Duration::from_secs(10), |s| {
-        s.contains(PROMPT)
-    })
-    .await;
-    tmux.type_text(&watch_command(
+    let (tmux, before) = Tmux::watch(
+        (100, 30),
         &broker.address,
         &db,
         &format!("--topic {topic} --interval 500ms --kafka-timeout-secs 2"),
-        &log,
-    ));
-    tmux.press("Enter");
-    let before = tmux
-        .wait_for("three partition rows", Duration::from_secs(30), |s| {
-            ends(s).len() == 3
-        })
-        .await;
+        3,
+    )
+    .await;
     broker.kill().await;
     let during = tmux
         .wait_for("the broker banner", Duration::from_secs(30), |s| {
@@ -396,11 +389,7 @@ async fn a_broker_outage_is_a_banner_not_a_crash() {
         !s.contains("! broker:") && ends(s).len() == 3
     })
     .await;
-    tmux.press("q");
-    tmux.wait_for("the shell prompt after q", Duration::from_secs(10), |s| {
-        s.trim_end().ends_with(PROMPT)
-    })
-    .await;
+    tmux.quit().await;
     db.drop_db().await;
 }
 
