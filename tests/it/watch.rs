@@ -69,6 +69,19 @@ impl Tmux {
         self.run(&["capture-pane", "-p", "-t", "w"])
     }
 
+    /// True if any cell of the screen has a colour (SGR 30-37, 38, 40-47,
+    /// 48, 90-97, 100-107; 39 and 49 are the terminal's own colours).
+    fn coloured(&self) -> bool {
+        let screen = self.run(&["capture-pane", "-p", "-e", "-t", "w"]);
+        screen.split("\x1b[").skip(1).any(|sgr| {
+            let params = sgr.split_once('m').map_or("", |(p, _)| p);
+            params
+                .split(';')
+                .filter_map(|p| p.parse::<u16>().ok())
+                .any(|n| matches!(n, 30..=37 | 38 | 40..=47 | 48 | 90..=97 | 100..=107))
+        })
+    }
+
     /// True while the program in the pane uses the alternate screen.
     fn alternate_on(&self) -> bool {
         self.run(&["display-message", "-p", "-t", "w", "#{alternate_on}"])
@@ -96,10 +109,11 @@ impl Tmux {
 
 impl Tmux {
     /// A shell in a `width` x `height` pane starts `watch` with `args`
-    /// against `bootstrap` and `db`; returns once the frame shows
+    /// against `bootstrap` and `db`, with `NO_COLOR=1` if `no_color`; returns once the frame shows
     /// `partitions` rows with log ends and stored offsets.
     async fn watch(
         (width, height): (u16, u16),
+        no_color: bool,
         bootstrap: &str,
         db: &TestDb,
         args: &str,
@@ -112,7 +126,8 @@ impl Tmux {
         .await;
         let log = tmux.log();
         tmux.type_text(&format!(
-            "env -u RUST_LOG NO_COLOR=1 KAFKA_BOOTSTRAP_SERVERS='{bootstrap}' DATABASE_URL='{}' '{}' watch {args} 2>'{}'",
+            "env -u RUST_LOG -u NO_COLOR {}KAFKA_BOOTSTRAP_SERVERS='{bootstrap}' DATABASE_URL='{}' '{}' watch {args} 2>'{}'",
+            if no_color { "NO_COLOR=1 " } else { "" },
             db.url,
             env!("CARGO_BIN_EXE_foodpipe"),
             log.display()
@@ -210,7 +225,7 @@ fn ends(screen: &str) -> BTreeMap<i32, i64> {
 }
 
 /// In a real terminal: the screen names the topic and shows every
-/// partition's stored offset as `status` prints it; a running consumer
+/// partition's stored offset as `status` prints it, in colour; a running consumer
 /// appears as the owner and member; END and STORED move while a producer
 /// and the consumer run; `q` leaves the alternate screen and returns to the
 /// shell prompt with exit status 0.
@@ -226,6 +241,7 @@ async fn live_view_follows_a_producer_and_a_consumer_and_q_restores_the_terminal
     // Wide enough for a long host name in the member id.
     let (tmux, screen) = Tmux::watch(
         (120, 30),
+        false,
         &bootstrap_servers(),
         &db,
         &format!("--topic {topic} --interval 500ms"),
@@ -246,6 +262,7 @@ async fn live_view_follows_a_producer_and_a_consumer_and_q_restores_the_terminal
     for (p, row) in rows(&screen) {
         assert_eq!(row[4], "0", "partition {p} has no lag:\n{screen}");
     }
+    assert!(tmux.coloured(), "without NO_COLOR the states are coloured");
     let (start_ends, start_stored) = (ends(&screen), stored(&screen));
 
     // A consumer joins: its member id shows as owner and member.
@@ -300,7 +317,8 @@ async fn live_view_follows_a_producer_and_a_consumer_and_q_restores_the_terminal
 
 /// In an 80x24 terminal, the key explorer (`/`) shows murmur2, toPositive
 /// and the partition of a typed key, and the partition equals what
-/// `foodpipe partition` prints; Esc closes it and q quits.
+/// `foodpipe partition` prints; under NO_COLOR no cell has a colour; Esc
+/// closes it and q quits.
 #[tokio::test]
 async fn key_explorer_agrees_with_foodpipe_partition() {
     let topic = random_topic_name();
@@ -310,6 +328,7 @@ async fn key_explorer_agrees_with_foodpipe_partition() {
 
     let (tmux, screen) = Tmux::watch(
         (80, 24),
+        true,
         &bootstrap_servers(),
         &db,
         &format!("--topic {topic}"),
@@ -317,6 +336,7 @@ async fn key_explorer_agrees_with_foodpipe_partition() {
     )
     .await;
     assert!(screen.lines().all(|l| l.chars().count() <= 80), "{screen}");
+    assert!(!tmux.coloured(), "NO_COLOR: no cell has a colour");
 
     for key in ["CUST-0042", "order-7"] {
         tmux.press("/");
@@ -370,6 +390,7 @@ async fn a_broker_outage_is_a_banner_not_a_crash() {
 
     let (tmux, before) = Tmux::watch(
         (100, 30),
+        true,
         &broker.address,
         &db,
         &format!("--topic {topic} --interval 500ms --kafka-timeout-secs 2"),
