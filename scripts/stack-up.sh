@@ -154,6 +154,8 @@ ensure_tools() {
     command -v file >/dev/null || apt_install file
     command -v openssl >/dev/null || apt_install openssl
     command -v socat >/dev/null || apt_install socat
+    # tmux is the real terminal the `watch` tests drive (keys in, screen out).
+    command -v tmux >/dev/null || apt_install tmux
 }
 
 mkdir -p "$STACK_DIR"

@@ -13,6 +13,7 @@
 //! - [`groups`] runs `group list | describe | reset`.
 //! - [`topics`] runs `topics`, `tail`, `cluster` and `doctor`.
 //! - [`partition`] runs `partition`.
+//! - [`watch`] runs `watch`.
 
 use clap::{Parser, Subcommand};
 
@@ -25,6 +26,7 @@ mod partition;
 mod produce;
 mod security;
 mod topics;
+mod watch;
 
 use args::ClusterArgs;
 use consume::{ConsumeArgs, RebuildArgs, ReplayArgs};
@@ -34,6 +36,7 @@ use migrate::MigrateArgs;
 use partition::PartitionArgs;
 use produce::{GenerateArgs, ProduceArgs, SendArgs};
 use topics::{DoctorArgs, TailArgs, TopicsCommand};
+use watch::WatchArgs;
 
 /// What `--version` prints: version, git commit, target, whether the C
 /// runtime is linked in (static: the binary needs no libc on the host), and
@@ -127,6 +130,11 @@ pub(crate) enum Command {
     /// Print records (partition, offset, timestamp, key, value), like
     /// kafka-console-consumer. Starts at the log end unless told otherwise.
     Tail(TailArgs),
+    /// The live picture, full screen: per partition the log start and end,
+    /// stored offset, lag, owner, epoch, events/s and state; the members;
+    /// totals; a key explorer (`/`). Refreshes every second; q quits.
+    /// Read-only. `--once` prints one frame as text.
+    Watch(WatchArgs),
 }
 
 /// A user asked for something that does not exist: exit status 2.
@@ -204,5 +212,6 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Cluster(args) => topics::cluster(args).await,
         Command::Doctor(args) => topics::doctor(args).await,
         Command::Partition(args) => partition::partition(args),
+        Command::Watch(args) => watch::watch(args).await,
     }
 }

@@ -20,6 +20,7 @@ fn read_only_commands(topic: &str) -> Vec<Vec<String>> {
         vec!["dead-letters", "show", "1"],
         vec!["group", "list"],
         vec!["group", "describe", "--topic", topic],
+        vec!["watch", "--once", "--topic", topic],
     ]
     .into_iter()
     .map(|args| args.into_iter().map(str::to_owned).collect())
@@ -134,7 +135,7 @@ async fn read_only_commands_refuse_an_unmigrated_schema_and_create_nothing() {
     db.drop_db().await;
 }
 
-/// A role that may only SELECT (USAGE on the schema, SELECT on its tables, refinery_schema_history included) runs status, asof, dead-letters list and show, group list and group describe; the same role cannot migrate.
+/// A role that may only SELECT (USAGE on the schema, SELECT on its tables, refinery_schema_history included) runs status, asof, dead-letters list and show, group list, group describe and watch --once; the same role cannot migrate.
 #[tokio::test]
 async fn read_only_commands_work_with_a_select_only_role() {
     let topic = random_topic_name();
@@ -167,8 +168,8 @@ async fn read_only_commands_work_with_a_select_only_role() {
         );
         outputs.push(stdout);
     }
-    let [status, asof, list, show, groups, describe] = &outputs[..] else {
-        unreachable!("six commands")
+    let [status, asof, list, show, groups, describe, watch] = &outputs[..] else {
+        unreachable!("seven commands")
     };
     assert!(
         status.contains(&format!("topic {topic} / group order-processors")),
@@ -182,6 +183,10 @@ async fn read_only_commands_work_with_a_select_only_role() {
     assert!(
         describe.contains(&topic) && describe.contains("LOG-END-OFFSET"),
         "{describe}"
+    );
+    assert!(
+        watch.contains(&format!("topic {topic}")) && watch.contains("dead letters 1 "),
+        "{watch}"
     );
     assert_eq!(user_objects(&db).await, before);
 

@@ -22,3 +22,4 @@ mod security;
 mod static_binary;
 mod timetravel;
 mod tools;
+mod watch;

@@ -52,7 +52,10 @@ pub use rskafka::client::partition::{
     FetchedRecordBatch, OffsetAt, decode_record_batches,
 };
 pub use rskafka::record::{Record, RecordAndOffset};
-pub use topics::{TopicInfo, ensure_topic, existing_topic_partitions, topic_partitions};
+pub use topics::{
+    PartitionOffsets, TopicInfo, TopicOffsets, ensure_topic, existing_topic_partitions,
+    topic_partitions,
+};
 
 /// A record's headers as `(key, value)` pairs sorted by key: the form
 /// dead letters keep them in.

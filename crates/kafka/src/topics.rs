@@ -1,5 +1,6 @@
 //! Topic administration, like `kafka-topics`: list, describe, create,
-//! delete, and [`ensure_topic`] for producers. Every function returns
+//! delete, [`ensure_topic`] for producers, and [`TopicOffsets`] for reading
+//! every partition's offsets again and again. Every function returns
 //! foodpipe's types, so callers never name an rskafka one.
 
 use std::fmt;
@@ -87,19 +88,61 @@ impl fmt::Display for TopicDescription {
 /// The partitions of `topic`, which must exist ([`Error::UnknownTopic`]),
 /// with their earliest and latest offsets.
 pub async fn describe(client: &Client, topic: &str) -> Result<TopicDescription> {
-    let count = existing_topic_partitions(client, topic).await?;
-    let mut partitions = Vec::with_capacity(count as usize);
-    for partition in 0..count as i32 {
-        let reader = PartitionReader::new(client, topic, partition).await?;
-        partitions.push(PartitionOffsets {
-            partition,
-            earliest: reader.offset(OffsetAt::Earliest).await?,
-            latest: reader.offset(OffsetAt::Latest).await?,
-        });
-    }
+    let partitions = TopicOffsets::new(client, topic).await?.read().await?;
     Ok(TopicDescription {
         name: topic.to_owned(),
         partitions,
+    })
+}
+
+/// How many ListOffsets requests [`TopicOffsets::read`] has in flight at
+/// once: enough that hundreds of partitions are read in a few round trips,
+/// few enough not to flood one broker.
+const OFFSETS_IN_FLIGHT: usize = 16;
+
+/// Connections to the leader of every partition of a topic, kept so that
+/// the earliest and log-end offsets can be read again and again (`watch`
+/// reads them every second) without a metadata request each time.
+#[derive(Debug)]
+pub struct TopicOffsets {
+    readers: Vec<PartitionReader>,
+}
+
+impl TopicOffsets {
+    /// Connects to the leaders of every partition of `topic`, which must
+    /// exist ([`Error::UnknownTopic`]).
+    pub async fn new(client: &Client, topic: &str) -> Result<Self> {
+        let count = existing_topic_partitions(client, topic).await?;
+        let mut readers = Vec::with_capacity(count as usize);
+        for partition in 0..count as i32 {
+            readers.push(PartitionReader::new(client, topic, partition).await?);
+        }
+        Ok(Self { readers })
+    }
+
+    /// The partition count when connected.
+    pub fn partitions(&self) -> usize {
+        self.readers.len()
+    }
+
+    /// Each partition's earliest offset still on the broker and its log
+    /// end (ListOffsets), by partition.
+    pub async fn read(&self) -> Result<Vec<PartitionOffsets>> {
+        use futures::{StreamExt, TryStreamExt};
+        // The futures are made outside the stream: a closure over borrowed
+        // readers inside it would make the whole future not provably `Send`.
+        futures::stream::iter(self.readers.iter().map(read_offsets))
+            .buffered(OFFSETS_IN_FLIGHT)
+            .try_collect()
+            .await
+    }
+}
+
+async fn read_offsets(reader: &PartitionReader) -> Result<PartitionOffsets> {
+    Ok(PartitionOffsets {
+        partition: reader.partition(),
+        earliest: reader.offset(OffsetAt::Earliest).await?,
+        latest: reader.offset(OffsetAt::Latest).await?,
     })
 }
 

@@ -9,6 +9,8 @@
 //!   `kafka-console-producer`.
 //! - [`consume`]: fold every partition of the topic into PostgreSQL, one
 //!   transaction per fetched batch, from the stored offsets.
+//! - [`watch`]: the live picture of partitions, offsets, owners and lag
+//!   in the terminal (ratatui), read-only.
 
 pub mod consume;
 pub mod doctor;
@@ -20,3 +22,4 @@ pub mod rebuild;
 mod retry;
 pub mod send;
 pub mod tail;
+pub mod watch;

@@ -35,7 +35,7 @@ pub use asof::{OrderAsOf, OrdersAsOf};
 pub use error::{Error, Result};
 pub use fold::SourceRecord;
 pub use membership::{GroupRow, GroupView, Lease, LeaseRow, Member, MemberRow, PartitionOwner};
-pub use report::{DeadLetterList, DeadLetterRow, StatusReport};
+pub use report::{DeadLetterList, DeadLetterRow, GapRow, Gaps, StatusReport};
 
 mod embedded {
     refinery::embed_migrations!("../../migrations");

@@ -48,13 +48,7 @@ impl Store {
             .iter()
             .map(|r| (r.get(0), r.get(1)))
             .collect();
-        let dead_letters = client
-            .query_one(
-                "SELECT count(*) FROM dead_letters WHERE group_id = $1 AND topic = $2",
-                &[&group, &topic],
-            )
-            .await?
-            .get(0);
+        let dead_letters = self.dead_letter_count(group, topic).await?;
         Ok(StatusReport {
             group: group.to_owned(),
             topic: topic.to_owned(),
@@ -231,6 +225,19 @@ impl Store {
         Ok(rows.iter().map(dead_letter_from_row).collect())
     }
 
+    /// How many dead letters `group` recorded on `topic`.
+    pub async fn dead_letter_count(&self, group: &str, topic: &str) -> Result<i64> {
+        Ok(self
+            .client()
+            .await?
+            .query_one(
+                "SELECT count(*) FROM dead_letters WHERE group_id = $1 AND topic = $2",
+                &[&group, &topic],
+            )
+            .await?
+            .get(0))
+    }
+
     /// One dead letter by id.
     pub async fn dead_letter(&self, id: i64) -> Result<Option<DeadLetterRow>> {
         let client = self.client().await?;
@@ -241,6 +248,61 @@ impl Store {
             )
             .await?;
         Ok(row.as_ref().map(dead_letter_from_row))
+    }
+}
+
+/// A recorded offset gap (`offset_gaps`): a stored offset the broker no
+/// longer backed, and where the consumer went on from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GapRow {
+    pub partition: i32,
+    /// `retention`, `log_end` or `recreated`.
+    pub reason: String,
+    pub stored_offset: i64,
+    pub reset_to: i64,
+    /// The `--offset-reset` policy that chose `reset_to`.
+    pub policy: String,
+    pub detected_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// The gaps of a group on a topic: how many in all, and the newest.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Gaps {
+    pub total: i64,
+    /// Newest first.
+    pub latest: Vec<GapRow>,
+}
+
+impl Store {
+    /// The offset gaps `group` recorded on `topic`: the count and the
+    /// newest `limit`.
+    pub async fn offset_gaps(&self, group: &str, topic: &str, limit: i64) -> Result<Gaps> {
+        let client = self.client().await?;
+        let total = client
+            .query_one(
+                "SELECT count(*) FROM offset_gaps WHERE group_id = $1 AND topic = $2",
+                &[&group, &topic],
+            )
+            .await?
+            .get(0);
+        let latest = client
+            .query(
+                "SELECT partition, reason, stored_offset, reset_to, policy, detected_at \
+                 FROM offset_gaps WHERE group_id = $1 AND topic = $2 ORDER BY id DESC LIMIT $3",
+                &[&group, &topic, &limit],
+            )
+            .await?
+            .iter()
+            .map(|r| GapRow {
+                partition: r.get(0),
+                reason: r.get(1),
+                stored_offset: r.get(2),
+                reset_to: r.get(3),
+                policy: r.get(4),
+                detected_at: r.get(5),
+            })
+            .collect();
+        Ok(Gaps { total, latest })
     }
 }
 
