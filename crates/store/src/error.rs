@@ -11,7 +11,8 @@ pub enum Error {
     )]
     TlsNotBuiltIn,
     #[error(
-        "invalid --schema {0:?}: use lowercase letters, digits and _, not starting with a digit"
+        "invalid schema name {0:?}: use at most 63 lowercase letters, digits and _, \
+         not starting with a digit"
     )]
     BadSchema(String),
     #[error("cannot connect to PostgreSQL at {target}: {source}")]
