@@ -35,6 +35,12 @@ fn random_suffix() -> String {
     format!("{:016x}", rand::random::<u64>())
 }
 
+/// Where Kafka's default partitioner puts `key` among `partitions` (at least one).
+pub fn partition_of(key: &[u8], partitions: u32) -> u32 {
+    let n = std::num::NonZeroU32::new(partitions).expect("a topic has partitions");
+    partition::partition_for_key(key, n)
+}
+
 /// A topic name no other test uses.
 pub fn random_topic_name() -> String {
     format!("it-{}", random_suffix())

@@ -131,16 +131,30 @@ pub async fn delete(client: &Client, topic: &str) -> Result<()> {
         })
 }
 
-/// The partition count of `topic`, or `None` if it does not exist.
+/// The partition count of `topic`, or `None` if it does not exist;
+/// [`Error::NoPartitions`] if the metadata lists it with none.
 pub async fn topic_partitions(client: &Client, topic: &str) -> Result<Option<u32>> {
     let topics = client
         .list_topics()
         .await
         .map_err(|source| Error::Metadata { source })?;
-    Ok(topics
+    topics
         .into_iter()
         .find(|t| t.name == topic)
-        .map(|t| t.partitions.len() as u32))
+        .map(|t| partition_count(topic, t.partitions.len()))
+        .transpose()
+}
+
+/// A partition count from metadata, which every caller divides by or
+/// indexes with: zero is an error naming the topic, never a later panic.
+fn partition_count(topic: &str, listed: usize) -> Result<u32> {
+    // Kafka counts partitions in an int32, so the cast never saturates.
+    match u32::try_from(listed).unwrap_or(u32::MAX) {
+        0 => Err(Error::NoPartitions {
+            topic: topic.to_owned(),
+        }),
+        n => Ok(n),
+    }
 }
 
 /// The partition count of `topic`, which must exist
@@ -210,6 +224,19 @@ pub async fn ensure_topic(client: &Client, topic: &str, partitions: u32) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A topic listed with zero partitions is an error naming it; any other count passes.
+    #[test]
+    fn zero_partitions_is_an_error() {
+        let err = partition_count("food-orders", 0).expect_err("zero");
+        assert!(matches!(err, Error::NoPartitions { .. }));
+        assert!(
+            err.to_string()
+                .contains("\"food-orders\" has no partitions"),
+            "{err}"
+        );
+        assert_eq!(partition_count("t", 3).expect("three"), 3);
+    }
 
     /// `topics describe` prints a header and one aligned row per partition with its record count.
     #[test]
