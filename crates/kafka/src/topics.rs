@@ -138,23 +138,23 @@ pub async fn topic_partitions(client: &Client, topic: &str) -> Result<Option<u32
         .list_topics()
         .await
         .map_err(|source| Error::Metadata { source })?;
-    topics
-        .into_iter()
-        .find(|t| t.name == topic)
-        .map(|t| partition_count(topic, t.partitions.len()))
-        .transpose()
+    let Some(listed) = topics.into_iter().find(|t| t.name == topic) else {
+        return Ok(None);
+    };
+    match partition_count(listed.partitions.len()) {
+        Some(n) => Ok(Some(n)),
+        None => Err(Error::NoPartitions {
+            topic: topic.to_owned(),
+        }),
+    }
 }
 
 /// A partition count from metadata, which every caller divides by or
-/// indexes with: zero is an error naming the topic, never a later panic.
-fn partition_count(topic: &str, listed: usize) -> Result<u32> {
-    // Kafka counts partitions in an int32, so the cast never saturates.
-    match u32::try_from(listed).unwrap_or(u32::MAX) {
-        0 => Err(Error::NoPartitions {
-            topic: topic.to_owned(),
-        }),
-        n => Ok(n),
-    }
+/// indexes with: `None` for zero, so it is an error where it is read,
+/// never a later panic.
+fn partition_count(listed: usize) -> Option<u32> {
+    // Kafka counts partitions in an int32, so the conversion never fails.
+    u32::try_from(listed).ok().filter(|n| *n > 0)
 }
 
 /// The partition count of `topic`, which must exist
@@ -228,14 +228,16 @@ mod tests {
     /// A topic listed with zero partitions is an error naming it; any other count passes.
     #[test]
     fn zero_partitions_is_an_error() {
-        let err = partition_count("food-orders", 0).expect_err("zero");
-        assert!(matches!(err, Error::NoPartitions { .. }));
+        assert_eq!(partition_count(0), None);
+        assert_eq!(partition_count(3), Some(3));
+        let err = Error::NoPartitions {
+            topic: "food-orders".to_owned(),
+        };
         assert!(
             err.to_string()
                 .contains("\"food-orders\" has no partitions"),
             "{err}"
         );
-        assert_eq!(partition_count("t", 3).expect("three"), 3);
     }
 
     /// `topics describe` prints a header and one aligned row per partition with its record count.
