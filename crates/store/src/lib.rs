@@ -536,15 +536,7 @@ impl Store {
         partition: i32,
         initial: i64,
     ) -> Result<StoredOffset> {
-        {
-            let client = self.client().await?;
-            let stmt = client
-                .prepare_cached(include_str!("sql/init_offset.sql"))
-                .await?;
-            client
-                .execute(&stmt, &[&group, &topic, &partition, &initial])
-                .await?;
-        }
+        insert_initial_offset(&self.client().await?, group, topic, partition, initial).await?;
         self.stored_offset(group, topic, partition)
             .await?
             .ok_or_else(|| Error::Migrate("consumer_offsets row vanished after insert".into()))
@@ -600,6 +592,25 @@ impl Store {
         tx.commit().await?;
         Ok(true)
     }
+}
+
+/// Stores `initial` as the partition's next offset unless one is stored
+/// already: the one place an offset row is created for a group that has
+/// never read the partition ([`Store::init_offset`], a lease's take).
+async fn insert_initial_offset(
+    client: &deadpool_postgres::Client,
+    group: &str,
+    topic: &str,
+    partition: i32,
+    initial: i64,
+) -> Result<()> {
+    let stmt = client
+        .prepare_cached(include_str!("sql/init_offset.sql"))
+        .await?;
+    client
+        .execute(&stmt, &[&group, &topic, &partition, &initial])
+        .await?;
+    Ok(())
 }
 
 /// What [`Store::migrate`] did.
