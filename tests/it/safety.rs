@@ -86,7 +86,7 @@ async fn dry_run_at_every_schema_length_changes_nothing() {
              INSERT INTO {name}.dead_letters SELECT * FROM seed.dead_letters;
              INSERT INTO {name}.consumer_offsets SELECT * FROM seed.consumer_offsets;
              UPDATE {name}.orders SET status = 'pending', last_event_id = gen_random_uuid()
-             WHERE order_id = (SELECT min(order_id) FROM {name}.orders);"
+             WHERE order_id = (SELECT order_id FROM {name}.orders ORDER BY order_id LIMIT 1);"
         ))
         .await
         .expect("copy the seed");
@@ -239,5 +239,147 @@ async fn ctrl_c_during_rebuild_leaves_the_live_schema_untouched() {
         "live schema changed"
     );
     assert!(schemas_like(&pg, "public_rebuild").await.is_empty());
+    db.drop_db().await;
+}
+
+/// Builds source records from events, at offsets 0, 1, 2, ...
+fn source_records(events: &[events::OrderEvent]) -> Vec<store::SourceRecord> {
+    events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| store::SourceRecord {
+            offset: i as i64,
+            timestamp: e.occurred_at,
+            key: Some(e.customer_id.clone().into_bytes()),
+            value: Some(e.to_json()),
+            headers: Vec::new(),
+            event: Ok(e.clone()),
+        })
+        .collect()
+}
+
+/// Applies `records` to partition 0 of topic "t" as one batch without a lease.
+async fn apply(
+    store: &store::Store,
+    records: &[store::SourceRecord],
+    from: i64,
+) -> store::Result<store::Applied> {
+    store
+        .apply_batch(&store::Batch {
+            group: "g",
+            topic: "t",
+            partition: 0,
+            from_offset: from,
+            next_offset: from + records.len() as i64,
+            records,
+            incarnation: 0,
+            lease: None,
+        })
+        .await
+}
+
+/// A view row this build cannot read back (unknown status, items that are not line items) stops the batch with an error naming the order; nothing is written.
+#[tokio::test]
+async fn unreadable_view_row_is_an_error_naming_the_order() {
+    let db = TestDb::create().await;
+    let store = store::Store::connect(&store::StoreConfig {
+        database_url: db.url.clone(),
+        ..store::StoreConfig::default()
+    })
+    .await
+    .expect("connect");
+    store.migrate().await.expect("migrate");
+    store.init_offset("g", "t", 0, 0).await.expect("offset");
+    let events: Vec<events::OrderEvent> = events::generator::Generator::new(Default::default())
+        .take(400)
+        .collect();
+    let records = source_records(&events);
+    // The first event creates an order; fold it, then damage its row.
+    let first = events[0].order_id;
+    let later = records
+        .iter()
+        .position(|r| r.offset > 0 && r.event.as_ref().is_ok_and(|e| e.order_id == first))
+        .expect("the order has a second event");
+    apply(&store, &records[..later], 0)
+        .await
+        .expect("first batch");
+    let pg = db.client().await;
+    for damage in [
+        "UPDATE orders SET items = '\"not a list\"' WHERE order_id = $1",
+        "ALTER TABLE orders DROP CONSTRAINT IF EXISTS orders_status_check; \
+         UPDATE orders SET items = '[]', status = 'teleported' WHERE order_id = $1",
+    ] {
+        let (ddl, update) = damage.rsplit_once("; ").unwrap_or(("", damage));
+        if !ddl.is_empty() {
+            pg.batch_execute(ddl).await.expect("ddl");
+        }
+        pg.execute(update, &[&first]).await.expect("damage");
+        let err = apply(&store, &records[later..=later], later as i64)
+            .await
+            .expect_err("an unreadable row is an error");
+        assert!(
+            matches!(&err, store::Error::UnreadableOrder { order_id, .. } if *order_id == first),
+            "{err}"
+        );
+        assert!(err.to_string().contains(&first.to_string()), "{err}");
+        let stored = store.stored_offset("g", "t", 0).await.expect("read");
+        assert_eq!(
+            stored.map(|s| s.next_offset),
+            Some(later as i64),
+            "nothing committed"
+        );
+    }
+    db.drop_db().await;
+}
+
+/// `orders_as_of` after every event equals the view, even when a later step of an order carries an earlier occurred_at.
+#[tokio::test]
+async fn asof_at_the_end_of_time_equals_the_view() {
+    let db = TestDb::create().await;
+    let store = store::Store::connect(&store::StoreConfig {
+        database_url: db.url.clone(),
+        ..store::StoreConfig::default()
+    })
+    .await
+    .expect("connect");
+    store.migrate().await.expect("migrate");
+    store.init_offset("g", "t", 0, 0).await.expect("offset");
+    let mut events: Vec<events::OrderEvent> = events::generator::Generator::new(Default::default())
+        .take(600)
+        .collect();
+    // Turn the clock back on the last event of every tenth order: V4 read
+    // those orders as of their earlier step.
+    let mut orders: Vec<uuid::Uuid> = events.iter().map(|e| e.order_id).collect();
+    orders.dedup();
+    for order in orders.iter().step_by(10) {
+        if let Some(last) = events.iter_mut().rev().find(|e| e.order_id == *order)
+            && !matches!(last.body, events::EventBody::OrderCreated(_))
+        {
+            last.occurred_at -= chrono::Duration::days(1);
+        }
+    }
+    let records = source_records(&events);
+    for (i, chunk) in records.chunks(97).enumerate() {
+        apply(&store, chunk, (i * 97) as i64).await.expect("batch");
+    }
+    let pg = db.client().await;
+    let differing: i64 = pg
+        .query_one(
+            "SELECT count(*) FROM orders o FULL JOIN orders_as_of('infinity') a USING (order_id) \
+             WHERE o.status IS DISTINCT FROM a.status \
+                OR o.last_event_id IS DISTINCT FROM a.last_event_id \
+                OR o.updated_at IS DISTINCT FROM a.updated_at",
+            &[],
+        )
+        .await
+        .expect("compare")
+        .get(0);
+    assert_eq!(differing, 0, "asof at the end of time is the view");
+    let orders_in_view: i64 = pg
+        .query_one("SELECT count(*) FROM orders", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert!(orders_in_view > 50, "{orders_in_view}");
     db.drop_db().await;
 }
