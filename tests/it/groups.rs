@@ -166,13 +166,7 @@ async fn paused_owner_is_fenced() {
 #[tokio::test]
 async fn stale_epoch_cannot_commit() {
     let db = TestDb::create().await;
-    let store = store::Store::connect(&store::StoreConfig {
-        database_url: db.url.clone(),
-        ..store::StoreConfig::default()
-    })
-    .await
-    .expect("connect");
-    store.migrate().await.expect("migrate");
+    let store = db.migrated_store(None).await;
     let member = |id: &str| store::Member {
         group: GROUP.to_owned(),
         id: id.to_owned(),

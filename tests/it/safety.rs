@@ -6,7 +6,7 @@ use std::time::Duration;
 use tokio::task::JoinSet;
 
 use crate::harness::{
-    TestDb, bootstrap_servers, consume_until_caught_up, foodpipe, produce_events,
+    TestDb, bootstrap_servers, consume_until_caught_up, damage_orders, foodpipe, produce_events,
     random_topic_name, signal,
 };
 
@@ -71,25 +71,17 @@ async fn dry_run_at_every_schema_length_changes_nothing() {
         .map(|n| "l".repeat(n))
         .collect();
     for name in &names {
-        let store = store::Store::connect(&store::StoreConfig {
-            database_url: db.url.clone(),
-            schema: Some(name.clone()),
-            ..store::StoreConfig::default()
-        })
-        .await
-        .expect("connect");
-        store.migrate().await.expect("migrate");
-        // Damage one order, so a dry run has something to report.
+        db.migrated_store(Some(name)).await;
         pg.batch_execute(&format!(
             "INSERT INTO {name}.order_events SELECT * FROM seed.order_events;
              INSERT INTO {name}.orders SELECT * FROM seed.orders;
              INSERT INTO {name}.dead_letters SELECT * FROM seed.dead_letters;
-             INSERT INTO {name}.consumer_offsets SELECT * FROM seed.consumer_offsets;
-             UPDATE {name}.orders SET status = 'pending', last_event_id = gen_random_uuid()
-             WHERE order_id = (SELECT order_id FROM {name}.orders ORDER BY order_id LIMIT 1);"
+             INSERT INTO {name}.consumer_offsets SELECT * FROM seed.consumer_offsets;"
         ))
         .await
         .expect("copy the seed");
+        // Damage one order, so a dry run has something to report.
+        assert_eq!(damage_orders(&pg, name, 1).await, 1);
     }
     let mut before = Vec::new();
     for name in &names {
@@ -188,15 +180,7 @@ async fn ctrl_c_during_rebuild_leaves_the_live_schema_untouched() {
     consume_until_caught_up(&topic, &db, &[]).await;
     let pg = db.client().await;
     // Damage the live view: a swap would repair it, so it shows whether one happened.
-    let damaged = pg
-        .execute(
-            "UPDATE orders SET status = 'pending', last_event_id = gen_random_uuid() \
-             WHERE order_id IN (SELECT order_id FROM orders ORDER BY order_id LIMIT 3)",
-            &[],
-        )
-        .await
-        .expect("damage");
-    assert_eq!(damaged, 3);
+    assert_eq!(damage_orders(&pg, "public", 3).await, 3);
     let before = fingerprint(&pg, "public").await;
 
     let mut cmd = foodpipe(&["rebuild", "--topic", &topic]);
@@ -282,13 +266,7 @@ async fn apply(
 #[tokio::test]
 async fn unreadable_view_row_is_an_error_naming_the_order() {
     let db = TestDb::create().await;
-    let store = store::Store::connect(&store::StoreConfig {
-        database_url: db.url.clone(),
-        ..store::StoreConfig::default()
-    })
-    .await
-    .expect("connect");
-    store.migrate().await.expect("migrate");
+    let store = db.migrated_store(None).await;
     store.init_offset("g", "t", 0, 0).await.expect("offset");
     let events: Vec<events::OrderEvent> = events::generator::Generator::new(Default::default())
         .take(400)
@@ -336,13 +314,7 @@ async fn unreadable_view_row_is_an_error_naming_the_order() {
 #[tokio::test]
 async fn asof_at_the_end_of_time_equals_the_view() {
     let db = TestDb::create().await;
-    let store = store::Store::connect(&store::StoreConfig {
-        database_url: db.url.clone(),
-        ..store::StoreConfig::default()
-    })
-    .await
-    .expect("connect");
-    store.migrate().await.expect("migrate");
+    let store = db.migrated_store(None).await;
     store.init_offset("g", "t", 0, 0).await.expect("offset");
     let mut events: Vec<events::OrderEvent> = events::generator::Generator::new(Default::default())
         .take(600)
