@@ -55,6 +55,22 @@ pub async fn damage_orders(pg: &tokio_postgres::Client, schema: &str, n: i64) ->
     .expect("damage the view")
 }
 
+/// Builds source records from events, at offsets 0, 1, 2, ...
+pub fn source_records(events: &[events::OrderEvent]) -> Vec<store::SourceRecord> {
+    events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| store::SourceRecord {
+            offset: i as i64,
+            timestamp: e.occurred_at,
+            key: Some(e.customer_id.clone().into_bytes()),
+            value: Some(e.to_json()),
+            headers: Vec::new(),
+            event: Ok(e.clone()),
+        })
+        .collect()
+}
+
 /// A topic name no other test uses.
 pub fn random_topic_name() -> String {
     format!("it-{}", random_suffix())

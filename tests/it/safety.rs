@@ -226,22 +226,6 @@ async fn ctrl_c_during_rebuild_leaves_the_live_schema_untouched() {
     db.drop_db().await;
 }
 
-/// Builds source records from events, at offsets 0, 1, 2, ...
-fn source_records(events: &[events::OrderEvent]) -> Vec<store::SourceRecord> {
-    events
-        .iter()
-        .enumerate()
-        .map(|(i, e)| store::SourceRecord {
-            offset: i as i64,
-            timestamp: e.occurred_at,
-            key: Some(e.customer_id.clone().into_bytes()),
-            value: Some(e.to_json()),
-            headers: Vec::new(),
-            event: Ok(e.clone()),
-        })
-        .collect()
-}
-
 /// Applies `records` to partition 0 of topic "t" as one batch without a lease.
 async fn apply(
     store: &store::Store,
@@ -271,7 +255,7 @@ async fn unreadable_view_row_is_an_error_naming_the_order() {
     let events: Vec<events::OrderEvent> = events::generator::Generator::new(Default::default())
         .take(400)
         .collect();
-    let records = source_records(&events);
+    let records = crate::harness::source_records(&events);
     // The first event creates an order; fold it, then damage its row.
     let first = events[0].order_id;
     let later = records
@@ -330,7 +314,7 @@ async fn asof_at_the_end_of_time_equals_the_view() {
             last.occurred_at -= chrono::Duration::days(1);
         }
     }
-    let records = source_records(&events);
+    let records = crate::harness::source_records(&events);
     for (i, chunk) in records.chunks(97).enumerate() {
         apply(&store, chunk, (i * 97) as i64).await.expect("batch");
     }
