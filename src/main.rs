@@ -89,6 +89,7 @@ fn is_bad_input(e: &anyhow::Error) -> bool {
                 cause.downcast_ref::<store::Error>(),
                 Some(
                     store::Error::TlsNotBuiltIn
+                        | store::Error::BadSchema(_)
                         | store::Error::NotMigrated { .. }
                         | store::Error::MigrationsMissing { .. }
                         | store::Error::SchemaNotUsable { .. }

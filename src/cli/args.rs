@@ -72,7 +72,7 @@ pub(crate) struct DbArgs {
     pub(crate) database_url: String,
     /// PostgreSQL schema for foodpipe's tables (default: public). Two
     /// groups that fold the same topic each need their own schema.
-    #[arg(long, env = "FOODPIPE_SCHEMA")]
+    #[arg(long, env = "FOODPIPE_SCHEMA", value_parser = parse_schema)]
     pub(crate) schema: Option<String>,
     #[command(flatten)]
     pub(crate) tls: security::PgTlsArgs,
@@ -155,6 +155,14 @@ pub(crate) fn parse_partitions(s: &str) -> Result<u32, String> {
         .ok()
         .filter(|v| *v <= 10_000)
         .ok_or_else(|| format!("{v} partitions is more than the 10000 foodpipe allows"))
+}
+
+/// A schema name foodpipe accepts (`store::check_schema_name`), refused
+/// before anything connects.
+pub(crate) fn parse_schema(s: &str) -> Result<String, String> {
+    store::check_schema_name(s)
+        .map(|()| s.to_owned())
+        .map_err(|e| e.to_string())
 }
 
 /// A duration such as 500ms, 30s or 5m, longer than zero.

@@ -7,7 +7,7 @@ use clap::{Args, ValueEnum};
 use pipeline::consume::{ConsumeConfig, MetricsListen, OffsetReset};
 use store::StoreConfig;
 
-use super::args::{DbArgs, GroupArg, KafkaArgs, parse_datetime, parse_duration};
+use super::args::{DbArgs, GroupArg, KafkaArgs, parse_datetime, parse_duration, parse_schema};
 use super::{BadInput, shutdown_signal};
 
 #[derive(Debug, Args)]
@@ -163,7 +163,7 @@ pub(crate) struct ReplayArgs {
     db: DbArgs,
     /// The schema to fold into (created if missing), e.g. replay_noon; not
     /// the live --schema.
-    #[arg(long)]
+    #[arg(long, value_parser = parse_schema)]
     to_schema: String,
     /// Only records timestamped at or before this time (RFC 3339).
     #[arg(long, value_parser = parse_datetime)]

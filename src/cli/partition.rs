@@ -17,8 +17,11 @@ pub(crate) struct PartitionArgs {
 }
 
 pub(crate) fn partition(args: PartitionArgs) -> anyhow::Result<()> {
+    // parse_partitions refuses 0; the type says so to the partitioner.
+    let partitions = std::num::NonZeroU32::new(args.partitions)
+        .ok_or_else(|| anyhow::anyhow!("--partitions must be at least 1"))?;
     let place = |key: &str| {
-        let p = partition::partition_for_key(key.as_bytes(), args.partitions);
+        let p = partition::partition_for_key(key.as_bytes(), partitions);
         println!("{key}\t{p}");
     };
     for key in &args.keys {

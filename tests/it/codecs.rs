@@ -354,7 +354,7 @@ async fn foodpipe_each_codec_is_read_by_librdkafka() {
         assert_eq!(ours, theirs, "{codec}");
         for (p, _, k, _) in &ours {
             let key = k.as_deref().expect("keyed");
-            assert_eq!(*p as u32, partition::partition_for_key(key, 3), "{codec}");
+            assert_eq!(*p as u32, crate::harness::partition_of(key, 3), "{codec}");
         }
     }
 }

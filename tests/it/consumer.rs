@@ -625,7 +625,7 @@ async fn dead_letters_are_copied_to_a_topic() {
     );
     let source = String::from_utf8(copy.headers["foodpipe.source"].clone()).expect("utf8");
     let (_, watermarks) = read_topic_raw(&topic).await;
-    let p = partition::partition_for_key(b"CUST-0001", 3);
+    let p = crate::harness::partition_of(b"CUST-0001", 3);
     assert_eq!(
         source,
         format!("{topic}/{p}/{}", watermarks[&(p as i32)] - 1)

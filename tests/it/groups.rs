@@ -166,13 +166,7 @@ async fn paused_owner_is_fenced() {
 #[tokio::test]
 async fn stale_epoch_cannot_commit() {
     let db = TestDb::create().await;
-    let store = store::Store::connect(&store::StoreConfig {
-        database_url: db.url.clone(),
-        ..store::StoreConfig::default()
-    })
-    .await
-    .expect("connect");
-    store.migrate().await.expect("migrate");
+    let store = db.migrated_store(None).await;
     let member = |id: &str| store::Member {
         group: GROUP.to_owned(),
         id: id.to_owned(),
@@ -214,18 +208,10 @@ async fn stale_epoch_cannot_commit() {
         .expect("take")
         .expect("a is not live");
     assert_eq!(b.epoch, a.epoch + 1);
-    let records: Vec<store::SourceRecord> = events::generator::Generator::new(Default::default())
+    let events: Vec<events::OrderEvent> = events::generator::Generator::new(Default::default())
         .take(10)
-        .enumerate()
-        .map(|(i, e)| store::SourceRecord {
-            offset: i as i64,
-            timestamp: e.occurred_at,
-            key: Some(e.customer_id.clone().into_bytes()),
-            value: Some(e.to_json()),
-            headers: Vec::new(),
-            event: Ok(e),
-        })
         .collect();
+    let records = crate::harness::source_records(&events);
     let batch = |lease| store::Batch {
         group: GROUP,
         topic: "t",

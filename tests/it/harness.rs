@@ -35,6 +35,42 @@ fn random_suffix() -> String {
     format!("{:016x}", rand::random::<u64>())
 }
 
+/// Where Kafka's default partitioner puts `key` among `partitions` (at least one).
+pub fn partition_of(key: &[u8], partitions: u32) -> u32 {
+    let n = std::num::NonZeroU32::new(partitions).expect("a topic has partitions");
+    partition::partition_for_key(key, n)
+}
+
+/// Damages the view of the first `n` orders (by id) of `schema`: status
+/// back to pending, a last event that is in no history. Returns how many.
+pub async fn damage_orders(pg: &tokio_postgres::Client, schema: &str, n: i64) -> u64 {
+    pg.execute(
+        &format!(
+            "UPDATE {schema}.orders SET status = 'pending', last_event_id = gen_random_uuid() \
+             WHERE order_id IN (SELECT order_id FROM {schema}.orders ORDER BY order_id LIMIT $1)"
+        ),
+        &[&n],
+    )
+    .await
+    .expect("damage the view")
+}
+
+/// Builds source records from events, at offsets 0, 1, 2, ...
+pub fn source_records(events: &[events::OrderEvent]) -> Vec<store::SourceRecord> {
+    events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| store::SourceRecord {
+            offset: i as i64,
+            timestamp: e.occurred_at,
+            key: Some(e.customer_id.clone().into_bytes()),
+            value: Some(e.to_json()),
+            headers: Vec::new(),
+            event: Ok(e.clone()),
+        })
+        .collect()
+}
+
 /// A topic name no other test uses.
 pub fn random_topic_name() -> String {
     format!("it-{}", random_suffix())
@@ -82,6 +118,20 @@ impl TestDb {
 
     pub async fn client(&self) -> tokio_postgres::Client {
         pg_connect(&self.url).await
+    }
+
+    /// foodpipe's store on this database (`schema`, or the default),
+    /// migrated, through the library.
+    pub async fn migrated_store(&self, schema: Option<&str>) -> store::Store {
+        let store = store::Store::connect(&store::StoreConfig {
+            database_url: self.url.clone(),
+            schema: schema.map(str::to_owned),
+            ..store::StoreConfig::default()
+        })
+        .await
+        .expect("connect");
+        store.migrate().await.expect("migrate");
+        store
     }
 
     /// Drops the database; call at the end of a passing test. A failing

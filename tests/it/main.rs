@@ -17,6 +17,7 @@ mod mirror;
 mod partitioner;
 mod producer;
 mod runtime;
+mod safety;
 #[cfg(all(feature = "tls", feature = "sasl"))]
 mod security;
 mod static_binary;

@@ -66,7 +66,7 @@ async fn librdkafka_murmur2_agrees_with_foodpipe() {
     assert_eq!(stored.len(), keys.len(), "every key was delivered once");
     let mut disagreements = Vec::new();
     for key in &keys {
-        let ours = partition::partition_for_key(key, 7) as i32;
+        let ours = crate::harness::partition_of(key, 7) as i32;
         if stored[key] != ours {
             disagreements.push((hex(key), stored[key], ours));
         }
@@ -142,7 +142,7 @@ async fn send_places_lines_by_key() {
         match &r.key {
             Some(key) => assert_eq!(
                 r.partition,
-                partition::partition_for_key(key, 3) as i32,
+                crate::harness::partition_of(key, 3) as i32,
                 "key {:?}",
                 String::from_utf8_lossy(key)
             ),

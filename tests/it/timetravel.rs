@@ -133,15 +133,7 @@ async fn rebuild_repairs_the_view_while_live() {
     consume_until_caught_up(&topic, &db, &[]).await;
     // Damage three orders of the live view.
     let pg = db.client().await;
-    let damaged = pg
-        .execute(
-            "UPDATE orders SET status = 'pending', last_event_id = gen_random_uuid() \
-             WHERE order_id IN (SELECT order_id FROM orders ORDER BY order_id LIMIT 3)",
-            &[],
-        )
-        .await
-        .expect("damage");
-    assert_eq!(damaged, 3);
+    assert_eq!(crate::harness::damage_orders(&pg, "public", 3).await, 3);
     // A live consumer keeps running throughout.
     let live = crate::harness::spawn_consumer(&topic, &db, &[]);
     produce_events(&topic, 200, 92).await;

@@ -101,7 +101,18 @@ fn parse(body: &[u8]) -> Result<ClusterView, String> {
         return Err("response to another request".to_owned());
     }
     let count = r.i32()?;
-    let mut brokers = Vec::with_capacity(count.max(0) as usize);
+    // The count comes from the wire: a negative one is garbage, and a huge
+    // one must not reserve memory the body could never fill. Each broker
+    // takes at least MIN_BROKER_BYTES, so the body bounds the capacity.
+    let count =
+        usize::try_from(count).map_err(|_| format!("metadata response lists {count} brokers"))?;
+    if count > r.remaining() / MIN_BROKER_BYTES {
+        return Err(format!(
+            "metadata response lists {count} brokers in {} bytes: truncated or not Kafka",
+            r.remaining()
+        ));
+    }
+    let mut brokers = Vec::with_capacity(count);
     for _ in 0..count {
         let id = r.i32()?;
         let host = r.string()?;
@@ -116,12 +127,19 @@ fn parse(body: &[u8]) -> Result<ClusterView, String> {
     })
 }
 
+/// The smallest broker entry of a Metadata v1 response: node id, an empty
+/// host, port and a null rack.
+const MIN_BROKER_BYTES: usize = 4 + 2 + 4 + 2;
+
 struct Reader<'a> {
     body: &'a [u8],
     at: usize,
 }
 
 impl Reader<'_> {
+    fn remaining(&self) -> usize {
+        self.body.len() - self.at
+    }
     fn take(&mut self, n: usize) -> Result<&[u8], String> {
         let end = self.at.checked_add(n).filter(|e| *e <= self.body.len());
         let end = end.ok_or_else(|| "truncated metadata response".to_owned())?;
@@ -178,5 +196,18 @@ mod tests {
             parse(&body[..10]).is_err(),
             "truncated is an error, not a panic"
         );
+    }
+
+    /// A broker count from the wire that is negative or larger than the body could hold is an error, with no allocation for it.
+    #[test]
+    fn implausible_broker_counts_are_errors() {
+        for count in [-1i32, i32::MIN, i32::MAX, 2] {
+            let mut body = CORRELATION_ID.to_be_bytes().to_vec();
+            body.extend_from_slice(&count.to_be_bytes());
+            // Room for one broker at most.
+            body.extend_from_slice(&[0u8; MIN_BROKER_BYTES + 4]);
+            let err = parse(&body).expect_err("not a panic, an error");
+            assert!(err.contains(&count.to_string()), "{err}");
+        }
     }
 }

@@ -82,6 +82,13 @@ pub enum Error {
         /// The client error, if the request did not get an answer.
         client: Option<Arc<ClientError>>,
     },
+    /// The broker's metadata lists the topic with no partition at all:
+    /// nothing can be placed on it or read from it.
+    #[error(
+        "topic {topic:?} has no partitions in the broker's metadata; \
+         recreate it with `foodpipe topics create --partitions N`"
+    )]
+    NoPartitions { topic: String },
     #[error("partition {partition} does not exist (topic has {partitions})")]
     NoSuchPartition { partition: u32, partitions: u32 },
     #[error("the producer has stopped")]
@@ -136,6 +143,8 @@ impl Error {
             // Asking again gives the same answer.
             Error::TopicExists { .. } => ErrorKind::Permanent,
             Error::NoSuchPartition { .. } => ErrorKind::UnknownTopicOrPartition,
+            // Nothing to read or place: as if the topic were missing.
+            Error::NoPartitions { .. } => ErrorKind::UnknownTopicOrPartition,
             Error::ProducerClosed => ErrorKind::Permanent,
             // Asked of a fetcher for a partition it was never given: a bug
             // that asking again does not fix.

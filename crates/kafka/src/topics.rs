@@ -174,16 +174,30 @@ pub async fn delete(client: &Client, topic: &str) -> Result<()> {
         })
 }
 
-/// The partition count of `topic`, or `None` if it does not exist.
+/// The partition count of `topic`, or `None` if it does not exist;
+/// [`Error::NoPartitions`] if the metadata lists it with none.
 pub async fn topic_partitions(client: &Client, topic: &str) -> Result<Option<u32>> {
     let topics = client
         .list_topics()
         .await
         .map_err(|source| Error::Metadata { source })?;
-    Ok(topics
-        .into_iter()
-        .find(|t| t.name == topic)
-        .map(|t| t.partitions.len() as u32))
+    let Some(listed) = topics.into_iter().find(|t| t.name == topic) else {
+        return Ok(None);
+    };
+    match partition_count(listed.partitions.len()) {
+        Some(n) => Ok(Some(n)),
+        None => Err(Error::NoPartitions {
+            topic: topic.to_owned(),
+        }),
+    }
+}
+
+/// A partition count from metadata, which every caller divides by or
+/// indexes with: `None` for zero, so it is an error where it is read,
+/// never a later panic.
+fn partition_count(listed: usize) -> Option<u32> {
+    // Kafka counts partitions in an int32, so the conversion never fails.
+    u32::try_from(listed).ok().filter(|n| *n > 0)
 }
 
 /// The partition count of `topic`, which must exist
@@ -253,6 +267,21 @@ pub async fn ensure_topic(client: &Client, topic: &str, partitions: u32) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A topic listed with zero partitions is an error naming it; any other count passes.
+    #[test]
+    fn zero_partitions_is_an_error() {
+        assert_eq!(partition_count(0), None);
+        assert_eq!(partition_count(3), Some(3));
+        let err = Error::NoPartitions {
+            topic: "food-orders".to_owned(),
+        };
+        assert!(
+            err.to_string()
+                .contains("\"food-orders\" has no partitions"),
+            "{err}"
+        );
+    }
 
     /// `topics describe` prints a header and one aligned row per partition with its record count.
     #[test]

@@ -24,6 +24,7 @@
 //! - librdkafka `rdmurmur2.c` and its `murmur2` partitioner, which documents
 //!   itself as Java-compatible.
 
+use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Seed of Kafka's murmur2, `0x9747b28c` in `Utils.murmur2`.
@@ -80,14 +81,10 @@ pub fn to_positive(n: i32) -> i32 {
 }
 
 /// The partition Kafka's default partitioner picks for `key` among
-/// `partitions` partitions.
-///
-/// # Panics
-///
-/// If `partitions` is zero: a topic always has at least one partition, and
-/// callers validate user input before they get here.
-pub fn partition_for_key(key: &[u8], partitions: u32) -> u32 {
-    assert!(partitions > 0, "a topic has at least one partition");
+/// `partitions` partitions. The count is non-zero by type: a topic that
+/// metadata lists with no partition is an error where the count is read,
+/// not a division by zero here.
+pub fn partition_for_key(key: &[u8], partitions: NonZeroU32) -> u32 {
     // `to_positive` yields 0..=i32::MAX, so the cast to u32 is lossless.
     (to_positive(murmur2(key)) as u32) % partitions
 }
@@ -100,14 +97,10 @@ pub struct RoundRobin {
 
 impl RoundRobin {
     /// The next partition among `partitions`, cycling 0, 1, .., n-1, 0, ...
-    ///
-    /// # Panics
-    ///
-    /// If `partitions` is zero.
-    pub fn next(&self, partitions: u32) -> u32 {
-        assert!(partitions > 0, "a topic has at least one partition");
+    pub fn next(&self, partitions: NonZeroU32) -> u32 {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
-        (n % partitions as usize) as u32
+        // The remainder is below `partitions`, a u32.
+        (n % partitions.get() as usize) as u32
     }
 }
 
@@ -150,11 +143,13 @@ mod tests {
         assert_eq!(to_positive(42), 42);
     }
 
+    const THREE: NonZeroU32 = NonZeroU32::new(3).expect("non-zero");
+
     /// Round-robin visits every partition in turn.
     #[test]
     fn round_robin_cycles() {
         let rr = RoundRobin::default();
-        let picks: Vec<u32> = (0..7).map(|_| rr.next(3)).collect();
+        let picks: Vec<u32> = (0..7).map(|_| rr.next(THREE)).collect();
         assert_eq!(picks, vec![0, 1, 2, 0, 1, 2, 0]);
     }
 
@@ -163,15 +158,15 @@ mod tests {
         proptest::collection::vec(any::<u8>(), 0..=64)
     }
 
-    fn arb_partitions() -> impl Strategy<Value = u32> {
-        1u32..=1024
+    fn arb_partitions() -> impl Strategy<Value = NonZeroU32> {
+        (1u32..=1024).prop_filter_map("non-zero", NonZeroU32::new)
     }
 
     proptest! {
         /// The partition is always one of the topic's partitions.
         #[test]
         fn partition_is_in_range(key in arb_key(), n in arb_partitions()) {
-            prop_assert!(partition_for_key(&key, n) < n);
+            prop_assert!(partition_for_key(&key, n) < n.get());
         }
 
         /// The same key always lands in the same partition.
@@ -208,8 +203,8 @@ mod tests {
         // A fixed xorshift stream makes the test repeatable without a
         // dependency: the partitioner crate has none by design.
         let mut state: u64 = 0x2545_f491_4f6c_dd1d;
-        let partitions = 12u32;
-        let mut counts = vec![0u32; partitions as usize];
+        let partitions = NonZeroU32::new(12).expect("non-zero");
+        let mut counts = vec![0u32; partitions.get() as usize];
         for _ in 0..120_000 {
             state ^= state << 13;
             state ^= state >> 7;

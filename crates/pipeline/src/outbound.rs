@@ -12,6 +12,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::future::Future;
+use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -168,6 +169,11 @@ where
         tokio::task::spawn_blocking(move || source(tx, source_error))
     };
 
+    // ensure_topic refuses a topic without partitions; the type carries it.
+    let partitions =
+        NonZeroU32::new(topic.partitions).ok_or_else(|| kafka::Error::NoPartitions {
+            topic: config.topic.clone(),
+        })?;
     let round_robin = RoundRobin::default();
     let started = Instant::now();
     let mut interrupted = false;
@@ -181,8 +187,8 @@ where
         };
         let Some(out) = next else { break };
         let partition = match &out.key {
-            Some(key) => partition::partition_for_key(key, topic.partitions),
-            None => round_robin.next(topic.partitions),
+            Some(key) => partition::partition_for_key(key, partitions),
+            None => round_robin.next(partitions),
         };
         let record = Record {
             key: out.key,

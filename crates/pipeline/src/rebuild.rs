@@ -18,6 +18,8 @@ use std::future::Future;
 
 use serde::Serialize;
 use store::{Store, StoreConfig};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 
 use crate::consume::{ConsumeConfig, run as consume};
 
@@ -70,6 +72,10 @@ impl std::fmt::Display for RebuildReport {
 
 /// Rebuilds the view of `config.group` on `config.topic` in
 /// `config.store.schema` (default `public`). `dry_run` compares only.
+///
+/// `shutdown` stops it in any phase with [`Interrupted`]: the live schema
+/// is left as it was (the swap commits whole or not at all) and the shadow
+/// is dropped.
 pub async fn run(
     config: ConsumeConfig,
     dry_run: bool,
@@ -80,16 +86,67 @@ pub async fn run(
         .schema
         .clone()
         .unwrap_or_else(|| "public".to_owned());
-    let shadow = format!("{live_schema}_rebuild");
+    // Every name is checked before any statement runs: PostgreSQL truncates
+    // a name past 63 bytes, and `<63-byte name>_rebuild` truncated is the
+    // live schema, which the DROP below would then destroy.
+    let shadow = store::derived_schema_name(&live_schema, SHADOW_SUFFIX)?;
+    // One signal for every phase: the first pass, the catch-up and the swap.
+    let stop = CancellationToken::new();
+    let mut watcher = JoinSet::new();
+    watcher.spawn({
+        let stop = stop.clone();
+        async move {
+            shutdown.await;
+            stop.cancel();
+        }
+    });
+    let result = phases(&config, dry_run, &live_schema, &shadow, &stop).await;
+    if stop.is_cancelled() {
+        // Best effort: the next rebuild drops a leftover shadow too.
+        if let Ok(live) = Store::connect(&config.store).await {
+            let _ = drop_shadow(&live, &live_schema, &shadow).await;
+        }
+        // A report means the swap committed before the signal came.
+        if result.is_err() {
+            return Err(Interrupted {
+                live: live_schema,
+                shadow,
+            }
+            .into());
+        }
+    }
+    result
+}
+
+/// The suffix of a rebuild's shadow schema (`public_rebuild`).
+const SHADOW_SUFFIX: &str = "_rebuild";
+
+/// A rebuild stopped by a signal before its swap committed.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "rebuild interrupted before the swap: the live schema {live} is unchanged \
+     and the shadow schema {shadow} was dropped"
+)]
+pub struct Interrupted {
+    pub live: String,
+    pub shadow: String,
+}
+
+/// The rebuild's phases; any of them ends early when `stop` is cancelled.
+async fn phases(
+    config: &ConsumeConfig,
+    dry_run: bool,
+    live_schema: &str,
+    shadow: &str,
+    stop: &CancellationToken,
+) -> anyhow::Result<RebuildReport> {
     let live = Store::connect(&config.store).await?;
     live.migrate().await?;
-    live.client()
-        .await?
-        .batch_execute(&format!("DROP SCHEMA IF EXISTS {shadow} CASCADE"))
-        .await?;
+    drop_shadow(&live, live_schema, shadow).await?;
+    create_shadow(&live, live_schema, shadow).await?;
     let shadow_config = ConsumeConfig {
         store: StoreConfig {
-            schema: Some(shadow.clone()),
+            schema: Some(shadow.to_owned()),
             ..config.store.clone()
         },
         until_caught_up: true,
@@ -104,14 +161,15 @@ pub async fn run(
     // 1. Everything up to where the live consumers are now.
     let live_now = live.offsets(&config.group, &config.topic).await?;
     tracing::info!(schema = %shadow, "replaying {} from the earliest offset", config.topic);
-    consume(
+    let first = consume(
         ConsumeConfig {
             targets: Some(live_now.into_iter().collect()),
             ..shadow_config.clone()
         },
-        shutdown,
+        stop.clone().cancelled_owned(),
     )
     .await?;
+    reached(&first, stop)?;
 
     // 2. Hold the live position still and catch the shadow up to it.
     let mut client = live.client().await?;
@@ -145,26 +203,51 @@ pub async fn run(
         .any(|(p, live)| shadow_offsets.get(p).is_none_or(|s| s < live));
     if behind {
         tracing::info!(position = ?live_offsets, "catching the rebuild up to the live position");
-        consume(
+        let catch_up = consume(
             ConsumeConfig {
                 targets: Some(live_offsets.clone()),
                 ..shadow_config
             },
-            std::future::pending(),
+            stop.clone().cancelled_owned(),
         )
         .await?;
+        // Returning drops `tx`: rolled back, the live rows unlocked.
+        reached(&catch_up, stop)?;
     }
 
-    // 3. Compare, then swap in the same transaction.
+    // 3. Compare, then swap in the same transaction. A signal before the
+    // commit drops `tx` (rolled back); the commit itself is not cut short.
+    let compared = tokio::select! {
+        biased;
+        () = stop.cancelled() => return Err(anyhow::anyhow!("interrupted during the swap")),
+        compared = compare_and_swap(&tx, config, dry_run, live_schema, shadow) => compared?,
+    };
+    tx.commit().await?;
+    drop_shadow(&live, live_schema, shadow).await?;
+    Ok(RebuildReport {
+        swapped: !dry_run,
+        ..compared
+    })
+}
+
+/// Step 3 inside the transaction that holds the live offsets: the
+/// differences, the shadow's counts and, unless `dry_run`, the swap.
+async fn compare_and_swap(
+    tx: &store::Transaction<'_>,
+    config: &ConsumeConfig,
+    dry_run: bool,
+    live_schema: &str,
+    shadow: &str,
+) -> anyhow::Result<RebuildReport> {
     let differing: i64 = tx
-        .query_one(&diff_sql(&live_schema, &shadow, "count(*)", ""), &[])
+        .query_one(&diff_sql(live_schema, shadow, "count(*)", ""), &[])
         .await?
         .get(0);
     let first_differences = tx
         .query(
             &diff_sql(
-                &live_schema,
-                &shadow,
+                live_schema,
+                shadow,
                 "coalesce(l.order_id, s.order_id)::text, \
                  l.status || ' / ' || l.last_event_id, s.status || ' / ' || s.last_event_id",
                 "ORDER BY 1 LIMIT 5",
@@ -209,17 +292,12 @@ pub async fn run(
         )
         .await?;
     }
-    tx.commit().await?;
-    live.client()
-        .await?
-        .batch_execute(&format!("DROP SCHEMA IF EXISTS {shadow} CASCADE"))
-        .await?;
     Ok(RebuildReport {
         events,
         orders,
         differing,
         first_differences,
-        swapped: !dry_run,
+        swapped: false,
     })
 }
 
@@ -230,4 +308,78 @@ fn diff_sql(live: &str, shadow: &str, select: &str, tail: &str) -> String {
          WHERE l.status IS DISTINCT FROM s.status \
             OR l.last_event_id IS DISTINCT FROM s.last_event_id {tail}"
     )
+}
+
+/// Ends the rebuild unless a phase's consume reached its targets: a
+/// signal, or a partition stopped on an error, leaves the shadow short of
+/// the live position, and a short shadow must never be swapped in.
+fn reached(
+    summary: &crate::consume::ConsumeSummary,
+    stop: &CancellationToken,
+) -> anyhow::Result<()> {
+    if summary.interrupted || stop.is_cancelled() {
+        anyhow::bail!("interrupted while replaying into the shadow schema");
+    }
+    if !summary.caught_up {
+        let stopped: Vec<String> = summary
+            .stopped
+            .iter()
+            .map(|s| format!("partition {}: {}", s.partition, s.error))
+            .collect();
+        anyhow::bail!(
+            "the replay into the shadow schema did not reach the live position ({}); \
+             nothing was swapped",
+            if stopped.is_empty() {
+                "it ended early".to_owned()
+            } else {
+                stopped.join("; ")
+            }
+        );
+    }
+    Ok(())
+}
+
+/// What the shadow schema's comment says, so that a schema of the same name
+/// that foodpipe did not make is never dropped.
+fn shadow_marker(live_schema: &str) -> String {
+    format!("foodpipe rebuild shadow of {live_schema}")
+}
+
+/// Drops the shadow schema if it exists, refusing unless it carries the
+/// marker [`create_shadow`] puts on it.
+async fn drop_shadow(live: &Store, live_schema: &str, shadow: &str) -> anyhow::Result<()> {
+    let client = live.client().await?;
+    let comment: Option<Option<String>> = client
+        .query_opt(
+            "SELECT obj_description(oid, 'pg_namespace') FROM pg_namespace WHERE nspname = $1",
+            &[&shadow],
+        )
+        .await?
+        .map(|r| r.get(0));
+    match comment {
+        None => return Ok(()),
+        Some(Some(c)) if c == shadow_marker(live_schema) => {}
+        Some(_) => anyhow::bail!(
+            "schema {shadow} exists and is not a rebuild shadow of {live_schema} made by \
+             foodpipe, so rebuild will not drop it; rename it or drop it yourself"
+        ),
+    }
+    client
+        .batch_execute(&format!("DROP SCHEMA {shadow} CASCADE"))
+        .await?;
+    Ok(())
+}
+
+/// Creates the shadow schema with its marker; the replay migrates it.
+async fn create_shadow(live: &Store, live_schema: &str, shadow: &str) -> anyhow::Result<()> {
+    // Both names passed store::check_schema_name: no quoting needed. The
+    // marker is a literal made of them.
+    live.client()
+        .await?
+        .batch_execute(&format!(
+            "CREATE SCHEMA {shadow}; COMMENT ON SCHEMA {shadow} IS '{}'",
+            shadow_marker(live_schema)
+        ))
+        .await?;
+    Ok(())
 }

@@ -148,17 +148,28 @@ impl Store {
     }
 }
 
+/// An order's view row, read back to fold the batch onto it. A row this
+/// build cannot read (a status it does not know, items that are not its
+/// line items) is an error naming the order: guessing `pending` or no
+/// items would write the guess back as the order's state.
 fn current_from_row(row: &tokio_postgres::Row) -> Result<Current> {
+    let order_id: Uuid = row.get(0);
     let status: &str = row.get(3);
+    let status = Status::parse(status).ok_or_else(|| Error::UnreadableOrder {
+        order_id,
+        problem: format!("unknown status {status:?}"),
+    })?;
     let items: &str = row.get(4);
-    let items: Vec<LineItem> = serde_json::from_str(items).unwrap_or_default();
+    let items: Vec<LineItem> = serde_json::from_str(items).map_err(|e| Error::UnreadableOrder {
+        order_id,
+        problem: format!("items are not a list of line items: {e}"),
+    })?;
     Ok(Current {
         state: OrderState {
-            order_id: row.get(0),
+            order_id,
             customer_id: row.get(1),
             restaurant_id: row.get(2),
-            // The CHECK constraint allows only the five known names.
-            status: Status::parse(status).unwrap_or(Status::Pending),
+            status,
             items,
             total_cents: row.get(5),
             created_at: row.get(6),
@@ -298,8 +309,10 @@ async fn insert_dead_letters(
     let mut kind = Vec::with_capacity(n);
     let mut message = Vec::with_capacity(n);
     let mut headers = Vec::with_capacity(n);
+    let mut event_id: Vec<Option<Uuid>> = Vec::with_capacity(n);
     for d in dead {
         let record = &batch.records[d.index];
+        event_id.push(record.event.as_ref().ok().map(|e| e.event_id));
         tracing::warn!(
             partition = batch.partition,
             offset = record.offset,
@@ -332,6 +345,7 @@ async fn insert_dead_letters(
             &message,
             &batch.incarnation,
             &headers,
+            &event_id,
         ],
     )
     .await?;

@@ -11,7 +11,8 @@ pub enum Error {
     )]
     TlsNotBuiltIn,
     #[error(
-        "invalid --schema {0:?}: use lowercase letters, digits and _, not starting with a digit"
+        "invalid schema name {0:?}: use at most 63 lowercase letters, digits and _, \
+         not starting with a digit"
     )]
     BadSchema(String),
     #[error("cannot connect to PostgreSQL at {target}: {source}")]
@@ -43,6 +44,17 @@ pub enum Error {
          (and SELECT ON ALL TABLES IN SCHEMA {schema})"
     )]
     SchemaNotUsable { schema: String, role: String },
+    /// A row of the orders view that this build cannot read back: written
+    /// by something else, or edited by hand. Folding onto a guess would
+    /// store the guess, so the batch stops instead.
+    #[error(
+        "order {order_id} in the orders view cannot be read: {problem}; \
+         `foodpipe rebuild` rebuilds the view from Kafka"
+    )]
+    UnreadableOrder {
+        order_id: uuid::Uuid,
+        problem: String,
+    },
     #[error(
         "{topic}/{partition} is no longer this member's: its lease, epoch or stored offset \
          (expected {expected}) changed, so another member of group {group} owns it now"

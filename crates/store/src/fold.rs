@@ -49,11 +49,15 @@ pub struct Plan {
     /// The final state of every order the batch changed: one write per order.
     pub view: Vec<Current>,
     pub dead_letters: Vec<DeadLetter>,
-    /// Records whose event_id is already in history (or earlier in this
-    /// batch): producer retries, skipped entirely.
+    /// Records whose event_id was seen before, applied or refused (in
+    /// history, in dead letters, or earlier in this batch): producer
+    /// retries, skipped entirely.
     pub duplicates: usize,
-    /// Events older than the order's last applied one: kept in history, but
-    /// they do not move the view backwards.
+    /// Events from a position at or before the one the order's view row
+    /// came from: the view is past them, so they cannot pass the state
+    /// machine. They are dead letters of kind `stale`, never history:
+    /// history holds only applied events (migration V4's rule, which
+    /// `asof` relies on).
     pub stale: usize,
 }
 
@@ -94,7 +98,8 @@ pub fn fingerprint(timestamp: DateTime<Utc>, key: Option<&[u8]>, value: Option<&
 }
 
 /// Folds `records` (in offset order, from `source`) onto `current`, the
-/// stored state of the orders they touch.
+/// stored state of the orders they touch. `known_event_ids` are the ids
+/// among them already in history or dead letters.
 pub fn plan(
     source: Source<'_>,
     records: &[SourceRecord],
@@ -130,7 +135,20 @@ pub fn plan(
             && (c.source_incarnation, c.source_offset) >= (source.incarnation, record.offset)
         {
             plan.stale += 1;
-            plan.history.push(index);
+            plan.dead_letters.push(DeadLetter {
+                index,
+                kind: "stale",
+                message: format!(
+                    "{} for order {} at offset {} of incarnation {}: the order's view already \
+                     comes from offset {} of incarnation {}, so it cannot be applied",
+                    event.body.event_type(),
+                    event.order_id,
+                    record.offset,
+                    source.incarnation,
+                    c.source_offset,
+                    c.source_incarnation
+                ),
+            });
             continue;
         }
         match OrderState::apply(existing.map(|c| &c.state), event) {
@@ -269,7 +287,7 @@ mod tests {
         assert!(plan.history.len() >= 25);
     }
 
-    /// An event from an offset at or before the order's stored one is kept in history but not applied.
+    /// An event from an offset at or before the order's stored one is neither applied nor put in history: it is a `stale` dead letter.
     #[test]
     fn stale_events_do_not_move_the_view_back() {
         let events = stream(1);
@@ -288,8 +306,13 @@ mod tests {
         let current = HashMap::from([(events[0].order_id, paid)]);
         let first = plan(SRC, &recs, &HashSet::new(), current);
         assert_eq!(first.stale, 1);
-        assert_eq!(first.history, vec![0]);
+        assert!(
+            first.history.is_empty(),
+            "history holds only applied events"
+        );
         assert!(first.view.is_empty());
+        assert_eq!(first.dead_letters.len(), 1);
+        assert_eq!(first.dead_letters[0].kind, "stale");
 
         // The same offset in a newer incarnation of the topic is new.
         let newer = Source {
@@ -338,5 +361,186 @@ mod tests {
             fingerprint(t, None, Some(b"v")),
             fingerprint(t, Some(b""), Some(b"v"))
         );
+    }
+
+    /// Properties of the fold over arbitrary streams: few orders, every
+    /// event type in any order (most of them forbidden transitions), times
+    /// that go backwards, producer duplicates, and batch boundaries anywhere.
+    mod properties {
+        use super::*;
+        use events::{
+            CancelledBy, EventBody, LineItem, OrderCancelled, OrderCreated, OrderDelivered,
+            OrderPaid, OrderShipped, SCHEMA_VERSION,
+        };
+        use proptest::prelude::*;
+
+        /// An event of one of three orders, with an id from a small pool so
+        /// that some ids repeat, and an `occurred_at` in any order.
+        fn arb_event() -> impl Strategy<Value = OrderEvent> {
+            let body = prop_oneof![
+                (0i64..5_000).prop_map(|total| EventBody::OrderCreated(OrderCreated {
+                    restaurant_id: "R-1".into(),
+                    items: vec![LineItem {
+                        name: "dish".into(),
+                        quantity: 1,
+                        unit_price_cents: total,
+                    }],
+                    total_cents: total,
+                })),
+                Just(EventBody::OrderPaid(OrderPaid {
+                    payment_id: Uuid::from_u128(7),
+                    amount_cents: 1,
+                    method: "card".into(),
+                })),
+                Just(EventBody::OrderShipped(OrderShipped {
+                    courier: "c".into()
+                })),
+                Just(EventBody::OrderDelivered(OrderDelivered {})),
+                Just(EventBody::OrderCancelled(OrderCancelled {
+                    reason: "r".into(),
+                    cancelled_by: CancelledBy::Customer,
+                })),
+            ];
+            (0u128..40, 0u128..3, 0i64..1_000, body).prop_map(|(id, order, secs, body)| {
+                OrderEvent {
+                    event_id: Uuid::from_u128(1_000 + id),
+                    schema_version: SCHEMA_VERSION,
+                    order_id: Uuid::from_u128(order),
+                    customer_id: format!("CUST-{order}"),
+                    occurred_at: DateTime::UNIX_EPOCH + chrono::Duration::seconds(secs),
+                    body,
+                }
+            })
+        }
+
+        /// A stream of events; an id that repeats carries the same event,
+        /// as a producer retry does.
+        fn arb_stream() -> impl Strategy<Value = Vec<OrderEvent>> {
+            proptest::collection::vec(arb_event(), 0..60).prop_map(|events| {
+                let mut first: HashMap<Uuid, OrderEvent> = HashMap::new();
+                events
+                    .into_iter()
+                    .map(|e| first.entry(e.event_id).or_insert(e).clone())
+                    .collect()
+            })
+        }
+
+        /// What the database holds after folding `batches` one transaction
+        /// at a time, as `Store::apply_batch` does: the view, the event ids
+        /// of history in order, and the dead-lettered offsets.
+        #[derive(Debug, Default, PartialEq)]
+        struct Folded {
+            view: HashMap<Uuid, OrderState>,
+            history: Vec<(Uuid, i64)>,
+            dead: Vec<(i64, &'static str)>,
+        }
+
+        fn fold_in_batches(records: &[SourceRecord], cuts: &[usize]) -> Folded {
+            let mut stored: HashMap<Uuid, Current> = HashMap::new();
+            let mut known: HashSet<Uuid> = HashSet::new();
+            let mut out = Folded::default();
+            let mut bounds: Vec<usize> = cuts.iter().map(|c| c % (records.len() + 1)).collect();
+            bounds.extend([0, records.len()]);
+            bounds.sort_unstable();
+            bounds.dedup();
+            for w in bounds.windows(2) {
+                let batch = &records[w[0]..w[1]];
+                let current: HashMap<Uuid, Current> = batch
+                    .iter()
+                    .filter_map(|r| r.event.as_ref().ok())
+                    .filter_map(|e| stored.get(&e.order_id).map(|c| (e.order_id, c.clone())))
+                    .collect();
+                let plan = plan(SRC, batch, &known, current);
+                for &i in &plan.history {
+                    let e = batch[i].event.as_ref().expect("history holds events");
+                    known.insert(e.event_id);
+                    out.history.push((e.event_id, batch[i].offset));
+                }
+                for d in &plan.dead_letters {
+                    if let Ok(e) = &batch[d.index].event {
+                        known.insert(e.event_id);
+                    }
+                    out.dead.push((batch[d.index].offset, d.kind));
+                }
+                for c in plan.view {
+                    stored.insert(c.state.order_id, c);
+                }
+            }
+            out.view = stored.into_iter().map(|(id, c)| (id, c.state)).collect();
+            out
+        }
+
+        /// `orders_as_of` (migration V7) at a time after every event: per
+        /// order, the furthest lifecycle step in history, then the latest
+        /// occurred_at, then the latest offset.
+        fn as_of_end(
+            events: &HashMap<Uuid, &OrderEvent>,
+            history: &[(Uuid, i64)],
+        ) -> HashMap<Uuid, Uuid> {
+            let rank = |e: &OrderEvent| match e.body {
+                EventBody::OrderCreated(_) => 0,
+                EventBody::OrderPaid(_) => 1,
+                EventBody::OrderShipped(_) => 2,
+                EventBody::OrderDelivered(_) | EventBody::OrderCancelled(_) => 3,
+            };
+            let mut last: HashMap<Uuid, (i32, DateTime<Utc>, i64, Uuid)> = HashMap::new();
+            for (id, offset) in history {
+                let e = events[id];
+                let key = (rank(e), e.occurred_at, *offset, e.event_id);
+                let slot = last.entry(e.order_id).or_insert(key);
+                if key > *slot {
+                    *slot = key;
+                }
+            }
+            last.into_iter().map(|(order, k)| (order, k.3)).collect()
+        }
+
+        proptest! {
+            /// Cutting the stream into batches anywhere gives the same view, history and dead letters as one batch.
+            #[test]
+            fn batch_boundaries_do_not_matter(
+                events in arb_stream(),
+                cuts in proptest::collection::vec(any::<usize>(), 0..8),
+            ) {
+                let recs = records(&events);
+                prop_assert_eq!(fold_in_batches(&recs, &cuts), fold_in_batches(&recs, &[]));
+            }
+
+            /// Every event written again later (a producer retry), in the same or another batch, changes neither view nor history.
+            #[test]
+            fn duplicates_do_not_matter(
+                events in arb_stream(),
+                again in proptest::collection::vec(any::<prop::sample::Index>(), 0..30),
+                cuts in proptest::collection::vec(any::<usize>(), 0..8),
+            ) {
+                let once = fold_in_batches(&records(&events), &[]);
+                let mut twice = events.clone();
+                for i in &again {
+                    if !events.is_empty() {
+                        twice.push(events[i.index(events.len())].clone());
+                    }
+                }
+                let folded = fold_in_batches(&records(&twice), &cuts);
+                prop_assert_eq!(&folded.view, &once.view);
+                prop_assert_eq!(&folded.history, &once.history);
+            }
+
+            /// History holds only applied events, so its furthest step per order (asof at the end of time) is the view's last event.
+            #[test]
+            fn asof_at_the_end_of_time_is_the_view(
+                events in arb_stream(),
+                cuts in proptest::collection::vec(any::<usize>(), 0..8),
+            ) {
+                let folded = fold_in_batches(&records(&events), &cuts);
+                let by_id: HashMap<Uuid, &OrderEvent> = events.iter().map(|e| (e.event_id, e)).collect();
+                let as_of = as_of_end(&by_id, &folded.history);
+                let view: HashMap<Uuid, Uuid> = folded
+                    .view
+                    .iter()
+                    .map(|(order, s)| (*order, s.last_event_id))
+                    .collect();
+                prop_assert_eq!(as_of, view);
+            }
+        }
     }
 }

@@ -32,6 +32,8 @@ use tokio_postgres::config::Host;
 
 pub use apply::{Applied, Batch};
 pub use asof::{OrderAsOf, OrdersAsOf};
+/// A transaction on a pooled connection (`rebuild`'s swap runs in one).
+pub use deadpool_postgres::Transaction;
 pub use error::{Error, Result};
 pub use fold::SourceRecord;
 pub use membership::{GroupRow, GroupView, Lease, LeaseRow, Member, MemberRow, PartitionOwner};
@@ -49,8 +51,9 @@ pub const DEFAULT_DATABASE_URL: &str =
 /// Advisory lock key taken while migrating ("foodpipe" in ASCII, truncated).
 const MIGRATION_LOCK: i64 = 0x666f_6f64_7069_7065;
 
-/// How to reach PostgreSQL.
-#[derive(Debug, Clone)]
+/// How to reach PostgreSQL. Its `Debug` shows the URL as
+/// `user@host:port/db`, never the password.
+#[derive(Clone)]
 pub struct StoreConfig {
     /// A libpq-style URL, `postgres://user:password@host:port/db`.
     pub database_url: String,
@@ -72,6 +75,26 @@ pub struct StoreConfig {
     /// `require` here means what libpq calls `verify-full`.
     #[cfg(feature = "tls")]
     pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+}
+
+impl std::fmt::Debug for StoreConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Configs reach logs through `{:?}` of whatever embeds them.
+        let target = tokio_postgres::Config::from_str(&self.database_url)
+            .map_or_else(|_| "(unparsable URL)".to_owned(), |c| describe_target(&c));
+        let mut d = f.debug_struct("StoreConfig");
+        d.field("database_url", &target)
+            .field("pool_size", &self.pool_size)
+            .field("connect_timeout", &self.connect_timeout)
+            .field(
+                "idle_in_transaction_timeout",
+                &self.idle_in_transaction_timeout,
+            )
+            .field("schema", &self.schema);
+        #[cfg(feature = "tls")]
+        d.field("tls", &self.tls.is_some());
+        d.finish()
+    }
 }
 
 impl Default for StoreConfig {
@@ -154,11 +177,18 @@ impl Tls {
     }
 }
 
-/// A schema name foodpipe accepts: lowercase letters, digits and `_`,
-/// not starting with a digit, so it never needs quoting.
-fn check_schema_name(schema: &str) -> Result<()> {
+/// The longest identifier PostgreSQL keeps (`NAMEDATALEN - 1` bytes). A
+/// longer name is silently truncated, so a name derived by appending to
+/// an accepted one could turn into another schema: the derived names below
+/// always fit.
+pub const MAX_SCHEMA_NAME_BYTES: usize = 63;
+
+/// Checks a schema name foodpipe accepts: lowercase letters, digits and
+/// `_`, not starting with a digit (so it never needs quoting), at most
+/// [`MAX_SCHEMA_NAME_BYTES`] long (so PostgreSQL never truncates it).
+pub fn check_schema_name(schema: &str) -> Result<()> {
     let ok = !schema.is_empty()
-        && schema.len() <= 63
+        && schema.len() <= MAX_SCHEMA_NAME_BYTES
         && !schema.starts_with(|c: char| c.is_ascii_digit())
         && schema
             .chars()
@@ -168,6 +198,36 @@ fn check_schema_name(schema: &str) -> Result<()> {
     } else {
         Err(Error::BadSchema(schema.to_owned()))
     }
+}
+
+/// The name of a schema that belongs to `schema` (e.g. its rebuild shadow):
+/// `<schema><suffix>` when that fits in [`MAX_SCHEMA_NAME_BYTES`],
+/// otherwise `schema` cut short, `_`, eight hex digits of a hash of the
+/// whole of `schema`, and `suffix`. Either way a valid name that PostgreSQL
+/// keeps whole and that is never `schema` itself, checked before any
+/// statement uses it. `suffix` must start with `_` and be at most 40 bytes.
+pub fn derived_schema_name(schema: &str, suffix: &str) -> Result<String> {
+    check_schema_name(schema)?;
+    const HASH: usize = 1 + 8;
+    let fits = suffix.starts_with('_') && suffix.len() + HASH < MAX_SCHEMA_NAME_BYTES - 8;
+    if !fits {
+        return Err(Error::BadSchema(format!("{schema}{suffix}")));
+    }
+    let name = if schema.len() + suffix.len() <= MAX_SCHEMA_NAME_BYTES {
+        format!("{schema}{suffix}")
+    } else {
+        // A stable FNV-1a of the whole name keeps two long names that
+        // share their first bytes apart.
+        let hash = fold::fingerprint(chrono::DateTime::UNIX_EPOCH, Some(schema.as_bytes()), None);
+        let keep = MAX_SCHEMA_NAME_BYTES - HASH - suffix.len();
+        // ASCII only (checked above), so any byte index is a char boundary.
+        format!("{}_{:08x}{suffix}", &schema[..keep], hash as u32)
+    };
+    check_schema_name(&name)?;
+    if name == schema {
+        return Err(Error::BadSchema(name));
+    }
+    Ok(name)
 }
 
 /// `user@host:port/db` of a config, for messages; never the password.
@@ -476,15 +536,7 @@ impl Store {
         partition: i32,
         initial: i64,
     ) -> Result<StoredOffset> {
-        {
-            let client = self.client().await?;
-            let stmt = client
-                .prepare_cached(include_str!("sql/init_offset.sql"))
-                .await?;
-            client
-                .execute(&stmt, &[&group, &topic, &partition, &initial])
-                .await?;
-        }
+        insert_initial_offset(&self.client().await?, group, topic, partition, initial).await?;
         self.stored_offset(group, topic, partition)
             .await?
             .ok_or_else(|| Error::Migrate("consumer_offsets row vanished after insert".into()))
@@ -540,6 +592,25 @@ impl Store {
         tx.commit().await?;
         Ok(true)
     }
+}
+
+/// Stores `initial` as the partition's next offset unless one is stored
+/// already: the one place an offset row is created for a group that has
+/// never read the partition ([`Store::init_offset`], a lease's take).
+async fn insert_initial_offset(
+    client: &deadpool_postgres::Client,
+    group: &str,
+    topic: &str,
+    partition: i32,
+    initial: i64,
+) -> Result<()> {
+    let stmt = client
+        .prepare_cached(include_str!("sql/init_offset.sql"))
+        .await?;
+    client
+        .execute(&stmt, &[&group, &topic, &partition, &initial])
+        .await?;
+    Ok(())
 }
 
 /// What [`Store::migrate`] did.
@@ -636,6 +707,96 @@ mod tests {
     fn default_url_is_the_one_definition() {
         assert_eq!(StoreConfig::default().database_url, DEFAULT_DATABASE_URL);
         assert!(DEFAULT_DATABASE_URL.ends_with("@localhost:5432/food_orders"));
+    }
+
+    /// Every accepted schema length gets a rebuild shadow name that is valid, kept whole by PostgreSQL and never the live name.
+    #[test]
+    fn derived_names_always_fit_and_differ() {
+        for len in 1..=MAX_SCHEMA_NAME_BYTES {
+            let live: String = "s".repeat(len);
+            let shadow = derived_schema_name(&live, "_rebuild").expect("derivable");
+            assert!(shadow.len() <= MAX_SCHEMA_NAME_BYTES, "{shadow}");
+            assert!(check_schema_name(&shadow).is_ok(), "{shadow}");
+            assert_ne!(shadow, live);
+            // What PostgreSQL would make of it: the first 63 bytes.
+            assert_ne!(&shadow[..shadow.len().min(MAX_SCHEMA_NAME_BYTES)], live);
+            if len <= MAX_SCHEMA_NAME_BYTES - "_rebuild".len() {
+                assert_eq!(
+                    shadow,
+                    format!("{live}_rebuild"),
+                    "short names keep the plain form"
+                );
+            }
+        }
+        // Two long names that share their first bytes get different shadows.
+        let a = format!("{}a", "x".repeat(62));
+        let b = format!("{}b", "x".repeat(62));
+        assert_ne!(
+            derived_schema_name(&a, "_rebuild").expect("a"),
+            derived_schema_name(&b, "_rebuild").expect("b")
+        );
+        // The same name always gets the same shadow (a leftover is found again).
+        assert_eq!(
+            derived_schema_name(&a, "_rebuild").expect("a"),
+            derived_schema_name(&a, "_rebuild").expect("a")
+        );
+        assert!(derived_schema_name(&"s".repeat(64), "_rebuild").is_err());
+        assert!(derived_schema_name("Public", "_rebuild").is_err());
+        assert!(
+            derived_schema_name("live", "rebuild").is_err(),
+            "suffix must start with _"
+        );
+    }
+
+    /// Schema names that need quoting or that PostgreSQL would truncate are refused.
+    #[test]
+    fn schema_names_are_checked() {
+        for ok in ["public", "a", "replay_noon", "s2", &"x".repeat(63)] {
+            assert!(check_schema_name(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "2s",
+            "Public",
+            "a-b",
+            "a b",
+            "a;drop",
+            "é",
+            &"x".repeat(64),
+        ] {
+            assert!(check_schema_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    /// `{:?}` of a StoreConfig, of a Store's connection config, and of an unparsable URL never shows the password.
+    #[test]
+    fn debug_hides_password() {
+        let config = StoreConfig {
+            database_url: "postgres://kafka_user:s3cret@db.example:6543/food".to_owned(),
+            ..StoreConfig::default()
+        };
+        let shown = format!("{config:?}");
+        assert!(shown.contains("kafka_user@db.example:6543/food"), "{shown}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        // What a Store holds (and derives Debug with).
+        let pg = tokio_postgres::Config::from_str(&config.database_url).expect("valid url");
+        assert!(!format!("{pg:?}").contains("s3cret"));
+        // A URL that does not parse is not echoed either.
+        let broken = StoreConfig {
+            database_url: "postgres://u:s3cret@host:notaport/db".to_owned(),
+            ..StoreConfig::default()
+        };
+        assert!(!format!("{broken:?}").contains("s3cret"));
+        // Nor the keyword form.
+        let keywords = StoreConfig {
+            database_url: "host=db user=u password=s3cret dbname=food".to_owned(),
+            ..StoreConfig::default()
+        };
+        let shown = format!("{keywords:?}");
+        assert!(
+            !shown.contains("s3cret") && shown.contains("u@db:5432/food"),
+            "{shown}"
+        );
     }
 
     /// The printable target of a URL never contains its password.

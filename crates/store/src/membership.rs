@@ -262,12 +262,7 @@ impl Store {
     ) -> Result<Option<Lease>> {
         let client = self.client().await?;
         if let Some(initial) = initial {
-            let stmt = client
-                .prepare_cached(include_str!("sql/init_offset.sql"))
-                .await?;
-            client
-                .execute(&stmt, &[&member.group, &topic, &partition, &initial])
-                .await?;
+            crate::insert_initial_offset(&client, &member.group, topic, partition, initial).await?;
         }
         let stmt = client
             .prepare_cached(include_str!("sql/take_lease.sql"))

@@ -18,6 +18,8 @@ impl DeadLetterTopic {
         topic: &str,
         source_partitions: u32,
     ) -> kafka::Result<Self> {
+        // ensure_topic refuses a topic listed without partitions, so
+        // `publish` always has a writer to pick.
         let info = kafka::ensure_topic(client, topic, source_partitions).await?;
         let mut partitions = Vec::with_capacity(info.partitions as usize);
         for p in 0..info.partitions as i32 {
@@ -38,10 +40,12 @@ impl DeadLetterTopic {
         records: &[SourceRecord],
         dead: &[store::fold::DeadLetter],
     ) {
-        let Some(writer) = self
-            .partitions
-            .get(partition as usize % self.partitions.len())
-        else {
+        let Some(writer) = pick(&self.partitions, partition) else {
+            tracing::error!(
+                topic = %self.topic,
+                partition,
+                "the dead-letter topic has no partition to copy to; the dead letters are in the dead_letters table"
+            );
             return;
         };
         let out: Vec<kafka::Record> = dead
@@ -81,5 +85,29 @@ impl DeadLetterTopic {
                 "could not copy dead letters to the dead-letter topic; they are in the dead_letters table"
             );
         }
+    }
+}
+
+/// The dead-letter partition for a source partition: the same number, or
+/// wrapped when the dead-letter topic has fewer; `None` when it has none
+/// (never a division by zero) or the source number is negative.
+fn pick<T>(partitions: &[T], source: i32) -> Option<&T> {
+    let source = usize::try_from(source).ok()?;
+    partitions.get(source.checked_rem(partitions.len())?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pick;
+
+    /// Source partitions map to the same dead-letter partition, wrapped; zero dead-letter partitions or a negative source give none instead of a panic.
+    #[test]
+    fn pick_wraps_and_never_divides_by_zero() {
+        let three = ["a", "b", "c"];
+        assert_eq!(pick(&three, 1), Some(&"b"));
+        assert_eq!(pick(&three, 4), Some(&"b"));
+        assert_eq!(pick(&three, -1), None);
+        let none: [&str; 0] = [];
+        assert_eq!(pick(&none, 0), None);
     }
 }
