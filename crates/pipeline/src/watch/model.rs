@@ -463,15 +463,13 @@ impl KeyPlacement {
     /// Places `key` among `partitions` partitions; `None` while the
     /// partition count is unknown (0).
     pub fn of(key: &[u8], partitions: u32) -> Option<Self> {
-        if partitions == 0 {
-            return None;
-        }
+        let count = std::num::NonZeroU32::new(partitions)?;
         let murmur2 = partition::murmur2(key);
         Some(Self {
             murmur2,
             positive: partition::to_positive(murmur2),
             partitions,
-            partition: partition::partition_for_key(key, partitions),
+            partition: partition::partition_for_key(key, count),
         })
     }
 }
@@ -658,7 +656,8 @@ mod tests {
         assert_eq!(k.murmur2, -973_932_308);
         assert_eq!(k.positive, -973_932_308 & 0x7fff_ffff);
         assert_eq!(k.partition, (k.positive as u32) % 6);
-        assert_eq!(k.partition, partition::partition_for_key(b"21", 6));
+        let six = std::num::NonZeroU32::new(6).expect("non-zero");
+        assert_eq!(k.partition, partition::partition_for_key(b"21", six));
         assert_eq!(KeyPlacement::of(b"21", 0), None);
     }
 }
