@@ -123,7 +123,8 @@ pub async fn run(
     //    stopped. No row lock is held across the replay: a live commit
     //    under way finishes first or fails its epoch check.
     let fence = Fence::raise(&live, &config).await?;
-    let result = catch_up_and_swap(&live, &config, &shadow_config, &fence, dry_run).await;
+    let schemas = (live_schema.as_str(), shadow.as_str());
+    let result = catch_up_and_swap(&live, &config, &shadow_config, schemas, &fence, dry_run).await;
     fence.lower(&live).await;
     let (events, orders, differing, first_differences) = result?;
     live.client()
@@ -203,15 +204,10 @@ async fn catch_up_and_swap(
     live: &Store,
     config: &ConsumeConfig,
     shadow_config: &ConsumeConfig,
+    (live_schema, shadow): (&str, &str),
     fence: &Fence,
     dry_run: bool,
 ) -> anyhow::Result<Compared> {
-    let live_schema = config
-        .store
-        .schema
-        .clone()
-        .unwrap_or_else(|| "public".to_owned());
-    let shadow = shadow_config.store.schema.clone().unwrap_or_default();
     let live_offsets = &fence.live_offsets;
     let shadow_offsets: BTreeMap<i32, i64> = live
         .client()
@@ -246,14 +242,14 @@ async fn catch_up_and_swap(
     let tx = client.transaction().await?;
     // 3. Compare, then swap in the same transaction.
     let differing: i64 = tx
-        .query_one(&diff_sql(&live_schema, &shadow, "count(*)", ""), &[])
+        .query_one(&diff_sql(live_schema, shadow, "count(*)", ""), &[])
         .await?
         .get(0);
     let first_differences = tx
         .query(
             &diff_sql(
-                &live_schema,
-                &shadow,
+                live_schema,
+                shadow,
                 "coalesce(l.order_id, s.order_id)::text, \
                  l.status || ' / ' || l.last_event_id, s.status || ' / ' || s.last_event_id",
                 "ORDER BY 1 LIMIT 5",
