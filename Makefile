@@ -8,7 +8,10 @@
 #   make static  one statically linked binary (glibc, crt-static), no C compiled
 #   make musl    one static musl binary, as the Dockerfile builds it
 #   make test-rskafka   the vendored, patched rskafka's own unit tests
-#   make bench   the criterion benchmarks
+#   make bench   every headline figure in one run, foodpipe beside librdkafka
+#                and psql \copy on a fresh private Tansu: target/bench/report.md
+#                and report.json (about 10 minutes; never part of make test)
+#   make bench-micro     the criterion benchmarks (partitioner, decoding)
 #   make bench-produce   foodpipe's producer vs librdkafka, same fresh broker and
 #                        events, per codec (BENCH_CODECS=none,lz4,zstd)
 #   make bench-sink      foodpipe's fold vs psql \copy of the same rows
@@ -24,7 +27,7 @@ CARGO ?= cargo
 DEMO_EVENTS ?= 5000
 FOODPIPE := ./target/release/foodpipe
 
-.PHONY: help up down build static musl demo test test-rskafka lint no-c bench bench-produce bench-sink bench-memory bench-partitions clean
+.PHONY: help up down build static musl demo test test-rskafka lint no-c bench bench-micro bench-produce bench-sink bench-memory bench-partitions clean
 
 help:
 	@sed -n 's/^#   //p' Makefile
@@ -93,11 +96,14 @@ test: up lint no-c static musl test-rskafka
 test-rskafka:
 	scripts/test_vendored_rskafka.sh
 
-bench:
+BENCH_EVENTS ?= 200000
+bench: up build
+	.stack/venv/bin/python scripts/bench.py $(FOODPIPE) --events $(BENCH_EVENTS) --out target/bench
+
+bench-micro:
 	$(CARGO) bench --bench murmur2
 	$(CARGO) bench --bench decode
 
-BENCH_EVENTS ?= 200000
 BENCH_CODECS ?= none,lz4,zstd
 bench-produce: up build
 	.stack/venv/bin/python scripts/bench_produce.py $(FOODPIPE) --events $(BENCH_EVENTS) \

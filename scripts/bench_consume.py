@@ -15,7 +15,7 @@ sink:   produces N events to a fresh topic, folds them with
         `order_events_copy`, a copy of the history table with the same
         indexes and constraints. Prints both rates and the ratio.
 memory: for each N, produces N events to a fresh topic and records the
-        peak RSS (wait4's ru_maxrss) of `foodpipe consume --until-caught-up`
+        peak RSS (VmHWM, sampled every 20 ms) of `foodpipe consume --until-caught-up`
         folding that backlog.
 rebalance: for each P, produces N events to a fresh topic of P partitions,
         starts three `foodpipe consume` members at once (default flags, as
@@ -61,11 +61,34 @@ def consume(binary: str, topic: str, url: str) -> tuple[float, int]:
     started = time.perf_counter()
     child = subprocess.Popen([binary, "consume", "--until-caught-up", "--topic", topic, "--json"],
                              env=env, stdout=subprocess.DEVNULL)
-    _, status, usage = os.wait4(child.pid, 0)
+    # Peak RSS from the child's own VmHWM, sampled until it exits: wait4's
+    # ru_maxrss also counts the forking parent's memory (Linux records the
+    # old image's high-water mark at exec), which a driver holding the
+    # benchmark's events in memory would inflate.
+    peak = 0
+    while True:
+        pid, status, _ = os.wait4(child.pid, os.WNOHANG)
+        if pid:
+            break
+        peak = max(peak, vm_hwm_kib(child.pid))
+        time.sleep(0.02)
     seconds = time.perf_counter() - started
-    if os.waitstatus_to_exitcode(status) != 0:
+    child.returncode = os.waitstatus_to_exitcode(status)
+    if child.returncode != 0:
         raise SystemExit(f"consume failed with status {status}")
-    return seconds, usage.ru_maxrss
+    return seconds, peak
+
+
+def vm_hwm_kib(pid: int) -> int:
+    """The process's peak resident set in KiB (0 once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
 
 
 def fresh_db(tag: str) -> tuple[str, str]:
@@ -77,9 +100,24 @@ def fresh_db(tag: str) -> tuple[str, str]:
 def sink(binary: str, events: int) -> None:
     topic = f"bench-sink-{int(time.time())}"
     produce(binary, topic, events)
+    result = fold_vs_copy(binary, topic, events)
+    fp, cp = result["foodpipe"], result["copy"]
+    print(f"{events} events, {result['csv_bytes'] / 1e6:.1f} MB of history CSV, 3 partitions")
+    print()
+    print("| writer | rows/s | ratio |")
+    print("|---|---|---|")
+    print(f"| psql \\copy into a copy of order_events | {cp:,.0f} | 1.00x |")
+    print(f"| foodpipe consume (history + view + offsets, from Kafka) | {fp:,.0f} | {fp / cp:.2f}x |")
+
+
+def fold_vs_copy(binary: str, topic: str, events: int, during=None) -> dict:
+    """Folds `topic` (N events) into a fresh database with `consume
+    --until-caught-up`, then `psql \\copy`s the resulting history rows into
+    a copy of order_events; rows/s of each. `during(fn)` wraps the fold
+    (the bench driver measures the broker's CPU around it)."""
     name, url = fresh_db("sink")
     try:
-        secs, _ = consume(binary, topic, url)
+        secs, _ = (during or (lambda fn: fn()))(lambda: consume(binary, topic, url))
         rows = int(psql(url, "-c", "SELECT count(*) FROM order_events"))
         assert rows == events, f"history has {rows} rows, expected {events}"
         with tempfile.TemporaryDirectory() as tmp:
@@ -90,38 +128,38 @@ def sink(binary: str, events: int) -> None:
             psql(url, "-c", f"\\copy order_events_copy FROM '{csv}' CSV")
             copy_secs = time.perf_counter() - started
             size = os.path.getsize(csv)
-        fp, cp = events / secs, events / copy_secs
-        print(f"{events} events, {size / 1e6:.1f} MB of history CSV, 3 partitions")
-        print()
-        print("| writer | rows/s | ratio |")
-        print("|---|---|---|")
-        print(f"| psql \\copy into a copy of order_events | {cp:,.0f} | 1.00x |")
-        print(f"| foodpipe consume (history + view + offsets, from Kafka) | {fp:,.0f} | {fp / cp:.2f}x |")
+        return {"foodpipe": events / secs, "copy": events / copy_secs, "csv_bytes": size}
     finally:
         psql(ADMIN_URL, "-c", f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
-def memory(binary: str, sizes: list, partitions: int) -> None:
+def memory(binary: str, sizes: list, partitions: int) -> dict:
+    """Peak RSS in KiB of consume folding each backlog size."""
     print(f"{partitions} partitions")
     print()
     print("| backlog (events) | consume time | peak RSS |")
     print("|---|---|---|")
+    peaks = {}
     for events in sizes:
         topic = f"bench-memory-{events}-{int(time.time())}"
         produce(binary, topic, events, partitions)
         name, url = fresh_db("mem")
         try:
             secs, rss_kib = consume(binary, topic, url)
+            peaks[events] = rss_kib
             print(f"| {events:,} | {secs:.1f} s | {rss_kib / 1024:.1f} MiB |", flush=True)
         finally:
             psql(ADMIN_URL, "-c", f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    return peaks
 
 
-def rebalance(binary: str, counts: list, events: int) -> None:
+def rebalance(binary: str, counts: list, events: int) -> dict:
+    """Seconds from start to all owned and lag 0, per partition count."""
     print(f"{events:,} events; three `consume` members started at once, default flags")
     print()
     print("| partitions | start to all owned | start to all owned and lag 0 |")
     print("|---|---|---|")
+    done = {}
     for partitions in counts:
         topic = f"bench-rebalance-{partitions}-{int(time.time())}"
         produce(binary, topic, events, partitions)
@@ -145,6 +183,7 @@ def rebalance(binary: str, counts: list, events: int) -> None:
                     owned_at = now
                 if owned_at is not None and applied == events:
                     print(f"| {partitions:,} | {owned_at:.2f} s | {now:.2f} s |", flush=True)
+                    done[partitions] = now
                     break
                 if now > 300:
                     raise SystemExit(f"{partitions} partitions: not done after 300 s ({row.strip()})")
@@ -155,6 +194,7 @@ def rebalance(binary: str, counts: list, events: int) -> None:
             for m in members:
                 m.wait()
             psql(ADMIN_URL, "-c", f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    return done
 
 
 def tables_exist(url: str) -> bool:

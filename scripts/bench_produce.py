@@ -146,7 +146,9 @@ def main() -> int:
             broker.wait(10)
 
 
-def bench(binary: str, bootstrap: str, events: int, rounds: int, codecs: list) -> int:
+def generate_events(binary: str, events: int) -> tuple:
+    """`foodpipe generate` of N events to .stack/bench/events.tsv; returns
+    the path and the (key, value) pairs, loaded for librdkafka."""
     os.makedirs(".stack/bench", exist_ok=True)
     path = ".stack/bench/events.tsv"
     with open(path, "wb") as f:
@@ -157,6 +159,11 @@ def bench(binary: str, bootstrap: str, events: int, rounds: int, codecs: list) -
         for line in f:
             key, _, value = line.rstrip(b"\n").partition(b"\t")
             lines.append((key, value))
+    return path, lines
+
+
+def bench(binary: str, bootstrap: str, events: int, rounds: int, codecs: list) -> int:
+    path, lines = generate_events(binary, events)
     size = os.path.getsize(path)
     print(f"{len(lines)} events, {size / 1e6:.1f} MB of key+value lines "
           f"(~{size // len(lines)} bytes each), {PARTITIONS} partitions, "

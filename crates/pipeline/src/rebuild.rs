@@ -5,13 +5,18 @@
 //!    offset up to them into a fresh shadow schema (`<schema>_rebuild`),
 //!    as a consumer group of its own there. The shadow is never ahead of
 //!    the live view, so the two can be compared record for record.
-//! 2. Lock the live group's offset rows (`FOR UPDATE`): live commits wait.
-//!    Fold the shadow up to exactly the live position where it is behind.
+//! 2. Fence the live group (`Store::fence_group`): no member takes a
+//!    lease while the fence stands, and every lease epoch is bumped, so a
+//!    live commit under way is refused by its own epoch check. The live
+//!    offsets stand still; fold the shadow up to exactly them. No row lock
+//!    is held across this replay (holding the offset rows `FOR UPDATE`
+//!    while truncating deadlocked with a live commit that held
+//!    `order_events` and waited for its offset row).
 //! 3. Compare the shadow view with the live one (orders whose status or
 //!    last event differ) and, unless this is a dry run, replace the live
-//!    history, view, dead letters and offsets with the shadow's, in the
-//!    same transaction that holds the lock. Commit; live consumers go on
-//!    from the swapped offsets.
+//!    history, view, dead letters and offsets with the shadow's in one
+//!    transaction. Lift the fence; live consumers take their partitions
+//!    again within a heartbeat and go on from the swapped offsets.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -171,22 +176,105 @@ async fn phases(
     .await?;
     reached(&first, stop)?;
 
-    // 2. Hold the live position still and catch the shadow up to it.
-    let mut client = live.client().await?;
-    let tx = client.transaction().await?;
-    let live_offsets: BTreeMap<i32, i64> = tx
-        .query(
-            &format!(
-                "SELECT partition, next_offset FROM {live_schema}.consumer_offsets \
-                 WHERE group_id = $1 AND topic = $2 FOR UPDATE"
-            ),
-            &[&config.group, &config.topic],
-        )
+    // 2. Fence the live group (no takes, every lease epoch bumped, so no
+    //    live commit lands any more) and catch the shadow up to where it
+    //    stopped. No row lock is held across the replay: a live commit
+    //    under way finishes first or fails its epoch check.
+    let fence = Fence::raise(&live, config).await?;
+    let schemas = (live_schema, shadow);
+    let result = catch_up_and_swap(
+        &live,
+        config,
+        &shadow_config,
+        schemas,
+        &fence,
+        dry_run,
+        stop,
+    )
+    .await;
+    fence.lower(&live).await;
+    let compared = result?;
+    drop_shadow(&live, live_schema, shadow).await?;
+    Ok(RebuildReport {
+        swapped: !dry_run,
+        ..compared
+    })
+}
+
+/// The rebuild's fence on the live group, renewed every heartbeat interval
+/// while it stands.
+struct Fence {
+    group: String,
+    by: String,
+    /// The live offsets once the fence stood: nothing commits past them.
+    live_offsets: BTreeMap<i32, i64>,
+    renewer: tokio::task::JoinHandle<()>,
+}
+
+impl Fence {
+    async fn raise(live: &Store, config: &ConsumeConfig) -> anyhow::Result<Fence> {
+        let by = format!(
+            "rebuild (host {}, pid {})",
+            crate::consume::hostname(),
+            std::process::id()
+        );
+        let ttl = config.session_timeout;
+        let live_offsets = live
+            .fence_group(&config.group, &config.topic, &by, ttl)
+            .await?;
+        let renewer = {
+            let (live, group, by) = (live.clone(), config.group.clone(), by.clone());
+            let every = config.heartbeat_interval;
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(every).await;
+                    match live.renew_fence(&group, &by, ttl).await {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            tracing::warn!(
+                                "the rebuild's fence lapsed; the swap resets the offsets anyway"
+                            );
+                            return;
+                        }
+                        Err(e) => tracing::warn!(error = %e, "cannot renew the rebuild's fence"),
+                    }
+                }
+            })
+        };
+        Ok(Fence {
+            group: config.group.clone(),
+            by,
+            live_offsets,
+            renewer,
+        })
+    }
+
+    /// Lifts the fence (also after a failure: the live group must go on).
+    async fn lower(self, live: &Store) {
+        self.renewer.abort();
+        if let Err(e) = live.lift_fence(&self.group, &self.by).await {
+            tracing::warn!(error = %e, "cannot lift the rebuild's fence; it lapses after a session timeout");
+        }
+    }
+}
+
+/// Steps 2 and 3 under the fence: catch the shadow up to the fenced live
+/// offsets, then compare and swap in one transaction. A signal before the
+/// commit drops the transaction (rolled back); the commit itself is not
+/// cut short.
+async fn catch_up_and_swap(
+    live: &Store,
+    config: &ConsumeConfig,
+    shadow_config: &ConsumeConfig,
+    (live_schema, shadow): (&str, &str),
+    fence: &Fence,
+    dry_run: bool,
+    stop: &CancellationToken,
+) -> anyhow::Result<RebuildReport> {
+    let live_offsets = &fence.live_offsets;
+    let shadow_offsets: BTreeMap<i32, i64> = live
+        .client()
         .await?
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
-    let shadow_offsets: BTreeMap<i32, i64> = tx
         .query(
             &format!(
                 "SELECT partition, next_offset FROM {shadow}.consumer_offsets \
@@ -206,31 +294,27 @@ async fn phases(
         let catch_up = consume(
             ConsumeConfig {
                 targets: Some(live_offsets.clone()),
-                ..shadow_config
+                ..shadow_config.clone()
             },
             stop.clone().cancelled_owned(),
         )
         .await?;
-        // Returning drops `tx`: rolled back, the live rows unlocked.
         reached(&catch_up, stop)?;
     }
 
-    // 3. Compare, then swap in the same transaction. A signal before the
-    // commit drops `tx` (rolled back); the commit itself is not cut short.
+    // 3. Compare, then swap in the same transaction.
+    let mut client = live.client().await?;
+    let tx = client.transaction().await?;
     let compared = tokio::select! {
         biased;
         () = stop.cancelled() => return Err(anyhow::anyhow!("interrupted during the swap")),
         compared = compare_and_swap(&tx, config, dry_run, live_schema, shadow) => compared?,
     };
     tx.commit().await?;
-    drop_shadow(&live, live_schema, shadow).await?;
-    Ok(RebuildReport {
-        swapped: !dry_run,
-        ..compared
-    })
+    Ok(compared)
 }
 
-/// Step 3 inside the transaction that holds the live offsets: the
+/// Step 3 inside the swap's transaction, under the fence: the
 /// differences, the shadow's counts and, unless `dry_run`, the swap.
 async fn compare_and_swap(
     tx: &store::Transaction<'_>,
@@ -271,6 +355,12 @@ async fn compare_and_swap(
         .await?
         .get(0);
     if !dry_run {
+        // The tables first: a live commit still under way (it fails its
+        // epoch check at the end) finishes before the truncate, and holds
+        // nothing this transaction holds, so the two cannot wait on each
+        // other. The offset rows come last, with the epochs bumped again
+        // and the owners cleared: a member that re-took after a lapsed
+        // fence is fenced here too, and starts again from the swapped offset.
         tx.batch_execute(&format!(
             "TRUNCATE {live_schema}.order_events, {live_schema}.orders, {live_schema}.dead_letters;
              INSERT INTO {live_schema}.order_events SELECT * FROM {shadow}.order_events;
@@ -286,7 +376,8 @@ async fn compare_and_swap(
                  FROM {shadow}.consumer_offsets WHERE group_id = $1 AND topic = $2 \
                  ON CONFLICT (group_id, topic, partition) DO UPDATE SET \
                      next_offset = EXCLUDED.next_offset, incarnation = EXCLUDED.incarnation, \
-                     last_fingerprint = EXCLUDED.last_fingerprint, updated_at = now()"
+                     last_fingerprint = EXCLUDED.last_fingerprint, owner = NULL, \
+                     epoch = {live_schema}.consumer_offsets.epoch + 1, updated_at = now()"
             ),
             &[&config.group, &config.topic],
         )

@@ -76,6 +76,12 @@ pub enum Error {
         host: String,
         pid: i32,
     },
+    /// Another rebuild holds the group's fence.
+    #[error(
+        "group {group} is being rebuilt by {by}; wait for it to finish (or, if it died, \
+         for its fence to lapse after a session timeout) and run rebuild again"
+    )]
+    Fenced { group: String, by: String },
 }
 
 impl Error {

@@ -502,3 +502,118 @@ impl Store {
         Ok(())
     }
 }
+
+/// `rebuild`'s hold on a group (migration V8): while it lasts no member
+/// takes a lease, and the epochs it bumped refuse every commit already
+/// under way. It is a lease of its own, renewed by [`Store::renew_fence`],
+/// so a rebuild that dies leaves the group paused for at most `ttl`.
+impl Store {
+    /// Fences `group` on `topic` for `by`: first the group (no take starts
+    /// from now on), then each partition's lease is cleared and its epoch
+    /// bumped, one partition per statement, so the fence never holds one
+    /// offset row while waiting for another (a member leaving updates the
+    /// same rows in its own order). Returns the offsets as they stand once
+    /// no member can commit any more. [`Error::Fenced`] if another rebuild
+    /// holds the fence.
+    pub async fn fence_group(
+        &self,
+        group: &str,
+        topic: &str,
+        by: &str,
+        ttl: Duration,
+    ) -> Result<std::collections::BTreeMap<i32, i64>> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "INSERT INTO consumer_groups (group_id) VALUES ($1) ON CONFLICT DO NOTHING",
+                &[&group],
+            )
+            .await?;
+        let secs = ttl.as_secs_f64();
+        let fenced = client
+            .execute(
+                "UPDATE consumer_groups \
+                 SET fenced_by = $2, fenced_until = clock_timestamp() + make_interval(secs => $3) \
+                 WHERE group_id = $1 \
+                   AND (fenced_until IS NULL OR fenced_until <= clock_timestamp() OR fenced_by = $2)",
+                &[&group, &by, &secs],
+            )
+            .await?;
+        if fenced != 1 {
+            return Err(Error::Fenced {
+                group: group.to_owned(),
+                by: self.fenced_by(group).await?.unwrap_or_default(),
+            });
+        }
+        let partitions: Vec<i32> = client
+            .query(
+                "SELECT partition FROM consumer_offsets WHERE group_id = $1 AND topic = $2 \
+                 ORDER BY partition",
+                &[&group, &topic],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let mut offsets = std::collections::BTreeMap::new();
+        for partition in partitions {
+            // Waits for a commit holding the row to finish; every later
+            // commit fails its epoch check.
+            let row = client
+                .query_one(
+                    "UPDATE consumer_offsets SET owner = NULL, epoch = epoch + 1, updated_at = now() \
+                     WHERE group_id = $1 AND topic = $2 AND partition = $3 RETURNING next_offset",
+                    &[&group, &topic, &partition],
+                )
+                .await?;
+            offsets.insert(partition, row.get(0));
+        }
+        Ok(offsets)
+    }
+
+    /// Extends the fence `by` holds by `ttl` from now; false if it is no
+    /// longer `by`'s (it lapsed and another rebuild took it).
+    pub async fn renew_fence(&self, group: &str, by: &str, ttl: Duration) -> Result<bool> {
+        let secs = ttl.as_secs_f64();
+        let renewed = self
+            .client()
+            .await?
+            .execute(
+                "UPDATE consumer_groups \
+                 SET fenced_until = clock_timestamp() + make_interval(secs => $3) \
+                 WHERE group_id = $1 AND fenced_by = $2",
+                &[&group, &by, &secs],
+            )
+            .await?;
+        Ok(renewed == 1)
+    }
+
+    /// Lifts the fence `by` holds, if it still does; members take again at
+    /// their next heartbeat.
+    pub async fn lift_fence(&self, group: &str, by: &str) -> Result<()> {
+        self.client()
+            .await?
+            .execute(
+                "UPDATE consumer_groups SET fenced_by = NULL, fenced_until = NULL \
+                 WHERE group_id = $1 AND fenced_by = $2",
+                &[&group, &by],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Who fences `group` now, if anyone (health names it as the reason a
+    /// partition waits).
+    pub async fn fenced_by(&self, group: &str) -> Result<Option<String>> {
+        let row = self
+            .client()
+            .await?
+            .query_opt(
+                "SELECT fenced_by FROM consumer_groups \
+                 WHERE group_id = $1 AND fenced_until > clock_timestamp()",
+                &[&group],
+            )
+            .await?;
+        Ok(row.and_then(|r| r.get(0)))
+    }
+}

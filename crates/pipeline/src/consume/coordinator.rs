@@ -470,9 +470,8 @@ impl Coordinator {
                 self.status.remove(partition);
             }
             Ok(taken) => self.start_worker(partition, taken),
-            Err(NotTaken::Held) => {
-                self.status
-                    .set(partition, State::Waiting("another live member".into()));
+            Err(NotTaken::Held(holder)) => {
+                self.status.set(partition, State::Waiting(holder));
             }
             Err(NotTaken::Failed { epoch, error }) => match error.action() {
                 Action::Retry | Action::Retake => {

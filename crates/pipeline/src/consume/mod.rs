@@ -363,7 +363,7 @@ fn process_token() -> uuid::Uuid {
     uuid::Uuid::from_u64_pair(nanos, host ^ u64::from(std::process::id()))
 }
 
-fn hostname() -> String {
+pub(crate) fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .or_else(|| std::env::var("HOSTNAME").ok())

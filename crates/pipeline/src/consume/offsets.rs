@@ -34,8 +34,9 @@ pub(crate) struct Taken {
 /// Why a take did not give a partition.
 #[derive(Debug)]
 pub(crate) enum NotTaken {
-    /// Another live member holds the lease (or this process was replaced).
-    Held,
+    /// Another live member holds the lease (or this process was replaced),
+    /// or a rebuild fences the group: who, for health to name.
+    Held(String),
     /// It failed; `epoch` is set if the lease was taken before the failure.
     Failed { epoch: Option<i64>, error: Error },
 }
@@ -91,7 +92,15 @@ pub(crate) async fn take(
                 config.group
             ))));
         }
-        return Err(NotTaken::Held);
+        let holder = match store
+            .fenced_by(&config.group)
+            .await
+            .map_err(|e| failed(None)(e.into()))?
+        {
+            Some(by) => format!("the group's fence, held by {by}"),
+            None => "another live member".to_owned(),
+        };
+        return Err(NotTaken::Held(holder));
     };
     let failed = failed(Some(lease.epoch));
     let stored = lease.stored;

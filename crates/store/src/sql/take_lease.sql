@@ -7,6 +7,9 @@ UPDATE consumer_offsets o
 SET owner = $4, epoch = o.epoch + 1, stopped_error = NULL, stopped_at = NULL,
     updated_at = now()
 WHERE o.group_id = $1 AND o.topic = $2 AND o.partition = $3
+  -- Nobody takes while a rebuild fences the group (V8__rebuild_fence.sql).
+  AND NOT EXISTS (SELECT 1 FROM consumer_groups g
+                  WHERE g.group_id = $1 AND g.fenced_until > clock_timestamp())
   -- Only a process whose session still holds its member id takes.
   AND EXISTS (SELECT 1 FROM group_members me
               WHERE me.group_id = $1 AND me.member_id = $4 AND me.session = $5)
