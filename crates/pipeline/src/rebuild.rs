@@ -17,6 +17,11 @@
 //!    history, view, dead letters and offsets with the shadow's in one
 //!    transaction. Lift the fence; live consumers take their partitions
 //!    again within a heartbeat and go on from the swapped offsets.
+//!
+//! A dry run (`--dry-run`) changes nothing, not even lease epochs: instead
+//! of the fence it holds the live offset rows `FOR SHARE` while it catches
+//! up and compares (live commits wait for it; it writes nothing, so no
+//! lock cycle), then rolls back.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -180,19 +185,19 @@ async fn phases(
     //    live commit lands any more) and catch the shadow up to where it
     //    stopped. No row lock is held across the replay: a live commit
     //    under way finishes first or fails its epoch check.
-    let fence = Fence::raise(&live, config).await?;
+    //    A dry run fences nothing: it holds the live offset rows `FOR
+    //    SHARE` while it catches up and compares (live commits wait; it
+    //    writes nothing, so nothing waits on it), then rolls back, leaving
+    //    every row, epochs and owners included, as it was.
     let schemas = (live_schema, shadow);
-    let result = catch_up_and_swap(
-        &live,
-        config,
-        &shadow_config,
-        schemas,
-        &fence,
-        dry_run,
-        stop,
-    )
-    .await;
-    fence.lower(&live).await;
+    let result = if dry_run {
+        compare_only(&live, config, &shadow_config, schemas, stop).await
+    } else {
+        let fence = Fence::raise(&live, config).await?;
+        let result = catch_up_and_swap(&live, config, &shadow_config, schemas, &fence, stop).await;
+        fence.lower(&live).await;
+        result
+    };
     let compared = result?;
     drop_shadow(&live, live_schema, shadow).await?;
     Ok(RebuildReport {
@@ -268,10 +273,72 @@ async fn catch_up_and_swap(
     shadow_config: &ConsumeConfig,
     (live_schema, shadow): (&str, &str),
     fence: &Fence,
-    dry_run: bool,
     stop: &CancellationToken,
 ) -> anyhow::Result<RebuildReport> {
-    let live_offsets = &fence.live_offsets;
+    catch_up(
+        live,
+        config,
+        shadow_config,
+        shadow,
+        &fence.live_offsets,
+        stop,
+    )
+    .await?;
+    // 3. Compare, then swap in the same transaction.
+    let mut client = live.client().await?;
+    let tx = client.transaction().await?;
+    let compared = tokio::select! {
+        biased;
+        () = stop.cancelled() => return Err(anyhow::anyhow!("interrupted during the swap")),
+        compared = compare_and_swap(&tx, config, false, live_schema, shadow) => compared?,
+    };
+    tx.commit().await?;
+    Ok(compared)
+}
+
+/// A dry run's steps 2 and 3: the live offsets held still by a share lock
+/// (no fence, no epoch bumped), the shadow caught up to them, the
+/// comparison, and a rollback.
+async fn compare_only(
+    live: &Store,
+    config: &ConsumeConfig,
+    shadow_config: &ConsumeConfig,
+    (live_schema, shadow): (&str, &str),
+    stop: &CancellationToken,
+) -> anyhow::Result<RebuildReport> {
+    let mut client = live.client().await?;
+    let tx = client.transaction().await?;
+    let live_offsets: BTreeMap<i32, i64> = tx
+        .query(
+            &format!(
+                "SELECT partition, next_offset FROM {live_schema}.consumer_offsets \
+                 WHERE group_id = $1 AND topic = $2 FOR SHARE"
+            ),
+            &[&config.group, &config.topic],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    catch_up(live, config, shadow_config, shadow, &live_offsets, stop).await?;
+    let compared = tokio::select! {
+        biased;
+        () = stop.cancelled() => return Err(anyhow::anyhow!("interrupted while comparing")),
+        compared = compare_and_swap(&tx, config, true, live_schema, shadow) => compared?,
+    };
+    // Dropping `tx` rolls it back and lets the live commits go on.
+    Ok(compared)
+}
+
+/// Folds the shadow up to exactly `live_offsets` where it is behind.
+async fn catch_up(
+    live: &Store,
+    config: &ConsumeConfig,
+    shadow_config: &ConsumeConfig,
+    shadow: &str,
+    live_offsets: &BTreeMap<i32, i64>,
+    stop: &CancellationToken,
+) -> anyhow::Result<()> {
     let shadow_offsets: BTreeMap<i32, i64> = live
         .client()
         .await?
@@ -301,17 +368,7 @@ async fn catch_up_and_swap(
         .await?;
         reached(&catch_up, stop)?;
     }
-
-    // 3. Compare, then swap in the same transaction.
-    let mut client = live.client().await?;
-    let tx = client.transaction().await?;
-    let compared = tokio::select! {
-        biased;
-        () = stop.cancelled() => return Err(anyhow::anyhow!("interrupted during the swap")),
-        compared = compare_and_swap(&tx, config, dry_run, live_schema, shadow) => compared?,
-    };
-    tx.commit().await?;
-    Ok(compared)
+    Ok(())
 }
 
 /// Step 3 inside the swap's transaction, under the fence: the
