@@ -187,11 +187,18 @@ pub(crate) fn spawn(
         round: 0,
         served: BTreeMap::new(),
         idle_polled: None,
+        last_records: None,
         record_size: 512,
     };
     let task = tokio::spawn(fetcher.run());
     (FetcherHandle { commands, room }, task)
 }
+
+/// The wait of an idle round while the stream is live (see
+/// [`Fetcher::idle_wait`]).
+const LIVE_WAIT: Duration = Duration::from_millis(10);
+/// How long after its last records a stream counts as live.
+const LIVE_FOR: Duration = Duration::from_secs(1);
 
 struct Fetcher {
     config: Arc<ConsumeConfig>,
@@ -209,12 +216,31 @@ struct Fetcher {
     served: BTreeMap<i32, u64>,
     /// When idle partitions were last asked for records.
     idle_polled: Option<Instant>,
+    /// When a round last brought records: while that is recent, the stream
+    /// is live and an idle round waits only [`LIVE_WAIT`].
+    last_records: Option<Instant>,
     /// The average bytes of a record fetched so far (a moving average):
     /// how much a partition's lag is expected to bring.
     record_size: usize,
 }
 
 impl Fetcher {
+    /// How long a round may wait for records when no owned partition has
+    /// any waiting: `--fetch-max-wait`, or [`LIVE_WAIT`] while records came
+    /// in the last [`LIVE_FOR`]. Kafka answers a long poll as soon as
+    /// records arrive; a broker that holds it for the whole wait whatever
+    /// arrives (Tansu 0.6.0) would otherwise add up to `--fetch-max-wait`
+    /// to the latency of every event of a live stream. An idle topic still
+    /// costs one request per `--fetch-max-wait`.
+    fn idle_wait(&self) -> Duration {
+        let live = self.last_records.is_some_and(|t| t.elapsed() < LIVE_FOR);
+        if live {
+            self.config.fetch_max_wait.min(LIVE_WAIT)
+        } else {
+            self.config.fetch_max_wait
+        }
+    }
+
     fn apply(&mut self, command: Command) {
         match command {
             Command::Add(a) => {
@@ -363,11 +389,8 @@ impl Fetcher {
         // round must not sit in the broker's wait while a busy partition
         // (not in this round because its worker is full) gets room.
         let busy = self.slots.values().any(Slot::busy);
-        let max_wait = if busy {
-            Duration::ZERO
-        } else {
-            self.config.fetch_max_wait
-        };
+        let idle_wait = self.idle_wait();
+        let max_wait = if busy { Duration::ZERO } else { idle_wait };
         // The round's bytes, reserved before it is sent: half the budget
         // (the other half holds batches waiting to be applied). Each
         // partition may bring up to --fetch-max-bytes of it; the broker
@@ -450,6 +473,7 @@ impl Fetcher {
                         continue;
                     }
                     progress = true;
+                    self.last_records = Some(Instant::now());
                     self.served.insert(partition, self.round);
                     let bytes: usize = records.iter().map(record_bytes).sum();
                     if let Some(per_record) = bytes.checked_div(records.len()) {
@@ -541,11 +565,11 @@ impl Fetcher {
         // A round that brought nothing back: do not spin. Wait until a
         // worker takes a batch (a busy partition gets room), or a moment
         // (the broker may answer an idle long poll at once).
-        if !progress && started.elapsed() < self.config.fetch_max_wait / 4 {
+        if !progress && started.elapsed() < idle_wait / 4 {
             let pause = if busy {
                 Duration::from_millis(10)
             } else {
-                self.config.fetch_max_wait / 4
+                idle_wait / 4
             };
             tokio::select! {
                 () = tokio::time::sleep(pause) => {}
