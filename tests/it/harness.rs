@@ -212,49 +212,32 @@ impl ReadOnlyRole {
     }
 }
 
-/// Drops read-only roles left behind by failed runs more than an hour ago
-/// (a role still granted in a kept database stays).
-async fn drop_stale_roles(su: &tokio_postgres::Client, now: u64) {
-    let Ok(rows) = su
-        .query(
-            "SELECT rolname FROM pg_roles WHERE rolname LIKE 'fp\\_ro\\_%'",
-            &[],
-        )
-        .await
-    else {
+/// Drops what failed runs left behind more than an hour ago: the names
+/// `list` returns carry their creation time (`fp_<kind>_<unix time>_…`),
+/// and `drop` is the statement for one of them (`{}` is the name).
+async fn drop_stale(client: &tokio_postgres::Client, now: u64, list: &str, drop: &str) {
+    let Ok(rows) = client.query(list, &[]).await else {
         return;
     };
     for row in rows {
         let name: String = row.get(0);
         let created: Option<u64> = name.split('_').nth(2).and_then(|s| s.parse().ok());
         if created.is_some_and(|t| t + 3600 < now) {
-            let _ = su
-                .batch_execute(&format!("DROP ROLE IF EXISTS {name}"))
-                .await;
+            let _ = client.batch_execute(&drop.replace("{}", &name)).await;
         }
     }
 }
 
-/// Drops test databases left behind by failed runs more than an hour ago.
+/// Read-only roles (a role still granted in a kept database stays).
+async fn drop_stale_roles(su: &tokio_postgres::Client, now: u64) {
+    let list = "SELECT rolname FROM pg_roles WHERE rolname LIKE 'fp\\_ro\\_%'";
+    drop_stale(su, now, list, "DROP ROLE IF EXISTS {}").await;
+}
+
+/// Test databases.
 async fn drop_stale_databases(admin: &tokio_postgres::Client, now: u64) {
-    let Ok(rows) = admin
-        .query(
-            "SELECT datname FROM pg_database WHERE datname LIKE 'fp\\_test\\_%'",
-            &[],
-        )
-        .await
-    else {
-        return;
-    };
-    for row in rows {
-        let name: String = row.get(0);
-        let created: Option<u64> = name.split('_').nth(2).and_then(|s| s.parse().ok());
-        if created.is_some_and(|t| t + 3600 < now) {
-            let _ = admin
-                .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                .await;
-        }
-    }
+    let list = "SELECT datname FROM pg_database WHERE datname LIKE 'fp\\_test\\_%'";
+    drop_stale(admin, now, list, "DROP DATABASE IF EXISTS {} WITH (FORCE)").await;
 }
 
 /// `url` with its host replaced (userinfo, port, path and query kept).
