@@ -121,7 +121,9 @@ def stop_previous_broker() -> None:
 
 
 class Storm:
-    def __init__(self, binary: str, seed: int, rate: int) -> None:
+    def __init__(self, binary: str, seed: int, rate: int, bootstrap: str = None) -> None:
+        """A new run (fresh store, broker and database), or with `bootstrap`
+        the run of this seed that is still up, to check it again."""
         self.binary = binary
         self.seed = seed
         self.rate = rate
@@ -130,18 +132,21 @@ class Storm:
         self.dir = os.path.abspath(f"target/chaos/seed-{seed}")
         self.failures = []
         self.poison = 0
+        self.producer_seed = seed
         self.restarter = None
         self.restarted = False
         self.members = [None] * MEMBERS
         self.started = time.monotonic()
-        shutil.rmtree(self.dir, ignore_errors=True)
-        os.makedirs(self.dir)
-        self.broker, self.bootstrap = bench_produce.start_tansu(self.dir, detached=True)
-        self.port = int(self.bootstrap.rsplit(":", 1)[1])
-        self.save_pid()
-        psql(bench_consume.ADMIN_URL, "-c", f"DROP DATABASE IF EXISTS {self.database} WITH (FORCE)")
-        psql(bench_consume.ADMIN_URL, "-c", f"CREATE DATABASE {self.database}")
         self.url = bench_consume.with_db(bench_consume.ADMIN_URL, self.database)
+        if bootstrap is None:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            os.makedirs(self.dir)
+            self.broker, bootstrap = bench_produce.start_tansu(self.dir, detached=True)
+            self.port = int(bootstrap.rsplit(":", 1)[1])
+            self.save_pid()
+            psql(bench_consume.ADMIN_URL, "-c", f"DROP DATABASE IF EXISTS {self.database} WITH (FORCE)")
+            psql(bench_consume.ADMIN_URL, "-c", f"CREATE DATABASE {self.database}")
+        self.bootstrap = bootstrap
         self.env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
                     "DATABASE_URL": self.url, "FOODPIPE_TOPIC": self.topic}
         self.env.pop("FOODPIPE_METRICS_ADDR", None)
@@ -167,7 +172,6 @@ class Storm:
     # The workload.
 
     def start_producer(self) -> None:
-        self.producer_seed = self.seed
         self.producer = subprocess.Popen(
             [self.binary, "produce", "--duration", "1h", "--rate", str(self.rate),
              "--seed", str(self.producer_seed), "--partitions", str(PARTITIONS), "--json"],
@@ -369,7 +373,7 @@ class Storm:
         c.close()
         return records
 
-    def check(self, summary: dict) -> tuple:
+    def check(self, acknowledged_count: int) -> tuple:
         """(lost, duplicated, stalled), recording every other mismatch."""
         ends = self.watermarks()
         stored = self.offsets()
@@ -399,7 +403,7 @@ class Storm:
             event_id, partition, offset = row.split("|")
             history[event_id].append((int(partition), int(offset)))
         generated = subprocess.run(
-            [self.binary, "generate", "--count", str(summary["events"]),
+            [self.binary, "generate", "--count", str(acknowledged_count),
              "--seed", str(self.producer_seed)], check=True, capture_output=True).stdout
         acknowledged = {json.loads(line.split(b"\t", 1)[1])["event_id"]
                         for line in generated.splitlines()}
@@ -441,7 +445,13 @@ def main() -> int:
                         help="seed of the schedule (default: random, printed first)")
     parser.add_argument("--faults", type=int, default=32)
     parser.add_argument("--rate", type=int, default=200, help="events/s of the producer")
+    parser.add_argument("--recheck", action="store_true",
+                        help="only check again the run of --seed, still up, against its topic")
     args = parser.parse_args()
+    if args.recheck:
+        if args.seed is None:
+            parser.error("--recheck needs the --seed of the run to check (its first line)")
+        return recheck(os.path.abspath(args.binary), args.seed)
     if args.faults < len(KINDS):
         parser.error(f"--faults {args.faults}: give at least {len(KINDS)}, one fault of each kind")
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1, 1_000_000)
@@ -508,10 +518,33 @@ def storm_and_check(storm: Storm, plan: list, rng: random.Random, seed: int) -> 
             if b"panicked" in f.read():
                 storm.fail(f"member {i} panicked (see {storm.dir}/member-{i}.log)")
 
-    lost, duplicated, stalled = storm.check(summary)
+    with open(os.path.join(storm.dir, "run.json"), "w") as f:
+        json.dump({"bootstrap": storm.bootstrap, "acknowledged": summary["events"],
+                   "poison": storm.poison, "faults": sum(applied.values()),
+                   "kinds": len(applied)}, f)
+    return verdict(storm, summary["events"], sum(applied.values()), len(applied))
+
+
+def recheck(binary: str, seed: int) -> int:
+    """The checks of a run again, from what it saved: the broker and the
+    database must still be up."""
+    try:
+        with open(f"target/chaos/seed-{seed}/run.json") as f:
+            run = json.load(f)
+    except OSError:
+        print(f"chaos: no finished run of seed {seed} in target/chaos/seed-{seed}: "
+              f"run make chaos CHAOS_SEED={seed} first", file=sys.stderr)
+        return 2
+    storm = Storm(binary, seed, 0, bootstrap=run["bootstrap"])
+    storm.poison = run["poison"]
+    return verdict(storm, run["acknowledged"], run["faults"], run["kinds"])
+
+
+def verdict(storm: Storm, acknowledged: int, faults: int, kinds: int) -> int:
+    lost, duplicated, stalled = storm.check(acknowledged)
     for f in storm.failures:
         print(f"chaos: FAILED: {f}", flush=True)
-    print(f"chaos: seed {seed}, {sum(applied.values())} faults ({len(applied)} kinds), "
+    print(f"chaos: seed {storm.seed}, {faults} faults ({kinds} kinds), "
           f"lost {lost}, duplicated {duplicated}, stalled {stalled}; topic {storm.topic}, "
           f"database {storm.database}, bootstrap {storm.bootstrap}", flush=True)
     return 1 if storm.failures or lost or duplicated or stalled else 0
