@@ -465,7 +465,7 @@ def main() -> int:
     storm.log(f"broker {storm.bootstrap} (pid {storm.broker.pid}), topic {storm.topic}, "
               f"database {storm.database}, {len(plan)} faults")
     try:
-        return storm_and_check(storm, plan, rng, seed)
+        return storm_and_check(storm, plan, rng)
     finally:
         # On any way out the workload stops; the broker stays up.
         if storm.restarter is not None and storm.restarter.poll() is None:
@@ -476,7 +476,7 @@ def main() -> int:
                 p.wait()
 
 
-def storm_and_check(storm: Storm, plan: list, rng: random.Random, seed: int) -> int:
+def storm_and_check(storm: Storm, plan: list, rng: random.Random) -> int:
     storm.start_producer()
     storm.wait_for("the producer creates the topic",
                    lambda: storm.watermarks() and sum(storm.watermarks().values()) > 0, 60)
