@@ -134,6 +134,7 @@ class Storm:
         self.poison = 0
         self.producer_seed = seed
         self.restarter = None
+        self.restart_finished = 0.0
         self.restarted = False
         self.members = [None] * MEMBERS
         self.started = time.monotonic()
@@ -244,8 +245,16 @@ class Storm:
         threading.Thread(target=self.await_restart, daemon=True).start()
         return f"PostgreSQL restart requested (pg_ctlcluster pid {self.restarter.pid})"
 
+    def restart_overlaps(self, since: float) -> bool:
+        """Whether the requested server restart may have happened after `since`."""
+        if self.restarter is None:
+            return False
+        return self.restarter.poll() is None or self.restart_finished >= since
+
     def await_restart(self) -> None:
-        if self.restarter.wait() != 0:
+        code = self.restarter.wait()
+        self.restart_finished = time.monotonic()
+        if code != 0:
             if self.restarter.returncode == -signal.SIGTERM:
                 return  # finish_restart gave up on it while it waited
             self.fail(f"pg_ctlcluster restart exited {self.restarter.returncode}")
@@ -292,6 +301,13 @@ class Storm:
     def rebuild(self, _: int) -> str:
         started = time.monotonic()
         out = self.run("rebuild")
+        if out.returncode != 0 and self.restart_overlaps(started):
+            # A server restart under a rebuild ends it with an error; the
+            # rebuild run again must succeed.
+            self.log(f"rebuild met the PostgreSQL restart (exit {out.returncode}); again")
+            self.wait_for("PostgreSQL answers again",
+                          lambda: self.sql("SELECT 1").strip() == "1", 90)
+            out = self.run("rebuild")
         if out.returncode != 0:
             self.fail(f"rebuild exited {out.returncode}: {out.stderr.decode()[-500:]}")
         return f"rebuild under load: exit {out.returncode} after {time.monotonic() - started:.1f} s"
@@ -491,10 +507,16 @@ def storm_and_check(storm: Storm, plan: list, rng: random.Random) -> int:
     for n, (kind, member, pause) in enumerate(plan, 1):
         time.sleep(pause)
         storm.check_members()
-        if kind == "poison":
-            what = storm.poison_fault(rng)
-        else:
-            what = getattr(storm, kind)(member)
+        fault = (lambda: storm.poison_fault(rng)) if kind == "poison" else \
+            (lambda: getattr(storm, kind)(member))
+        try:
+            what = fault()
+        except subprocess.CalledProcessError:
+            # The driver's own psql met the PostgreSQL restart that landed
+            # meanwhile: once it answers, the fault runs again.
+            storm.wait_for("PostgreSQL answers again",
+                           lambda: storm.sql("SELECT 1").strip() == "1", 90)
+            what = fault()
         applied[kind] += 1
         storm.log(f"fault {n}/{len(plan)} {kind}: {what}")
 
