@@ -56,6 +56,8 @@ import threading
 import time
 import uuid
 
+# No __pycache__ beside the scripts in the work tree.
+sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import bench_consume  # noqa: E402
