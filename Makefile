@@ -11,6 +11,9 @@
 #   make bench   every headline figure in one run, foodpipe beside librdkafka
 #                and psql \copy on a fresh private Tansu: target/bench/report.md
 #                and report.json (about 10 minutes; never part of make test)
+#   make chaos   a seeded fault storm (CHAOS_SEED, CHAOS_FAULTS) on a private Tansu
+#                and the local PostgreSQL, then an independent librdkafka fold check
+#                (about 7 minutes; never part of make test)
 #   make bench-micro     the criterion benchmarks (partitioner, decoding)
 #   make bench-produce   foodpipe's producer vs librdkafka, same fresh broker and
 #                        events, per codec (BENCH_CODECS=none,lz4,zstd)
@@ -27,7 +30,7 @@ CARGO ?= cargo
 DEMO_EVENTS ?= 5000
 FOODPIPE := ./target/release/foodpipe
 
-.PHONY: help up down build static musl demo test test-rskafka lint no-c bench bench-micro bench-produce bench-sink bench-memory bench-partitions clean
+.PHONY: help up down build static musl demo test test-rskafka lint no-c bench chaos bench-micro bench-produce bench-sink bench-memory bench-partitions clean
 
 help:
 	@sed -n 's/^#   //p' Makefile
@@ -99,6 +102,14 @@ test-rskafka:
 BENCH_EVENTS ?= 200000
 bench: up build
 	.stack/venv/bin/python scripts/bench.py $(FOODPIPE) --events $(BENCH_EVENTS) --out target/bench
+
+# The storm's broker, topic and database stay up for checking; make down
+# stops that broker (target/chaos/tansu.pid).
+CHAOS_SEED ?=
+CHAOS_FAULTS ?= 32
+chaos: up build
+	.stack/venv/bin/python scripts/chaos.py $(FOODPIPE) --faults $(CHAOS_FAULTS) \
+		$(if $(CHAOS_SEED),--seed $(CHAOS_SEED))
 
 bench-micro:
 	$(CARGO) bench --bench murmur2

@@ -51,18 +51,21 @@ def create_topic(bootstrap: str, topic: str) -> None:
         future.result(30)
 
 
-def start_tansu(workdir: str):
-    """A Tansu of our own on a free port; returns (process, bootstrap)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+def start_tansu(workdir: str, port: int = 0, detached: bool = False):
+    """A Tansu of our own on `port` (0: a free one) with its sqlite store in
+    `workdir` (reused if there); returns (process, bootstrap). A detached
+    broker has its own session, so it outlives the script and its terminal."""
+    if not port:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
     url = f"tcp://127.0.0.1:{port}"
-    log = open(os.path.join(workdir, "tansu.log"), "wb")
+    log = open(os.path.join(workdir, "tansu.log"), "ab")
     # A relative sqlite path: Tansu 0.6.0 doubles an absolute one.
     proc = subprocess.Popen(
         ["tansu", "broker", "--storage-engine", "sqlite://tansu.db",
          "--listener-url", url, "--advertised-listener-url", url],
-        cwd=workdir, stdout=log, stderr=log)
+        cwd=workdir, stdout=log, stderr=log, start_new_session=detached)
     deadline = time.time() + 30
     while time.time() < deadline:
         try:

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Stops the broker that `make up` started. PostgreSQL is the machine's own
+# Stops the broker that `make up` started, and the private one the last
+# `make chaos` left up for checking (target/chaos/tansu.pid). PostgreSQL is the machine's own
 # service, shared with other work, so it is left running; the database
 # food_orders stays (drop it with `dropdb -h 127.0.0.1 -U postgres food_orders`).
 set -euo pipefail
@@ -17,3 +18,11 @@ else
     echo "make down: no broker started by make up is running"
 fi
 rm -f "$PID_FILE"
+
+CHAOS_PID_FILE="$ROOT/target/chaos/tansu.pid"
+if [ -f "$CHAOS_PID_FILE" ] && [ "$(cat "/proc/$(cat "$CHAOS_PID_FILE")/comm" 2>/dev/null)" = tansu ]; then
+    pid="$(cat "$CHAOS_PID_FILE")"
+    kill "$pid"
+    echo "make down: stopped the make chaos Tansu (pid $pid); its data stays in target/chaos"
+fi
+rm -f "$CHAOS_PID_FILE"
