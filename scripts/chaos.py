@@ -269,22 +269,21 @@ class Storm:
                      f"answering after {time.monotonic() - done:.1f} s more")
 
     def finish_restart(self, limit: float) -> bool:
-        """Whether the requested restart happened; gives up after `limit`
-        if pg_ctlcluster is still waiting for the shared server."""
+        """Whether the requested restart happened. A `pg_ctlcluster` that
+        has not finished after `limit`, or failed, is reported and the
+        restart left out of the count (the last line then shows it)."""
         if self.restarter is None:
             return False
         try:
-            self.restarter.wait(limit)
+            code = self.restarter.wait(limit)
         except subprocess.TimeoutExpired:
+            self.restarter.terminate()
+            code = self.restarter.wait()
+        if code != 0:
             with open(self.restart_log, "rb") as f:
                 last = (f.read().strip().splitlines() or [b""])[-1].decode(errors="replace")
-            if "waiting" in last:
-                self.restarter.terminate()
-                self.restarter.wait()
-                self.log(f"PostgreSQL restart NOT applied: after {limit:.0f} s pg_ctlcluster "
-                         f"still said: {last}")
-                return False
-            self.restarter.wait()
+            self.log(f"PostgreSQL restart NOT applied: pg_ctlcluster exited {code}: {last}")
+            return False
         deadline = time.monotonic() + 70
         while not self.restarted and time.monotonic() < deadline:
             time.sleep(0.2)
