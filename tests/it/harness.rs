@@ -900,13 +900,7 @@ pub fn signal(child: &tokio::process::Child, signal: &str) {
 /// topic of the cluster (its `topic_delete_by.sql` filters on the cluster
 /// only), which would wreck the other tests on the shared broker.
 pub async fn delete_topic(broker: &PrivateBroker, topic: &str) {
-    let client = kafka_client_at(&broker.address).await;
-    client
-        .controller_client()
-        .expect("controller client")
-        .delete_topic(topic, 5_000)
-        .await
-        .unwrap_or_else(|e| panic!("cannot delete topic {topic}: {e}"));
+    let client = send_delete_topic(broker, topic).await;
     for _ in 0..50 {
         let topics = client.list_topics().await.expect("list topics");
         if !topics.iter().any(|t| t.name == topic) {
@@ -915,6 +909,21 @@ pub async fn delete_topic(broker: &PrivateBroker, topic: &str) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("topic {topic} still listed after delete");
+}
+
+/// Sends DeleteTopics for `topic` to a [`PrivateBroker`] (see
+/// [`delete_topic`]) and returns the client, without waiting to see it
+/// gone: with a consumer fetching the topic, Tansu 0.6.0's storage may
+/// panic at once and answer nothing more until restarted.
+pub async fn send_delete_topic(broker: &PrivateBroker, topic: &str) -> Client {
+    let client = kafka_client_at(&broker.address).await;
+    client
+        .controller_client()
+        .expect("controller client")
+        .delete_topic(topic, 5_000)
+        .await
+        .unwrap_or_else(|e| panic!("cannot delete topic {topic}: {e}"));
+    client
 }
 
 /// A topic with a few events, folded into `db` (migrations applied).
