@@ -412,13 +412,7 @@ async fn byte_built_batches_read_the_same_by_librdkafka_and_foodpipe() {
 async fn committed_transactions_and_markers_are_folded_to_the_log_end() {
     let broker = PrivateBroker::start().await;
     let topic = random_topic_name();
-    let client = kafka_client_at(&broker.address).await;
-    client
-        .controller_client()
-        .expect("controller")
-        .create_topic(&topic, 1, 1, 5_000)
-        .await
-        .expect("create topic");
+    let client = create_topic_at(&broker.address, &topic, 1).await;
     let events = event_records(30, 1500).await;
     let mut raw = Raw::connect(&broker.address).await;
     let txn = "foodpipe-test-p1";
@@ -525,13 +519,7 @@ async fn committed_transactions_and_markers_are_folded_to_the_log_end() {
 async fn aborted_transaction_on_tansu_and_with_the_list_kafka_sends() {
     let broker = PrivateBroker::start().await;
     let topic = random_topic_name();
-    let client = kafka_client_at(&broker.address).await;
-    client
-        .controller_client()
-        .expect("controller")
-        .create_topic(&topic, 1, 1, 5_000)
-        .await
-        .expect("create topic");
+    let client = create_topic_at(&broker.address, &topic, 1).await;
     let events = event_records(12, 1600).await;
     let mut raw = Raw::connect(&broker.address).await;
     let (p1, e1) = raw.init_producer("foodpipe-test-commit").await;
@@ -660,13 +648,7 @@ async fn aborted_transaction_on_tansu_and_with_the_list_kafka_sends() {
 async fn tansu_keeps_records_not_batches() {
     let broker = PrivateBroker::start().await;
     let topic = random_topic_name();
-    let client = kafka_client_at(&broker.address).await;
-    client
-        .controller_client()
-        .expect("controller")
-        .create_topic(&topic, 1, 1, 5_000)
-        .await
-        .expect("create topic");
+    let client = create_topic_at(&broker.address, &topic, 1).await;
     let events = event_records(4, 1700).await;
     let mut raw = Raw::connect(&broker.address).await;
     let mut bad_crc = BatchSpec::plain(Codec::Gzip, specs(&events[0..2])).encode();
@@ -703,13 +685,7 @@ async fn tansu_keeps_records_not_batches() {
 async fn corrupt_batch_is_reported_by_the_reader() {
     let broker = PrivateBroker::start().await;
     let topic = random_topic_name();
-    let client = kafka_client_at(&broker.address).await;
-    client
-        .controller_client()
-        .expect("controller")
-        .create_topic(&topic, 1, 1, 5_000)
-        .await
-        .expect("create topic");
+    let client = create_topic_at(&broker.address, &topic, 1).await;
     let events = event_records(6, 1800).await;
     let mut raw = Raw::connect(&broker.address).await;
     raw.produce_ok(

@@ -452,13 +452,19 @@ pub async fn read_topic_at(bootstrap: &str, topic: &str) -> (Vec<TopicRecord>, B
 
 /// Creates `topic` with `partitions` partitions through rskafka.
 pub async fn create_topic(topic: &str, partitions: i32) {
-    let client = kafka_client().await;
+    create_topic_at(&bootstrap_servers(), topic, partitions).await;
+}
+
+/// Creates `topic` on the broker at `bootstrap`; returns the client.
+pub async fn create_topic_at(bootstrap: &str, topic: &str, partitions: i32) -> Client {
+    let client = kafka_client_at(bootstrap).await;
     client
         .controller_client()
         .expect("controller client")
         .create_topic(topic, partitions, 1, 5_000)
         .await
         .unwrap_or_else(|e| panic!("cannot create topic {topic}: {e}"));
+    client
 }
 
 /// The Python of the venv `make up` made, with librdkafka (confluent-kafka).

@@ -212,16 +212,19 @@ impl PartitionMetrics {
         self.state("", all);
     }
 
-    /// Counts an applied record whose key is not its event's `customer_id`
-    /// (`reason` missing or differs).
-    pub(crate) fn key_mismatch(&self, reason: &'static str) {
+    /// Counts `n` applied records of a batch whose key is not their
+    /// event's `customer_id` (`reason` missing or differs).
+    pub(crate) fn key_mismatches(&self, reason: &'static str, n: u64) {
+        if n == 0 {
+            return;
+        }
         let labels = [
             self.labels[0].clone(),
             self.labels[1].clone(),
             self.labels[2].clone(),
             ("reason", reason.to_owned()),
         ];
-        metrics::counter!("foodpipe_key_mismatch_total", &labels).increment(1);
+        metrics::counter!("foodpipe_key_mismatch_total", &labels).increment(n);
     }
 
     pub(crate) fn retry(&self, operation: &'static str) {

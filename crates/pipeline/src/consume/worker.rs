@@ -226,8 +226,9 @@ impl Worker {
             self.status.recover(partition, "commit");
             committed = fetched.next_offset;
             let mismatched = keys::mismatches(&fetched.records);
-            for m in &mismatched {
-                metrics.key_mismatch(m.mismatch.as_str());
+            for reason in [keys::Mismatch::Missing, keys::Mismatch::Differs] {
+                let n = mismatched.iter().filter(|m| m.mismatch == reason).count();
+                metrics.key_mismatches(reason.as_str(), n as u64);
             }
             if let Some(first) = mismatched.first()
                 && !warned_about_keys
