@@ -64,6 +64,34 @@ impl Status {
     }
 }
 
+impl Status {
+    /// The status an event of this body leaves an order in.
+    pub fn after(body: &EventBody) -> Status {
+        match body {
+            EventBody::OrderCreated(_) => Status::Pending,
+            EventBody::OrderPaid(_) => Status::Paid,
+            EventBody::OrderShipped(_) => Status::Shipped,
+            EventBody::OrderDelivered(_) => Status::Delivered,
+            EventBody::OrderCancelled(_) => Status::Cancelled,
+        }
+    }
+
+    /// Whether an order in `self` can get to `later` by the machine's
+    /// steps (zero or more). An event whose status leads to the order's
+    /// current one is *behind* the order: it was one of its steps, met
+    /// late, rather than a step the machine forbids.
+    pub fn leads_to(self, later: Status) -> bool {
+        use Status::*;
+        match self {
+            Pending => true,
+            Paid => matches!(later, Paid | Shipped | Delivered | Cancelled),
+            Shipped => matches!(later, Shipped | Delivered),
+            Delivered => later == Delivered,
+            Cancelled => later == Cancelled,
+        }
+    }
+}
+
 /// An event the state machine does not allow.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TransitionError {
@@ -153,6 +181,46 @@ mod tests {
             customer_id: "CUST-0001".into(),
             occurred_at: DateTime::UNIX_EPOCH,
             body,
+        }
+    }
+
+    /// `leads_to` is exactly "reachable by the machine's own steps": the
+    /// reflexive-transitive closure of `next`, computed here by search.
+    #[test]
+    fn leads_to_is_the_closure_of_the_machine() {
+        let all = [
+            Status::Pending,
+            Status::Paid,
+            Status::Shipped,
+            Status::Delivered,
+            Status::Cancelled,
+        ];
+        let bodies = [created(), paid(), shipped(), delivered(), cancelled()];
+        for from in all {
+            let mut reached = vec![from];
+            let mut i = 0;
+            while i < reached.len() {
+                for body in &bodies {
+                    if let Some(to) = reached[i].next(body)
+                        && !reached.contains(&to)
+                    {
+                        reached.push(to);
+                    }
+                }
+                i += 1;
+            }
+            for to in all {
+                assert_eq!(from.leads_to(to), reached.contains(&to), "{from:?} -> {to:?}");
+            }
+        }
+        // `after` names where each allowed step of the machine lands.
+        assert_eq!(Status::after(&bodies[0]), Status::Pending);
+        for from in all {
+            for body in &bodies {
+                if let Some(to) = from.next(body) {
+                    assert_eq!(Status::after(body), to, "{body:?} from {from:?}");
+                }
+            }
         }
     }
 

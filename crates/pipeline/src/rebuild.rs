@@ -428,12 +428,15 @@ async fn compare_and_swap(
         tx.execute(
             &format!(
                 "INSERT INTO {live_schema}.consumer_offsets \
-                     (group_id, topic, partition, next_offset, incarnation, last_fingerprint) \
-                 SELECT group_id, topic, partition, next_offset, incarnation, last_fingerprint \
+                     (group_id, topic, partition, next_offset, incarnation, last_fingerprint, \
+                      fingerprint_offset) \
+                 SELECT group_id, topic, partition, next_offset, incarnation, last_fingerprint, \
+                        fingerprint_offset \
                  FROM {shadow}.consumer_offsets WHERE group_id = $1 AND topic = $2 \
                  ON CONFLICT (group_id, topic, partition) DO UPDATE SET \
                      next_offset = EXCLUDED.next_offset, incarnation = EXCLUDED.incarnation, \
-                     last_fingerprint = EXCLUDED.last_fingerprint, owner = NULL, \
+                     last_fingerprint = EXCLUDED.last_fingerprint, \
+                     fingerprint_offset = EXCLUDED.fingerprint_offset, owner = NULL, \
                      epoch = {live_schema}.consumer_offsets.epoch + 1, updated_at = now()"
             ),
             &[&config.group, &config.topic],

@@ -41,6 +41,11 @@ pub struct Applied {
     pub dead_letters: Vec<fold::DeadLetter>,
     pub duplicates: usize,
     pub stale: usize,
+    /// The incarnation the partition's stored offset is in after the
+    /// commit: the batch's own, or a new one when the batch met records
+    /// that are not the ones history holds at their offsets (a position
+    /// clash: another log of the partition). Later batches use it.
+    pub incarnation: i32,
 }
 
 impl Store {
@@ -55,7 +60,6 @@ impl Store {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
 
-        // Which events are new, and the current state of the orders they touch.
         let event_ids: Vec<Uuid> = batch
             .records
             .iter()
@@ -69,15 +73,81 @@ impl Store {
         order_ids.sort_unstable();
         order_ids.dedup();
 
+        // Invariant 13: the orders this batch touches are locked before
+        // anything about them is read, so a batch of another partition
+        // touching one of them waits for this one to commit, and what
+        // this batch decides is decided against their committed state.
+        // Each read below is a statement of its own, so it sees what the
+        // batches it waited for committed (READ COMMITTED).
+        if !order_ids.is_empty() {
+            let (class, keys) = order_lock_keys(self.schema.as_deref().unwrap_or("public"), &order_ids);
+            let stmt = tx
+                .prepare_cached(include_str!("sql/lock_orders.sql"))
+                .await?;
+            tx.execute(&stmt, &[&class, &keys]).await?;
+        }
+
+        // Which events were seen before, and what history and dead letters
+        // already hold at the batch's positions.
+        let offsets: Vec<i64> = batch.records.iter().map(|r| r.offset).collect();
         let stmt = tx
-            .prepare_cached(include_str!("sql/select_known_events.sql"))
+            .prepare_cached(include_str!("sql/select_seen.sql"))
             .await?;
-        let known: HashSet<Uuid> = tx
-            .query(&stmt, &[&event_ids])
+        let mut known: HashSet<Uuid> = HashSet::new();
+        let mut at_position: Vec<Held> = Vec::new();
+        for row in tx
+            .query(
+                &stmt,
+                &[
+                    &event_ids,
+                    &batch.topic,
+                    &batch.partition,
+                    &batch.incarnation,
+                    &offsets,
+                    &batch.group,
+                ],
+            )
             .await?
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
+        {
+            let what: &str = row.get(0);
+            match what {
+                "known" => {
+                    known.insert(row.get(1));
+                }
+                _ => at_position.push(Held {
+                    dead_letter: what == "dead_letter",
+                    event_id: row.get(1),
+                    offset: row.get(2),
+                    key: row.get(3),
+                    value: row.get(4),
+                }),
+            }
+        }
+        let (recorded, clash) = compare_positions(batch.records, &at_position);
+        let incarnation = match clash {
+            None => batch.incarnation,
+            Some(offset) => {
+                let stmt = tx
+                    .prepare_cached(include_str!("sql/next_incarnation.sql"))
+                    .await?;
+                let next: i32 = tx
+                    .query_one(&stmt, &[&batch.topic, &batch.partition, &batch.incarnation])
+                    .await?
+                    .get(0);
+                tracing::warn!(
+                    topic = batch.topic,
+                    partition = batch.partition,
+                    offset,
+                    old_incarnation = batch.incarnation,
+                    new_incarnation = next,
+                    "the record at offset {offset} is not the one history holds there: this is \
+                     another log of the partition (the topic was deleted and recreated); going on \
+                     in incarnation {next}, recorded in offset_gaps as position_clash"
+                );
+                next
+            }
+        };
+
         let stmt = tx
             .prepare_cached(include_str!("sql/select_orders_for_update.sql"))
             .await?;
@@ -90,9 +160,21 @@ impl Store {
         let source = fold::Source {
             topic: batch.topic,
             partition: batch.partition,
-            incarnation: batch.incarnation,
+            incarnation,
         };
-        let plan = fold::plan(source, batch.records, &known, current);
+        let mut plan = fold::plan(source, batch.records, &known, current);
+        // A record whose dead letter is already at its position (in this
+        // incarnation) is the same record read again after the group was
+        // reset to an earlier offset: it is not dead-lettered twice.
+        let before = plan.dead_letters.len();
+        plan.dead_letters
+            .retain(|d| !recorded.contains(&batch.records[d.index].offset));
+        plan.duplicates += before - plan.dead_letters.len();
+        let stored_incarnation = batch.incarnation;
+        let batch = &Batch {
+            incarnation,
+            ..*batch
+        };
 
         if !plan.history.is_empty() {
             insert_history(&tx, batch, &plan.history).await?;
@@ -104,10 +186,16 @@ impl Store {
             insert_dead_letters(&tx, batch, &plan.dead_letters).await?;
         }
 
-        let last_fingerprint = batch
-            .records
-            .last()
-            .map(|r| fold::fingerprint(r.timestamp, r.key.as_deref(), r.value.as_deref()));
+        // The fingerprint of the batch's last record, with that record's
+        // offset: the batch's next offset may lie past markers and aborted
+        // records, which are not records a take can compare. A batch of
+        // markers only keeps the fingerprint it had (advance_offset.sql).
+        let fingerprint = batch.records.last().map(|r| {
+            (
+                r.offset,
+                fold::fingerprint(r.timestamp, r.key.as_deref(), r.value.as_deref()),
+            )
+        });
         let stmt = tx
             .prepare_cached(include_str!("sql/advance_offset.sql"))
             .await?;
@@ -120,10 +208,12 @@ impl Store {
                     &batch.partition,
                     &batch.next_offset,
                     &batch.from_offset,
-                    &batch.incarnation,
-                    &last_fingerprint,
+                    &stored_incarnation,
+                    &fingerprint.map(|f| f.1),
                     &batch.lease.map(|(owner, _)| owner),
                     &batch.lease.map_or(0, |(_, epoch)| epoch),
+                    &fingerprint.map(|f| f.0),
+                    &incarnation,
                 ],
             )
             .await?;
@@ -136,6 +226,28 @@ impl Store {
                 expected: batch.from_offset,
             });
         }
+        if incarnation != stored_incarnation {
+            let stmt = tx
+                .prepare_cached(include_str!("sql/insert_gap.sql"))
+                .await?;
+            tx.execute(
+                &stmt,
+                &[
+                    &batch.group,
+                    &batch.topic,
+                    &batch.partition,
+                    &"position_clash",
+                    &batch.from_offset,
+                    &batch.from_offset,
+                    &batch.from_offset,
+                    &batch.from_offset,
+                    &"none",
+                    &stored_incarnation,
+                    &incarnation,
+                ],
+            )
+            .await?;
+        }
         tx.commit().await?;
 
         Ok(Applied {
@@ -144,8 +256,73 @@ impl Store {
             dead_letters: plan.dead_letters,
             duplicates: plan.duplicates,
             stale: plan.stale,
+            incarnation,
         })
     }
+}
+
+/// A row already in history or dead letters at one of the batch's
+/// positions (same topic, partition and incarnation; dead letters of the
+/// same group).
+#[derive(Debug)]
+struct Held {
+    dead_letter: bool,
+    event_id: Option<Uuid>,
+    offset: i64,
+    key: Option<Vec<u8>>,
+    value: Option<Vec<u8>>,
+}
+
+/// Compares what history and dead letters hold at the batch's positions
+/// with the batch's records. Offsets in a Kafka log never change meaning,
+/// so a row at a record's offset is either that record, read again (a
+/// group reset to an earlier offset), or proof that this is another log of
+/// the partition (a topic deleted and recreated, then reset). Returns the
+/// offsets whose dead letter is already recorded (the same record), and
+/// the first offset that holds a different record, if any.
+fn compare_positions(records: &[SourceRecord], held: &[Held]) -> (HashSet<i64>, Option<i64>) {
+    let by_offset: HashMap<i64, &SourceRecord> = records.iter().map(|r| (r.offset, r)).collect();
+    let mut recorded = HashSet::new();
+    let mut clash: Option<i64> = None;
+    for h in held {
+        let Some(record) = by_offset.get(&h.offset) else {
+            continue;
+        };
+        let event_id = record.event.as_ref().ok().map(|e| e.event_id);
+        let same = if h.dead_letter {
+            // A dead letter keeps the record's key and value as they were.
+            h.key.as_deref() == record.key.as_deref()
+                && h.value.as_deref() == record.value.as_deref()
+        } else {
+            h.event_id.is_some() && h.event_id == event_id
+        };
+        if !same {
+            clash = Some(clash.map_or(h.offset, |c| c.min(h.offset)));
+        } else if h.dead_letter {
+            recorded.insert(h.offset);
+        }
+    }
+    (recorded, clash)
+}
+
+/// The advisory lock keys of `orders` (sorted, without repeats, so that two
+/// transactions always take shared keys in the same order and cannot
+/// deadlock on them): PostgreSQL's two-key form, a class per schema (a
+/// rebuild's shadow does not wait for the live tables) and 32 bits of each
+/// order id. Two orders sharing 32 bits only wait for each other.
+fn order_lock_keys(schema: &str, orders: &[Uuid]) -> (i32, Vec<i32>) {
+    let fnv = |bytes: &[u8]| {
+        let mut hash: u32 = 0x811c_9dc5;
+        for b in bytes {
+            hash ^= u32::from(*b);
+            hash = hash.wrapping_mul(0x0100_0193);
+        }
+        hash as i32
+    };
+    let mut keys: Vec<i32> = orders.iter().map(|o| fnv(o.as_bytes())).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    (fnv(schema.as_bytes()), keys)
 }
 
 /// An order's view row, read back to fold the batch onto it. A row this
@@ -350,4 +527,89 @@ async fn insert_dead_letters(
     )
     .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use events::generator::{Generator, GeneratorConfig};
+
+    fn records(n: usize) -> Vec<SourceRecord> {
+        Generator::new(GeneratorConfig {
+            seed: 5,
+            ..GeneratorConfig::default()
+        })
+        .take(n)
+        .enumerate()
+        .map(|(i, e)| SourceRecord {
+            offset: 10 + i as i64,
+            timestamp: e.occurred_at,
+            key: Some(e.customer_id.clone().into_bytes()),
+            value: Some(e.to_json()),
+            headers: Vec::new(),
+            event: Ok(e),
+        })
+        .collect()
+    }
+
+    fn history_at(r: &SourceRecord, event_id: Uuid) -> Held {
+        Held {
+            dead_letter: false,
+            event_id: Some(event_id),
+            offset: r.offset,
+            key: None,
+            value: None,
+        }
+    }
+
+    /// History holding the batch's own events at their offsets is a re-read, not a clash; another event id there is a clash at the first such offset.
+    #[test]
+    fn a_different_record_at_a_held_position_is_a_clash() {
+        let recs = records(4);
+        let id = |i: usize| recs[i].event.as_ref().expect("event").event_id;
+        let same: Vec<Held> = (0..4).map(|i| history_at(&recs[i], id(i))).collect();
+        assert_eq!(compare_positions(&recs, &same), (HashSet::new(), None));
+
+        let other = vec![
+            history_at(&recs[3], Uuid::from_u128(9)),
+            history_at(&recs[1], Uuid::from_u128(8)),
+        ];
+        assert_eq!(compare_positions(&recs, &other).1, Some(11));
+    }
+
+    /// A dead letter with the record's own key and value is the same record (left out, not a clash); other bytes there are a clash.
+    #[test]
+    fn dead_letters_are_compared_by_their_bytes() {
+        let mut recs = records(2);
+        recs[1].event = Err(events::DecodeError::new(
+            events::ErrorKind::MalformedJson,
+            "bad",
+        ));
+        recs[1].value = Some(b"{not json".to_vec());
+        let held = |value: &[u8]| Held {
+            dead_letter: true,
+            event_id: None,
+            offset: 11,
+            key: recs[1].key.clone(),
+            value: Some(value.to_vec()),
+        };
+        assert_eq!(
+            compare_positions(&recs, &[held(b"{not json")]),
+            (HashSet::from([11]), None)
+        );
+        assert_eq!(compare_positions(&recs, &[held(b"{other")]).1, Some(11));
+    }
+
+    /// Lock keys are sorted and without repeats (so two batches never wait on each other in a cycle), and each schema has its own class.
+    #[test]
+    fn lock_keys_are_sorted_per_schema() {
+        let orders: Vec<Uuid> = (0..200u128).map(|i| Uuid::from_u128(i * 7919)).collect();
+        let mut twice = orders.clone();
+        twice.extend(orders.iter().rev());
+        let (class, keys) = order_lock_keys("public", &twice);
+        assert!(keys.windows(2).all(|w| w[0] < w[1]));
+        assert_eq!(keys.len(), 200);
+        assert_ne!(class, order_lock_keys("public_rebuild", &orders).0);
+        assert_eq!((class, keys), order_lock_keys("public", &orders));
+    }
 }

@@ -6,7 +6,7 @@
 use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
-use events::{DecodeError, OrderEvent, OrderState};
+use events::{DecodeError, OrderEvent, OrderState, Status};
 use uuid::Uuid;
 
 /// A fetched record, decoded (or not) by the caller.
@@ -168,10 +168,43 @@ pub fn plan(
                 );
                 plan.history.push(index);
             }
-            Err(e) => plan.dead_letters.push(DeadLetter {
-                index,
-                kind: "invalid_transition",
-                message: e.to_string(),
+            Err(e) => plan.dead_letters.push(match existing {
+                // The order got past this event's step through records of
+                // another partition (or another log of this one): the
+                // event is behind the order, met late, not a step the
+                // machine forbids. Orders are locked across partitions
+                // while a batch decides (invariant 13), so this is
+                // decided against the order's committed state.
+                Some(c)
+                    if (c.source_topic.as_str(), c.source_partition, c.source_incarnation)
+                        != (source.topic, source.partition, source.incarnation)
+                        && Status::after(&event.body).leads_to(c.state.status) =>
+                {
+                    DeadLetter {
+                        index,
+                        kind: "out_of_order",
+                        message: format!(
+                            "{} for order {} at {}/{} offset {} arrived after the order reached \
+                             {} from {}/{} offset {}: the order's events are in two partitions \
+                             (records not keyed by customer_id, or partitions added to the \
+                             topic), so they were met out of order",
+                            event.body.event_type(),
+                            event.order_id,
+                            source.topic,
+                            source.partition,
+                            record.offset,
+                            c.state.status.as_str(),
+                            c.source_topic,
+                            c.source_partition,
+                            c.source_offset
+                        ),
+                    }
+                }
+                _ => DeadLetter {
+                    index,
+                    kind: "invalid_transition",
+                    message: e.to_string(),
+                },
             }),
         }
     }
@@ -338,6 +371,63 @@ mod tests {
             source_incarnation: 0,
             source_offset: 0,
         }
+    }
+
+    /// An event behind an order that got further through another partition is an `out_of_order` dead letter naming both positions; a step the machine forbids from there stays `invalid_transition`.
+    #[test]
+    fn events_behind_another_partition_are_out_of_order() {
+        let events = stream(1);
+        let created = &events[0];
+        let shipped_elsewhere = Current {
+            state: OrderState {
+                status: Status::Shipped,
+                ..OrderState::apply(None, created).expect("created")
+            },
+            source_topic: "t".into(),
+            source_partition: 3,
+            source_incarnation: 0,
+            source_offset: 41,
+        };
+        let step = |body: events::EventBody, id: u128| OrderEvent {
+            event_id: Uuid::from_u128(id),
+            body,
+            ..created.clone()
+        };
+        let late = [
+            step(
+                events::EventBody::OrderPaid(events::OrderPaid {
+                    payment_id: Uuid::from_u128(5),
+                    amount_cents: 1,
+                    method: "card".into(),
+                }),
+                1,
+            ),
+            created.clone(),
+            step(
+                events::EventBody::OrderCancelled(events::OrderCancelled {
+                    reason: "r".into(),
+                    cancelled_by: events::CancelledBy::Customer,
+                }),
+                2,
+            ),
+        ];
+        let recs: Vec<SourceRecord> = records(&late)
+            .into_iter()
+            .map(|r| SourceRecord {
+                offset: r.offset + 7,
+                ..r
+            })
+            .collect();
+        let current = HashMap::from([(created.order_id, shipped_elsewhere)]);
+        let plan = plan(SRC, &recs, &HashSet::new(), current);
+        assert!(plan.history.is_empty() && plan.view.is_empty());
+        let kinds: Vec<_> = plan.dead_letters.iter().map(|d| d.kind).collect();
+        assert_eq!(kinds, ["out_of_order", "out_of_order", "invalid_transition"]);
+        let message = &plan.dead_letters[0].message;
+        assert!(
+            message.contains("t/0 offset 7") && message.contains("t/3 offset 41"),
+            "both positions: {message}"
+        );
     }
 
     /// The fingerprint changes with any of timestamp, key or value, and tells absent from empty.

@@ -504,6 +504,7 @@ impl Store {
             next_offset: r.get(0),
             incarnation: r.get(1),
             last_fingerprint: r.get(2),
+            fingerprint_offset: r.get(3),
         }))
     }
 
@@ -655,8 +656,26 @@ pub struct StoredOffset {
     /// Which log of the partition `next_offset` refers to; goes up when the
     /// topic is found recreated.
     pub incarnation: i32,
-    /// [`fold::fingerprint`] of the record at `next_offset - 1`.
+    /// [`fold::fingerprint`] of the last record applied, the one at
+    /// [`StoredOffset::fingerprinted_offset`].
     pub last_fingerprint: Option<i64>,
+    /// The offset of the record `last_fingerprint` describes. `None` for a
+    /// fingerprint stored before migration V9, which described the record
+    /// at `next_offset - 1`.
+    pub fingerprint_offset: Option<i64>,
+}
+
+impl StoredOffset {
+    /// The offset of the record the stored fingerprint describes, or of the
+    /// record before the stored offset when there is no fingerprint (the
+    /// take then compares event ids with history). A batch's next offset
+    /// may lie past transaction markers, which are not records to compare.
+    pub fn fingerprinted_offset(&self) -> i64 {
+        match (self.last_fingerprint, self.fingerprint_offset) {
+            (Some(_), Some(offset)) => offset,
+            _ => self.next_offset - 1,
+        }
+    }
 }
 
 /// A stored offset that cannot be used as it is, and what replaces it.

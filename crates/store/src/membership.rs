@@ -287,6 +287,7 @@ impl Store {
                 next_offset: r.get(1),
                 incarnation: r.get(2),
                 last_fingerprint: r.get(3),
+                fingerprint_offset: r.get(4),
             },
         }))
     }
@@ -493,7 +494,7 @@ impl Store {
                  VALUES ($1, $2, $3, $4) \
                  ON CONFLICT (group_id, topic, partition) DO UPDATE \
                  SET next_offset = EXCLUDED.next_offset, owner = NULL, \
-                     last_fingerprint = NULL, updated_at = now()",
+                     last_fingerprint = NULL, fingerprint_offset = NULL, updated_at = now()",
                 &[&group, &topic, partition, offset],
             )
             .await?;

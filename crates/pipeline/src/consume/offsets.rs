@@ -163,6 +163,7 @@ pub(crate) async fn take(
                 next_offset: to,
                 incarnation: new_incarnation,
                 last_fingerprint: None,
+                fingerprint_offset: None,
             }
         }
     };
@@ -189,10 +190,13 @@ async fn previous_record_matches(
     earliest: i64,
     latest: i64,
 ) -> Result<Option<bool>> {
-    if stored.next_offset <= earliest || stored.next_offset > latest {
+    // The record the stored fingerprint describes: the last one applied,
+    // which is before the stored offset but not always right before it
+    // (transaction markers and aborted records are stepped past).
+    let previous = stored.fingerprinted_offset();
+    if previous < earliest || previous >= latest {
         return Ok(None);
     }
-    let previous = stored.next_offset - 1;
     // One record is wanted, so ask for little: a broker serves at least
     // one whole batch anyway (Kafka), and some pay for every record they
     // serve (Tansu, a few hundred milliseconds for 64 KiB). A record too
@@ -309,6 +313,7 @@ mod tests {
             next_offset,
             incarnation: 2,
             last_fingerprint: Some(7),
+            fingerprint_offset: Some(next_offset - 1),
         }
     }
 

@@ -225,6 +225,9 @@ impl Worker {
             };
             self.status.recover(partition, "commit");
             committed = fetched.next_offset;
+            // A batch that met another log of the partition moved the
+            // stored offset to a new incarnation (store::Applied).
+            self.start.incarnation = applied.incarnation;
             let mismatched = keys::mismatches(&fetched.records);
             for reason in [keys::Mismatch::Missing, keys::Mismatch::Differs] {
                 let n = mismatched.iter().filter(|m| m.mismatch == reason).count();

@@ -2,8 +2,16 @@
 -- the value (and incarnation) this batch was fetched at, and only while the
 -- committing member still holds the partition's lease at its epoch. If
 -- anything changed, no row matches and the whole transaction rolls back.
+-- $11 is the incarnation after the batch: $6 unless the batch met another
+-- log of the partition (a position clash). The fingerprint ($7) describes
+-- the record at offset $10; a batch without records ($7 NULL: markers or
+-- aborted records only) keeps the one stored.
 UPDATE consumer_offsets
-SET next_offset = $4, last_fingerprint = $7, updated_at = now()
+SET next_offset = $4,
+    incarnation = $11,
+    last_fingerprint = coalesce($7, last_fingerprint),
+    fingerprint_offset = CASE WHEN $7::int8 IS NULL THEN fingerprint_offset ELSE $10 END,
+    updated_at = now()
 WHERE group_id = $1 AND topic = $2 AND partition = $3
   AND next_offset = $5 AND incarnation = $6
   AND ($8::text IS NULL OR (owner = $8 AND epoch = $9))

@@ -17,4 +17,4 @@ WHERE o.group_id = $1 AND o.topic = $2 AND o.partition = $3
         SELECT 1 FROM group_members m
         WHERE m.group_id = $1 AND m.member_id = o.owner
           AND m.heartbeat_at >= clock_timestamp() - make_interval(secs => $6)))
-RETURNING o.epoch, o.next_offset, o.incarnation, o.last_fingerprint
+RETURNING o.epoch, o.next_offset, o.incarnation, o.last_fingerprint, o.fingerprint_offset

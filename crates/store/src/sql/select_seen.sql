@@ -1,0 +1,24 @@
+-- What the fold must know before it decides, in one round trip:
+-- 'known': event ids the fold has seen before, applied (history) or
+--   refused (a dead letter that decoded). A later copy of either is a
+--   duplicate, so a producer retry never gets a second chance at the
+--   state machine.
+-- 'history' / 'dead_letter': rows already at the batch's offsets in this
+--   incarnation of the partition (dead letters of this group): the same
+--   records read again, or another log (apply.rs, compare_positions).
+SELECT 'known' AS what, event_id, NULL::int8 AS kafka_offset,
+       NULL::bytea AS key, NULL::bytea AS value
+FROM order_events WHERE event_id = ANY($1)
+UNION ALL
+SELECT 'known', event_id, NULL, NULL, NULL
+FROM dead_letters WHERE event_id = ANY($1)
+UNION ALL
+SELECT 'history', event_id, kafka_offset, NULL, NULL
+FROM order_events
+WHERE kafka_topic = $2 AND kafka_partition = $3 AND kafka_incarnation = $4
+  AND kafka_offset = ANY($5)
+UNION ALL
+SELECT 'dead_letter', event_id, kafka_offset, key, value
+FROM dead_letters
+WHERE group_id = $6 AND topic = $2 AND partition = $3
+  AND kafka_incarnation = $4 AND kafka_offset = ANY($5)
