@@ -11,6 +11,7 @@ mod cli;
 mod codecs;
 mod consumer;
 mod end_to_end;
+mod exactly_once;
 mod groups;
 mod harness;
 mod mirror;
