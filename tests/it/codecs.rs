@@ -1076,3 +1076,73 @@ async fn records_not_keyed_by_customer_are_applied_counted_and_warned_once() {
     assert_eq!(warnings, 1, "one warning for the partition:\n{stderr}");
     db.drop_db().await;
 }
+
+/// `consume --until-caught-up` on a private broker's `topic`; fails the
+/// test if it does not exit 0.
+async fn consume_at(broker: &PrivateBroker, topic: &str, db: &TestDb) {
+    let mut cmd = foodpipe(&["consume", "--until-caught-up", "--topic", topic, "--json"]);
+    cmd.env("DATABASE_URL", &db.url)
+        .env("KAFKA_BOOTSTRAP_SERVERS", &broker.address);
+    run_ok(cmd).await;
+}
+
+/// A batch of markers only (the COMMIT after a transaction) keeps the fingerprint of the last record applied, with that record's offset, so a topic deleted and recreated past the stored offset is still noticed: every event of the new log is applied, in a new incarnation (issue 19, item 3).
+#[tokio::test]
+async fn recreated_topic_is_noticed_after_a_marker_only_batch() {
+    let broker = PrivateBroker::start().await;
+    let topic = random_topic_name();
+    let db = TestDb::create().await;
+    create_topic_at(&broker.address, &topic, 1).await;
+    let old = event_records(10, 1900).await;
+    let mut raw = Raw::connect(&broker.address).await;
+    let txn = "foodpipe-test-fp";
+    let (pid, epoch) = raw.init_producer(txn).await;
+    raw.produce_ok(None, &topic, BatchSpec::plain(Codec::None, specs(&old[..5])).encode())
+        .await;
+    raw.produce_ok(
+        Some(txn),
+        &topic,
+        BatchSpec::transactional(pid, epoch, specs(&old[5..])).encode(),
+    )
+    .await;
+    consume_at(&broker, &topic, &db).await;
+    // The COMMIT marker at offset 10, folded alone: a batch without records.
+    let marker = BatchSpec::marker(pid, epoch, ControlType::Commit).encode();
+    assert_eq!(raw.produce_ok(Some(txn), &topic, marker).await, 10);
+    consume_at(&broker, &topic, &db).await;
+    let pg = db.client().await;
+    let (next, fingerprinted): (i64, Option<i64>) = pg
+        .query_one(
+            "SELECT next_offset, fingerprint_offset FROM consumer_offsets WHERE topic = $1",
+            &[&topic],
+        )
+        .await
+        .map(|r| (r.get(0), r.get(1)))
+        .expect("stored offset");
+    assert_eq!((next, fingerprinted), (11, Some(9)));
+
+    // The topic deleted and recreated, its new log longer than the old.
+    delete_topic(&broker, &topic).await;
+    create_topic_at(&broker.address, &topic, 1).await;
+    let new = event_records(40, 1901).await;
+    raw.produce_ok(None, &topic, BatchSpec::plain(Codec::None, specs(&new)).encode())
+        .await;
+    consume_at(&broker, &topic, &db).await;
+    let applied: i64 = pg
+        .query_one(
+            "SELECT count(*) FROM order_events \
+             WHERE kafka_topic = $1 AND kafka_incarnation = 1 AND event_id::text = ANY($2)",
+            &[&topic, &event_ids(&new).into_iter().collect::<Vec<_>>()],
+        )
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(applied, 40, "every event of the new log, in incarnation 1");
+    let reason: String = pg
+        .query_one("SELECT reason FROM offset_gaps WHERE topic = $1", &[&topic])
+        .await
+        .expect("one gap")
+        .get(0);
+    assert_eq!(reason, "recreated");
+    db.drop_db().await;
+}
