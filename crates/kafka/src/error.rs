@@ -113,6 +113,16 @@ impl Error {
     }
 }
 
+impl Error {
+    /// True when the broker answered the request with an error code (as
+    /// opposed to no answer at all: a closed connection, a timeout). A
+    /// transient code (`NotLeaderOrFollower`, `LeaderNotAvailable`, ...)
+    /// then says what happened; nothing is wrong with the partition itself.
+    pub fn broker_answered(&self) -> bool {
+        self.protocol_error().is_some()
+    }
+}
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// What a caller should do about an [`Error`], decided from its type and
@@ -224,5 +234,44 @@ fn protocol_error_kind(code: rskafka::client::error::ProtocolError) -> ErrorKind
         | P::ThrottlingQuotaExceeded
         | P::UnstableOffsetCommit => ErrorKind::Transient,
         _ => ErrorKind::Permanent,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rskafka::client::error::{ProtocolError, RequestContext, RequestError};
+
+    fn fetch_error(source: ClientError) -> Error {
+        Error::Fetch {
+            topic: "t".into(),
+            partition: 0,
+            offset: 5,
+            source,
+        }
+    }
+
+    /// A leader move is an answer with a transient code; a closed connection is no answer at all (the case that may count against a partition).
+    #[test]
+    fn leader_moves_are_transient_answers() {
+        for code in [
+            ProtocolError::NotLeaderOrFollower,
+            ProtocolError::LeaderNotAvailable,
+        ] {
+            let e = fetch_error(ClientError::ServerError {
+                protocol_error: code,
+                error_message: None,
+                request: RequestContext::Partition("t".into(), 0),
+                response: None,
+                is_virtual: false,
+            });
+            assert_eq!(e.kind(), ErrorKind::Transient, "{code:?}");
+            assert!(e.broker_answered(), "{code:?}");
+        }
+        let closed = fetch_error(ClientError::Request(RequestError::IO(
+            std::io::Error::from(std::io::ErrorKind::UnexpectedEof),
+        )));
+        assert_eq!(closed.kind(), ErrorKind::Transient);
+        assert!(!closed.broker_answered());
     }
 }

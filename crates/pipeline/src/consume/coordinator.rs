@@ -736,7 +736,11 @@ impl Coordinator {
             }
         }
         stopped.sort_by_key(|s| s.partition);
-        let replaced = matches!(&outcome, Outcome::Fatal(_));
+        // Every member leaves on its way out, so its partitions move at
+        // once rather than after the session timeout; only a member whose
+        // id another process took over must not (the id is that process's
+        // now).
+        let replaced = matches!(&outcome, Outcome::Fatal(Error::Replaced(_)));
         if !replaced && let Err(e) = self.control.leave(&self.member).await {
             tracing::warn!(error = %e, "could not leave the group; it expires after the session timeout");
         }

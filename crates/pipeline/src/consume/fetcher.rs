@@ -536,7 +536,7 @@ impl Fetcher {
                             }
                             Err(_) => false,
                         };
-                    if alone && broker_answers {
+                    if strikes_against_partition(alone, broker_answers, &error) {
                         slot.strikes += 1;
                     }
                     slot.alone = true;
@@ -578,6 +578,17 @@ impl Fetcher {
         }
         true
     }
+}
+
+/// Whether a transient fetch failure counts against the partition (see
+/// [`STRIKES`]): only a lone fetch that got no answer at all (the broker
+/// closed the connection on it, as Tansu does for a batch it cannot serve)
+/// while ListOffsets for the same partition was answered. A broker that
+/// answers with an error code, `NotLeaderOrFollower` or
+/// `LeaderNotAvailable` during a leader move or a rolling restart, says
+/// the error is transient by its kind: that never stops a partition.
+fn strikes_against_partition(alone: bool, broker_answers: bool, error: &kafka::Error) -> bool {
+    alone && broker_answers && !error.broker_answered()
 }
 
 /// What to hand a worker for a batch that cannot be decoded: by default a
