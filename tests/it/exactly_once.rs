@@ -405,3 +405,67 @@ fn tempdir() -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).expect("temp dir");
     dir
 }
+
+/// A member joining while every offset row of its group is held FOR SHARE
+/// (as `rebuild --dry-run` holds them while it catches up and compares):
+/// its takes wait, on more partitions than the control plane has
+/// connections, and its heartbeats still land every interval on their own
+/// connection, so the group never expires it; once the rows are free it
+/// takes every partition (issue 19, item 5).
+#[tokio::test]
+async fn heartbeats_go_on_while_takes_wait_on_locked_offsets() {
+    let topic = harness::random_topic_name();
+    let db = TestDb::create().await;
+    harness::produce_events_to(&topic, 400, 51, 24).await;
+    harness::consume_until_caught_up(&topic, &db, &[]).await;
+
+    let mut locker = db.client().await;
+    let hold = locker.transaction().await.expect("begin");
+    hold.query("SELECT * FROM consumer_offsets FOR SHARE", &[])
+        .await
+        .expect("hold the offset rows");
+    let mut member = harness::foodpipe(&["consume", "--topic", &topic]);
+    member
+        .env("DATABASE_URL", &db.url)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let member = member.spawn().expect("member starts");
+    let pid = member.id().expect("running") as i32;
+    let pg = db.client().await;
+    let started = std::time::Instant::now();
+    let mut joined = false;
+    let mut oldest_beat = 0.0f64;
+    // Longer than the default session timeout (10 s).
+    while started.elapsed() < Duration::from_secs(16) {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let age: Option<f64> = pg
+            .query_one(
+                "SELECT extract(epoch FROM clock_timestamp() - max(heartbeat_at))::float8 \
+                 FROM group_members WHERE pid = $1",
+                &[&pid],
+            )
+            .await
+            .expect("heartbeat age")
+            .get(0);
+        if let Some(age) = age {
+            joined = true;
+            oldest_beat = oldest_beat.max(age);
+        }
+    }
+    assert!(joined, "the member joined");
+    assert!(
+        oldest_beat < 5.0,
+        "a heartbeat was {oldest_beat:.1} s old while takes waited on locked rows"
+    );
+    hold.rollback().await.expect("release the rows");
+    harness::wait_owners(
+        &db,
+        &topic,
+        Duration::from_secs(60),
+        "every partition owned",
+        |owners| owners.len() == 24 && owners.values().all(Option::is_some),
+    )
+    .await;
+    harness::stop_all(vec![member]).await;
+    db.drop_db().await;
+}

@@ -57,8 +57,9 @@ const MIGRATION_LOCK: i64 = 0x666f_6f64_7069_7065;
 pub struct StoreConfig {
     /// A libpq-style URL, `postgres://user:password@host:port/db`.
     pub database_url: String,
-    /// Connections in the pool to start with; a consumer resizes it to one
-    /// per partition plus one for bookkeeping and health checks.
+    /// The most connections the pool opens (it opens them as they are
+    /// needed). `consume` runs three pools: one connection for heartbeats
+    /// alone, a few for the control plane, `--db-connections` for commits.
     pub pool_size: usize,
     /// How long to wait for a connection before giving up.
     pub connect_timeout: Duration,
@@ -66,6 +67,14 @@ pub struct StoreConfig {
     /// (`idle_in_transaction_session_timeout`), so a paused consumer cannot
     /// hold row locks that stop the member taking over its partitions.
     pub idle_in_transaction_timeout: Option<Duration>,
+    /// Bounds every statement and every wait on the server: PostgreSQL
+    /// cancels a statement that runs (or waits for a lock) this long
+    /// (`statement_timeout`), and the kernel drops a connection whose sent
+    /// data goes unacknowledged this long (TCP_USER_TIMEOUT, with
+    /// keepalives), so a half-open socket cannot hang a member for the
+    /// TCP keepalive time (two hours by default). Both come back as
+    /// transient errors, retried on a new connection.
+    pub statement_timeout: Option<Duration>,
     /// The schema foodpipe's tables live in (`search_path`); `None` for
     /// PostgreSQL's default (`public`). Two groups folding the same topic
     /// each need their own.
@@ -90,6 +99,7 @@ impl std::fmt::Debug for StoreConfig {
                 "idle_in_transaction_timeout",
                 &self.idle_in_transaction_timeout,
             )
+            .field("statement_timeout", &self.statement_timeout)
             .field("schema", &self.schema);
         #[cfg(feature = "tls")]
         d.field("tls", &self.tls.is_some());
@@ -104,6 +114,7 @@ impl Default for StoreConfig {
             pool_size: 4,
             connect_timeout: Duration::from_secs(5),
             idle_in_transaction_timeout: None,
+            statement_timeout: None,
             schema: None,
             #[cfg(feature = "tls")]
             tls: None,
@@ -273,6 +284,13 @@ impl Store {
                 " -c idle_in_transaction_session_timeout={}",
                 t.as_millis()
             ));
+        }
+        if let Some(t) = config.statement_timeout {
+            options.push_str(&format!(" -c statement_timeout={}", t.as_millis()));
+            pg_config
+                .tcp_user_timeout(t)
+                .keepalives(true)
+                .keepalives_idle(t.min(Duration::from_secs(30)).max(Duration::from_secs(1)));
         }
         if let Some(schema) = &config.schema {
             check_schema_name(schema)?;

@@ -72,16 +72,35 @@ pub(super) async fn run(
     config: ConsumeConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<ConsumeSummary> {
-    let with_timeout = |pool_size| StoreConfig {
+    // Every statement of a member is bounded by the session timeout, on the
+    // server (statement_timeout) and on the socket (TCP_USER_TIMEOUT): a
+    // lease wait, a commit behind a lock or a half-open connection ends in
+    // a transient error, retried, within the time the group waits anyway.
+    let with_timeout = |pool_size, statement_timeout| StoreConfig {
         idle_in_transaction_timeout: Some(config.session_timeout),
+        statement_timeout: Some(statement_timeout),
         pool_size,
         ..config.store.clone()
     };
-    // Two pools: the control plane (heartbeats, leases, takes) never waits
-    // behind batch commits for a connection.
-    let control = Store::connect(&with_timeout(CONTROL_CONNECTIONS)).await?;
+    // Three pools. Heartbeats have a connection of their own, so no take
+    // waiting on a row lock (a `rebuild --dry-run` holds every offset row
+    // FOR SHARE while it compares) and no slow commit can delay one; its
+    // statements are bounded by a quarter of the session timeout, so a
+    // beat that cannot get through is retried on a new connection several
+    // times before the group would expire the member. The control plane
+    // (leases, takes) never waits behind batch commits for a connection.
+    let beat_store = Store::connect(&with_timeout(
+        1,
+        (config.session_timeout / 4).max(std::time::Duration::from_secs(1)),
+    ))
+    .await?;
+    let control = Store::connect(&with_timeout(CONTROL_CONNECTIONS, config.session_timeout)).await?;
     control.migrate().await?;
-    let data = Store::connect(&with_timeout(config.db_connections.max(1))).await?;
+    let data = Store::connect(&with_timeout(
+        config.db_connections.max(1),
+        config.session_timeout,
+    ))
+    .await?;
     // The cluster, for metadata and the tools' requests.
     let client = Arc::new(kafka::connect(&config.kafka).await?);
     // The client partition readers are made from (takes, then fetches;
@@ -142,12 +161,12 @@ pub(super) async fn run(
     );
     // The first heartbeat joins, and claims the member id from any earlier
     // process still holding it (static membership: the new one wins).
-    let first = control
+    let first = beat_store
         .heartbeat(&member, "joining", true, config.session_timeout)
         .await?;
     let (beats_tx, beats) = watch::channel(Beat::View(first));
     let heartbeats = tokio::spawn(heartbeat_loop(
-        control.clone(),
+        beat_store,
         member.clone(),
         status.clone(),
         config.heartbeat_interval,
@@ -207,8 +226,8 @@ pub(super) async fn run(
     summary
 }
 
-/// PostgreSQL connections of the control plane: a heartbeat, a lease read
-/// and a few takes at a time (takes spend most of their time on the broker;
+/// PostgreSQL connections of the control plane: a lease read and a few
+/// takes at a time (heartbeats have their own) (takes spend most of their time on the broker;
 /// more of them wait here for a connection, never holding one idle).
 const CONTROL_CONNECTIONS: usize = 6;
 
