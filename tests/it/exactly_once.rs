@@ -197,7 +197,10 @@ proptest! {
             let db = shared_db().await;
             let schema = format!("race_{}", Uuid::new_v4().simple());
             let store = db.migrated_store(Some(&schema)).await;
-            store.set_offsets("g", "t", &[(0, 0), (1, 0)]).await.expect("offsets");
+            store
+                .set_offsets("g", "t", &[(0, 0), (1, 0)], Duration::from_secs(10))
+                .await
+                .expect("offsets");
             let events: Vec<OrderEvent> = events::generator::Generator::new(
                 events::generator::GeneratorConfig { seed, ..Default::default() },
             )
@@ -467,5 +470,51 @@ async fn heartbeats_go_on_while_takes_wait_on_locked_offsets() {
     )
     .await;
     harness::stop_all(vec![member]).await;
+    db.drop_db().await;
+}
+
+/// The write of `group reset --execute` checks for live members under the
+/// lock of the offset rows it writes: a member that joined and took a
+/// lease after the reset's first check (while it asked the broker for the
+/// log's bounds) keeps its lease and offset, and the reset is refused
+/// naming it (issue 19, item 10).
+#[tokio::test]
+async fn a_reset_never_clears_the_lease_of_a_member_that_joined_meanwhile() {
+    let db = TestDb::create().await;
+    let store = db.migrated_store(None).await;
+    let timeout = Duration::from_secs(10);
+    let member = store::Member {
+        group: "g".into(),
+        id: "joined-late".into(),
+        host: "test".into(),
+        pid: 1,
+        session: Uuid::new_v4(),
+        metrics_addr: None,
+    };
+    store
+        .heartbeat(&member, "test", true, timeout)
+        .await
+        .expect("joins");
+    let lease = store
+        .take_lease(&member, "t", 0, timeout, Some(7))
+        .await
+        .expect("take")
+        .expect("free");
+    let refused = store.set_offsets("g", "t", &[(0, 0)], timeout).await;
+    assert!(
+        matches!(&refused, Err(store::Error::GroupLive { members, .. }) if members == &["joined-late"]),
+        "{refused:?}"
+    );
+    let (next, owner, epoch): (i64, Option<String>, i64) = db
+        .client()
+        .await
+        .query_one(
+            "SELECT next_offset, owner, epoch FROM consumer_offsets WHERE partition = 0",
+            &[],
+        )
+        .await
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .expect("the row");
+    assert_eq!((next, owner.as_deref(), epoch), (7, Some("joined-late"), lease.epoch));
     db.drop_db().await;
 }

@@ -398,6 +398,8 @@ pub async fn reset(
         execute,
         session_timeout,
     } = *request;
+    // Checked here to refuse early, before any broker round trip, and
+    // again under the offset rows' lock when the offsets are written.
     let live = store.live_members(group, session_timeout).await?;
     anyhow::ensure!(
         live.is_empty(),
@@ -439,7 +441,9 @@ pub async fn reset(
     }
     if execute {
         let offsets: Vec<(i32, i64)> = plan.iter().map(|r| (r.partition, r.new)).collect();
-        store.set_offsets(group, topic, &offsets).await?;
+        store
+            .set_offsets(group, topic, &offsets, session_timeout)
+            .await?;
         // The Kafka tools see the new offsets too. PostgreSQL has them
         // already, so a mirror failure is a warning, not a failed reset.
         if let Err(e) = kafka::BrokerGroups::new(std::sync::Arc::new(client))

@@ -76,6 +76,14 @@ pub enum Error {
         host: String,
         pid: i32,
     },
+    /// `group reset` found members of the group live (checked under the
+    /// lock of the offset rows it writes).
+    #[error(
+        "group {group} has {} live member(s) ({}); stop its consumers before resetting offsets",
+        members.len(),
+        members.join(", ")
+    )]
+    GroupLive { group: String, members: Vec<String> },
     /// Another rebuild holds the group's fence.
     #[error(
         "group {group} is being rebuilt by {by}; wait for it to finish (or, if it died, \

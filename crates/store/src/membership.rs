@@ -479,25 +479,64 @@ impl Store {
 
     /// Sets the stored offsets of `group` on `topic` (`group reset
     /// --execute`): each partition's next offset, its lease released and
-    /// its fingerprint cleared, in one transaction.
+    /// its fingerprint cleared, in one transaction that first locks the
+    /// topic's offset rows (a take waits, and a take under way finishes
+    /// first) and only then checks that no member of the group is live.
+    /// Checking before and writing after, with broker round trips between,
+    /// let a member that joined in between have its leases cleared under
+    /// it. A row a live member came to own meanwhile (a partition the group
+    /// never read) is not overwritten: the whole reset is refused.
     pub async fn set_offsets(
         &self,
         group: &str,
         topic: &str,
         offsets: &[(i32, i64)],
+        session_timeout: Duration,
     ) -> Result<()> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
-        for (partition, offset) in offsets {
-            tx.execute(
-                "INSERT INTO consumer_offsets (group_id, topic, partition, next_offset) \
-                 VALUES ($1, $2, $3, $4) \
-                 ON CONFLICT (group_id, topic, partition) DO UPDATE \
-                 SET next_offset = EXCLUDED.next_offset, owner = NULL, \
-                     last_fingerprint = NULL, fingerprint_offset = NULL, updated_at = now()",
-                &[&group, &topic, partition, offset],
+        tx.execute(
+            "SELECT 1 FROM consumer_offsets WHERE group_id = $1 AND topic = $2 FOR UPDATE",
+            &[&group, &topic],
+        )
+        .await?;
+        let secs = session_timeout.as_secs_f64();
+        let live: Vec<String> = tx
+            .query(
+                "SELECT member_id FROM group_members WHERE group_id = $1 \
+                 AND heartbeat_at >= clock_timestamp() - make_interval(secs => $2) ORDER BY 1",
+                &[&group, &secs],
             )
-            .await?;
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        if !live.is_empty() {
+            return Err(Error::GroupLive {
+                group: group.to_owned(),
+                members: live,
+            });
+        }
+        for (partition, offset) in offsets {
+            let written = tx
+                .execute(
+                    "INSERT INTO consumer_offsets (group_id, topic, partition, next_offset) \
+                     VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (group_id, topic, partition) DO UPDATE \
+                     SET next_offset = EXCLUDED.next_offset, owner = NULL, \
+                         last_fingerprint = NULL, fingerprint_offset = NULL, updated_at = now() \
+                     WHERE NOT EXISTS (SELECT 1 FROM group_members m \
+                         WHERE m.group_id = $1 AND m.member_id = consumer_offsets.owner \
+                           AND m.heartbeat_at >= clock_timestamp() - make_interval(secs => $5))",
+                    &[&group, &topic, partition, offset, &secs],
+                )
+                .await?;
+            if written != 1 {
+                return Err(Error::GroupLive {
+                    group: group.to_owned(),
+                    members: vec![format!("the owner of partition {partition}")],
+                });
+            }
         }
         tx.commit().await?;
         Ok(())
