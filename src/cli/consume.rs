@@ -49,7 +49,9 @@ pub(crate) struct ConsumeArgs {
     #[arg(long, default_value_t = 1024 * 1024, value_parser = clap::value_parser!(u64).range(1..))]
     max_record_bytes: u64,
     /// Bytes fetched but not yet committed, over all partitions; fetches
-    /// wait above it, so memory does not grow with the backlog.
+    /// wait above it, so memory does not grow with the backlog. Counted at
+    /// the size reserved for the fetch: bytes a compressed batch
+    /// decompresses to beyond it are not counted.
     #[arg(long, default_value_t = 32 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1024..=(u32::MAX as u64)))]
     max_inflight_bytes: u64,
     /// This member's id in the group. Give a fixed one for static
