@@ -1097,8 +1097,12 @@ async fn recreated_topic_is_noticed_after_a_marker_only_batch() {
     let mut raw = Raw::connect(&broker.address).await;
     let txn = "foodpipe-test-fp";
     let (pid, epoch) = raw.init_producer(txn).await;
-    raw.produce_ok(None, &topic, BatchSpec::plain(Codec::None, specs(&old[..5])).encode())
-        .await;
+    raw.produce_ok(
+        None,
+        &topic,
+        BatchSpec::plain(Codec::None, specs(&old[..5])).encode(),
+    )
+    .await;
     raw.produce_ok(
         Some(txn),
         &topic,
@@ -1125,8 +1129,12 @@ async fn recreated_topic_is_noticed_after_a_marker_only_batch() {
     delete_topic(&broker, &topic).await;
     create_topic_at(&broker.address, &topic, 1).await;
     let new = event_records(40, 1901).await;
-    raw.produce_ok(None, &topic, BatchSpec::plain(Codec::None, specs(&new)).encode())
-        .await;
+    raw.produce_ok(
+        None,
+        &topic,
+        BatchSpec::plain(Codec::None, specs(&new)).encode(),
+    )
+    .await;
     consume_at(&broker, &topic, &db).await;
     let applied: i64 = pg
         .query_one(

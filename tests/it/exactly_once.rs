@@ -70,14 +70,19 @@ async fn assert_one_truth(pg: &tokio_postgres::Client, schema: &str, expected: &
         .iter()
         .map(|r| (r.get(0), (r.get(1), r.get(2))))
         .collect();
-    assert_eq!(view.len(), chains.len(), "one view row per order in history");
+    assert_eq!(
+        view.len(),
+        chains.len(),
+        "one view row per order in history"
+    );
     for (order, mut chain) in chains {
         chain.sort_by_key(|e| lifecycle_rank(Status::after(&e.body)));
         let mut state: Option<OrderState> = None;
         for e in &chain {
-            state = Some(OrderState::apply(state.as_ref(), e).unwrap_or_else(|err| {
-                panic!("history of order {order} is not one chain: {err}")
-            }));
+            state =
+                Some(OrderState::apply(state.as_ref(), e).unwrap_or_else(|err| {
+                    panic!("history of order {order} is not one chain: {err}")
+                }));
         }
         let state = state.expect("a chain has events");
         let (status, last) = &view[&order];
@@ -114,7 +119,10 @@ async fn watch_view_never_moves_back(
     loop {
         let done = *stop.borrow();
         for row in pg
-            .query(&format!("SELECT order_id, status FROM {schema}.orders"), &[])
+            .query(
+                &format!("SELECT order_id, status FROM {schema}.orders"),
+                &[],
+            )
             .await
             .expect("read the view")
         {
@@ -515,6 +523,9 @@ async fn a_reset_never_clears_the_lease_of_a_member_that_joined_meanwhile() {
         .await
         .map(|r| (r.get(0), r.get(1), r.get(2)))
         .expect("the row");
-    assert_eq!((next, owner.as_deref(), epoch), (7, Some("joined-late"), lease.epoch));
+    assert_eq!(
+        (next, owner.as_deref(), epoch),
+        (7, Some("joined-late"), lease.epoch)
+    );
     db.drop_db().await;
 }

@@ -210,7 +210,11 @@ mod tests {
                 i += 1;
             }
             for to in all {
-                assert_eq!(from.leads_to(to), reached.contains(&to), "{from:?} -> {to:?}");
+                assert_eq!(
+                    from.leads_to(to),
+                    reached.contains(&to),
+                    "{from:?} -> {to:?}"
+                );
             }
         }
         // `after` names where each allowed step of the machine lands.

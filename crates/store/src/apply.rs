@@ -80,7 +80,8 @@ impl Store {
         // Each read below is a statement of its own, so it sees what the
         // batches it waited for committed (READ COMMITTED).
         if !order_ids.is_empty() {
-            let (class, keys) = order_lock_keys(self.schema.as_deref().unwrap_or("public"), &order_ids);
+            let (class, keys) =
+                order_lock_keys(self.schema.as_deref().unwrap_or("public"), &order_ids);
             let stmt = tx
                 .prepare_cached(include_str!("sql/lock_orders.sql"))
                 .await?;

@@ -176,8 +176,11 @@ pub fn plan(
                 // while a batch decides (invariant 13), so this is
                 // decided against the order's committed state.
                 Some(c)
-                    if (c.source_topic.as_str(), c.source_partition, c.source_incarnation)
-                        != (source.topic, source.partition, source.incarnation)
+                    if (
+                        c.source_topic.as_str(),
+                        c.source_partition,
+                        c.source_incarnation,
+                    ) != (source.topic, source.partition, source.incarnation)
                         && Status::after(&event.body).leads_to(c.state.status) =>
                 {
                     DeadLetter {
@@ -422,7 +425,10 @@ mod tests {
         let plan = plan(SRC, &recs, &HashSet::new(), current);
         assert!(plan.history.is_empty() && plan.view.is_empty());
         let kinds: Vec<_> = plan.dead_letters.iter().map(|d| d.kind).collect();
-        assert_eq!(kinds, ["out_of_order", "out_of_order", "invalid_transition"]);
+        assert_eq!(
+            kinds,
+            ["out_of_order", "out_of_order", "invalid_transition"]
+        );
         let message = &plan.dead_letters[0].message;
         assert!(
             message.contains("t/0 offset 7") && message.contains("t/3 offset 41"),

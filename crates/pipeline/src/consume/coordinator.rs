@@ -94,7 +94,8 @@ pub(super) async fn run(
         (config.session_timeout / 4).max(std::time::Duration::from_secs(1)),
     ))
     .await?;
-    let control = Store::connect(&with_timeout(CONTROL_CONNECTIONS, config.session_timeout)).await?;
+    let control =
+        Store::connect(&with_timeout(CONTROL_CONNECTIONS, config.session_timeout)).await?;
     control.migrate().await?;
     let data = Store::connect(&with_timeout(
         config.db_connections.max(1),
