@@ -228,26 +228,26 @@ impl Store {
             });
         }
         if incarnation != stored_incarnation {
-            let stmt = tx
-                .prepare_cached(include_str!("sql/insert_gap.sql"))
-                .await?;
-            tx.execute(
-                &stmt,
-                &[
-                    &batch.group,
-                    &batch.topic,
-                    &batch.partition,
-                    &"position_clash",
-                    &batch.from_offset,
-                    &batch.from_offset,
-                    &batch.from_offset,
-                    &batch.from_offset,
-                    &"none",
-                    &stored_incarnation,
-                    &incarnation,
-                ],
-            )
-            .await?;
+            // Where the clash was found: the batch's first offset.
+            let at = batch.from_offset;
+            let gap = crate::Gap {
+                group: batch.group,
+                topic: batch.topic,
+                partition: batch.partition,
+                reason: "position_clash",
+                stored: crate::StoredOffset {
+                    next_offset: at,
+                    incarnation: stored_incarnation,
+                    last_fingerprint: None,
+                    fingerprint_offset: None,
+                },
+                earliest: at,
+                latest: at,
+                reset_to: at,
+                new_incarnation: incarnation,
+                policy: "none",
+            };
+            crate::insert_gap(&tx, &gap).await?;
         }
         tx.commit().await?;
 

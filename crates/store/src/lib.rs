@@ -588,26 +588,7 @@ impl Store {
         if moved != 1 {
             return Ok(false);
         }
-        let stmt = tx
-            .prepare_cached(include_str!("sql/insert_gap.sql"))
-            .await?;
-        tx.execute(
-            &stmt,
-            &[
-                &gap.group,
-                &gap.topic,
-                &gap.partition,
-                &gap.reason,
-                &gap.stored.next_offset,
-                &gap.earliest,
-                &gap.latest,
-                &gap.reset_to,
-                &gap.policy,
-                &gap.stored.incarnation,
-                &gap.new_incarnation,
-            ],
-        )
-        .await?;
+        insert_gap(&tx, gap).await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -666,6 +647,35 @@ impl std::fmt::Display for Migrated {
     }
 }
 
+/// Records `gap` in `offset_gaps`, inside the transaction that moved the
+/// stored offset.
+pub(crate) async fn insert_gap(
+    tx: &deadpool_postgres::Transaction<'_>,
+    gap: &Gap<'_>,
+) -> Result<()> {
+    let stmt = tx
+        .prepare_cached(include_str!("sql/insert_gap.sql"))
+        .await?;
+    tx.execute(
+        &stmt,
+        &[
+            &gap.group,
+            &gap.topic,
+            &gap.partition,
+            &gap.reason,
+            &gap.stored.next_offset,
+            &gap.earliest,
+            &gap.latest,
+            &gap.reset_to,
+            &gap.policy,
+            &gap.stored.incarnation,
+            &gap.new_incarnation,
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
 /// A partition's stored position.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StoredOffset {
@@ -702,7 +712,7 @@ pub struct Gap<'a> {
     pub group: &'a str,
     pub topic: &'a str,
     pub partition: i32,
-    /// `retention`, `log_end` or `recreated`.
+    /// `retention`, `log_end`, `recreated` or `position_clash`.
     pub reason: &'static str,
     pub stored: StoredOffset,
     pub earliest: i64,
