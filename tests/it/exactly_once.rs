@@ -464,8 +464,10 @@ async fn heartbeats_go_on_while_takes_wait_on_locked_offsets() {
         }
     }
     assert!(joined, "the member joined");
+    // Under the session timeout (10 s) with room for a slow machine: the
+    // group never came close to expiring the member.
     assert!(
-        oldest_beat < 5.0,
+        oldest_beat < 8.0,
         "a heartbeat was {oldest_beat:.1} s old while takes waited on locked rows"
     );
     hold.rollback().await.expect("release the rows");
