@@ -419,12 +419,19 @@ async fn compare_and_swap(
         // and the owners cleared: a member that re-took after a lapsed
         // fence is fenced here too, and starts again from the swapped offset.
         tx.batch_execute(&format!(
-            "TRUNCATE {live_schema}.order_events, {live_schema}.orders, {live_schema}.dead_letters;
-             INSERT INTO {live_schema}.order_events SELECT * FROM {shadow}.order_events;
-             INSERT INTO {live_schema}.orders SELECT * FROM {shadow}.orders;
-             INSERT INTO {live_schema}.dead_letters SELECT * FROM {shadow}.dead_letters;"
+            "TRUNCATE {};",
+            SWAPPED_TABLES
+                .map(|t| format!("{live_schema}.{t}"))
+                .join(", ")
         ))
         .await?;
+        for table in SWAPPED_TABLES {
+            tx.batch_execute(&format!(
+                "INSERT INTO {live_schema}.{table} SELECT * FROM {shadow}.{table}"
+            ))
+            .await?;
+            advance_sequences(tx, live_schema, table).await?;
+        }
         tx.execute(
             &format!(
                 "INSERT INTO {live_schema}.consumer_offsets \
@@ -447,6 +454,46 @@ async fn compare_and_swap(
         first_differences,
         swapped: false,
     })
+}
+
+/// The tables the swap replaces with the shadow's, rows copied whole.
+const SWAPPED_TABLES: [&str; 3] = ["order_events", "orders", "dead_letters"];
+
+/// Sets every sequence behind a column of `table` (a `bigserial` such as
+/// `dead_letters.id`) past the largest value the swap copied into it, in
+/// the swap's transaction. The copy takes the shadow's ids as they are and
+/// leaves the live sequence where the live inserts had left it: when the
+/// shadow held more rows (a live group that started at the log end, a
+/// replay from offset 0), the next live insert would be given an id the
+/// copy already used.
+async fn advance_sequences(
+    tx: &store::Transaction<'_>,
+    schema: &str,
+    table: &str,
+) -> anyhow::Result<()> {
+    let qualified = format!("{schema}.{table}");
+    let serials = tx
+        .query(
+            "SELECT a.attname::text, pg_get_serial_sequence($1::text, a.attname) \
+             FROM pg_attribute a \
+             WHERE a.attrelid = $1::text::regclass AND a.attnum > 0 AND NOT a.attisdropped \
+               AND pg_get_serial_sequence($1::text, a.attname) IS NOT NULL",
+            &[&qualified],
+        )
+        .await?;
+    for row in serials {
+        let (column, sequence): (String, String) = (row.get(0), row.get(1));
+        // `false`: the next value handed out is max + 1 (1 for an empty table).
+        tx.execute(
+            &format!(
+                "SELECT setval($1::text::regclass, coalesce(max(\"{}\"), 0) + 1, false) FROM {qualified}",
+                column.replace('"', "\"\"")
+            ),
+            &[&sequence],
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 /// Orders whose status or last event differ between the two views.
