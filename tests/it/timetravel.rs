@@ -273,3 +273,76 @@ async fn dead_letters_after_a_rebuild_are_all_recorded() {
     );
     db.drop_db().await;
 }
+
+/// Issue 19 (9): while a rebuild replays into its shadow, a second `rebuild` and a `rebuild --dry-run` refuse before touching anything, each with one line naming the first (its pid) and a non-zero exit; the first goes on, swaps, exits 0, and the live database is the fold of the topic.
+#[tokio::test]
+async fn a_second_rebuild_refuses_while_one_runs() {
+    let topic = random_topic_name();
+    let db = TestDb::create().await;
+    produce_events(&topic, 30_000, 96).await;
+    consume_until_caught_up(&topic, &db, &[]).await;
+    let rebuild = |extra: &[&str]| {
+        let mut args = vec!["rebuild", "--topic", topic.as_str()];
+        args.extend_from_slice(extra);
+        let mut cmd = foodpipe(&args);
+        cmd.env("DATABASE_URL", &db.url);
+        cmd
+    };
+    let mut first = rebuild(&["--json"]);
+    first
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut first = first.spawn().expect("first rebuild starts");
+    let first_pid = first.id().expect("running");
+    // Wait until its replay has committed into the shadow.
+    let pg = db.client().await;
+    let replayed = || async {
+        pg.query_one("SELECT count(*) FROM public_rebuild.order_events", &[])
+            .await
+            .map_or(0, |r| r.get::<_, i64>(0))
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while replayed().await == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the first rebuild's replay never started"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let (second, dry) = tokio::join!(
+        run_within(rebuild(&[]), Duration::from_secs(60)),
+        run_within(rebuild(&["--dry-run"]), Duration::from_secs(60)),
+    );
+    let still_running = first.try_wait().expect("first rebuild").is_none();
+    for (what, out) in [("rebuild", second), ("rebuild --dry-run", dry)] {
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{what} refused: {err}");
+        let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
+        assert_eq!(errors.len(), 1, "{what}: one line: {err}");
+        assert!(
+            errors[0].contains(&format!("pid {first_pid}")),
+            "{what} names the first rebuild (pid {first_pid}): {err}"
+        );
+    }
+    assert!(
+        still_running,
+        "the first rebuild was still replaying while the others ran"
+    );
+    assert!(replayed().await > 0, "the first rebuild's shadow is intact");
+
+    let out = tokio::time::timeout(Duration::from_secs(300), first.wait_with_output())
+        .await
+        .expect("the first rebuild finishes")
+        .expect("output");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(report["swapped"], true, "{report}");
+    assert_eq!(report["differing"], 0, "{report}");
+    crate::harness::assert_db_is_fold_of_topic(&db, &topic, "order-processors").await;
+    db.drop_db().await;
+}
