@@ -1014,7 +1014,12 @@ pub async fn http_get(addr: &str, path: &str) -> (u16, String) {
 
 /// Each partition's log-end offset (ListOffsets only: no record is read).
 pub async fn log_ends(topic: &str) -> BTreeMap<i32, i64> {
-    let client = kafka_client().await;
+    log_ends_at(&bootstrap_servers(), topic).await
+}
+
+/// Like [`log_ends`], on the broker at `bootstrap`.
+pub async fn log_ends_at(bootstrap: &str, topic: &str) -> BTreeMap<i32, i64> {
+    let client = kafka_client_at(bootstrap).await;
     let count = client
         .list_topics()
         .await
@@ -1072,9 +1077,32 @@ impl Drop for KafkaProxy {
     }
 }
 
+/// Rewrites a request frame (header and body, without the size) before a
+/// [`KafkaProxy`] relays it.
+pub type RewriteRequest = std::sync::Arc<dyn Fn(&mut Vec<u8>) + Send + Sync>;
+
 impl KafkaProxy {
     /// Listens on `port` (127.0.0.1) and relays to `upstream`.
     pub async fn start(port: u16, upstream: String, blocked: &'static [i16]) -> KafkaProxy {
+        Self::start_with(port, upstream, blocked, None).await
+    }
+
+    /// Like [`KafkaProxy::start`], relaying every request and passing each
+    /// through `rewrite` on its way to the broker.
+    pub async fn start_rewriting(
+        port: u16,
+        upstream: String,
+        rewrite: RewriteRequest,
+    ) -> KafkaProxy {
+        Self::start_with(port, upstream, &[], Some(rewrite)).await
+    }
+
+    async fn start_with(
+        port: u16,
+        upstream: String,
+        blocked: &'static [i16],
+        rewrite: Option<RewriteRequest>,
+    ) -> KafkaProxy {
         use std::sync::atomic::Ordering;
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
             .await
@@ -1088,6 +1116,7 @@ impl KafkaProxy {
                 };
                 let upstream = upstream.clone();
                 let counter = std::sync::Arc::clone(&counter);
+                let rewrite = rewrite.clone();
                 tokio::spawn(async move {
                     use tokio::io::{AsyncReadExt, AsyncWriteExt};
                     let Ok(mut broker) = tokio::net::TcpStream::connect(&upstream).await else {
@@ -1106,6 +1135,10 @@ impl KafkaProxy {
                         if blocked.contains(&api_key) {
                             counter.fetch_add(1, Ordering::SeqCst);
                             return; // Dropping both ends: unreachable.
+                        }
+                        if let Some(rewrite) = &rewrite {
+                            rewrite(&mut frame);
+                            size = (frame.len() as i32).to_be_bytes();
                         }
                         if broker.write_all(&size).await.is_err()
                             || broker.write_all(&frame).await.is_err()

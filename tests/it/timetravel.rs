@@ -2,12 +2,12 @@
 //! agree — from the history in PostgreSQL (`asof`) and by replaying Kafka
 //! up to that time into a schema of its own (`replay --until`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use crate::harness::{
     TestDb, consume_until_caught_up, foodpipe, produce_events, random_topic_name, read_topic_raw,
-    run_ok, run_within,
+    run_ok, run_within, send_lines,
 };
 
 /// For several times T, `asof T` (from history) equals `replay --until T` (from Kafka), order by order.
@@ -221,6 +221,128 @@ async fn rebuild_under_load_loses_and_repeats_nothing() {
 
     crate::harness::wait_caught_up(&db, &topic, Duration::from_secs(90)).await;
     crate::harness::stop_all(members).await;
+    crate::harness::assert_db_is_fold_of_topic(&db, &topic, "order-processors").await;
+    db.drop_db().await;
+}
+
+/// Issue 19 (4): a rebuild whose shadow holds more dead letters than the live table (the live group started at the log end with `--offset-reset latest` while poison records were already there; the rebuild replays from offset 0) leaves the live `dead_letters` id sequence past the ids it copied, so every later dead letter is recorded: one per poison record, by offset, none lost to an id clash.
+#[tokio::test]
+async fn dead_letters_after_a_rebuild_are_all_recorded() {
+    let topic = random_topic_name();
+    let db = TestDb::create().await;
+    let poison = |from: usize, n: usize| -> Vec<u8> {
+        (from..from + n)
+            .flat_map(|i| format!("CUST-{i:04}\t{{not json {i}\n").into_bytes())
+            .collect()
+    };
+    send_lines(&topic, &poison(0, 30)).await;
+    consume_until_caught_up(&topic, &db, &["--offset-reset", "latest"]).await;
+    let pg = db.client().await;
+    let dead = || async {
+        pg.query(
+            "SELECT partition, kafka_offset FROM dead_letters WHERE topic = $1",
+            &[&topic],
+        )
+        .await
+        .expect("dead letters")
+        .iter()
+        .map(|r| (r.get::<_, i32>(0), r.get::<_, i64>(1)))
+        .collect::<BTreeSet<_>>()
+    };
+    assert!(dead().await.is_empty(), "the live group started at the end");
+
+    let mut cmd = foodpipe(&["rebuild", "--topic", &topic, "--json"]);
+    cmd.env("DATABASE_URL", &db.url);
+    let report: serde_json::Value = serde_json::from_str(&run_ok(cmd).await).expect("json");
+    assert_eq!(report["swapped"], true, "{report}");
+    assert_eq!(
+        dead().await.len(),
+        30,
+        "the replay's dead letters swapped in"
+    );
+
+    send_lines(&topic, &poison(30, 20)).await;
+    consume_until_caught_up(&topic, &db, &[]).await;
+    let (records, _) = read_topic_raw(&topic).await;
+    let every: BTreeSet<(i32, i64)> = records.iter().map(|r| (r.partition, r.offset)).collect();
+    assert_eq!(every.len(), 50);
+    assert_eq!(
+        dead().await,
+        every,
+        "one dead letter per poison record, by partition and offset"
+    );
+    db.drop_db().await;
+}
+
+/// Issue 19 (9): while a rebuild replays into its shadow, a second `rebuild` and a `rebuild --dry-run` refuse before touching anything, each with one line naming the first (its pid) and a non-zero exit; the first goes on, swaps, exits 0, and the live database is the fold of the topic.
+#[tokio::test]
+async fn a_second_rebuild_refuses_while_one_runs() {
+    let topic = random_topic_name();
+    let db = TestDb::create().await;
+    produce_events(&topic, 30_000, 96).await;
+    consume_until_caught_up(&topic, &db, &[]).await;
+    let rebuild = |extra: &[&str]| {
+        let mut args = vec!["rebuild", "--topic", topic.as_str()];
+        args.extend_from_slice(extra);
+        let mut cmd = foodpipe(&args);
+        cmd.env("DATABASE_URL", &db.url);
+        cmd
+    };
+    let mut first = rebuild(&["--json"]);
+    first
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut first = first.spawn().expect("first rebuild starts");
+    let first_pid = first.id().expect("running");
+    // Wait until its replay has committed into the shadow.
+    let pg = db.client().await;
+    let replayed = || async {
+        pg.query_one("SELECT count(*) FROM public_rebuild.order_events", &[])
+            .await
+            .map_or(0, |r| r.get::<_, i64>(0))
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while replayed().await == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the first rebuild's replay never started"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let (second, dry) = tokio::join!(
+        run_within(rebuild(&[]), Duration::from_secs(60)),
+        run_within(rebuild(&["--dry-run"]), Duration::from_secs(60)),
+    );
+    let still_running = first.try_wait().expect("first rebuild").is_none();
+    for (what, out) in [("rebuild", second), ("rebuild --dry-run", dry)] {
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{what} refused: {err}");
+        let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
+        assert_eq!(errors.len(), 1, "{what}: one line: {err}");
+        assert!(
+            errors[0].contains(&format!("pid {first_pid}")),
+            "{what} names the first rebuild (pid {first_pid}): {err}"
+        );
+    }
+    assert!(
+        still_running,
+        "the first rebuild was still replaying while the others ran"
+    );
+    assert!(replayed().await > 0, "the first rebuild's shadow is intact");
+
+    let out = tokio::time::timeout(Duration::from_secs(300), first.wait_with_output())
+        .await
+        .expect("the first rebuild finishes")
+        .expect("output");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(report["swapped"], true, "{report}");
+    assert_eq!(report["differing"], 0, "{report}");
     crate::harness::assert_db_is_fold_of_topic(&db, &topic, "order-processors").await;
     db.drop_db().await;
 }

@@ -18,6 +18,12 @@
 //!    transaction. Lift the fence; live consumers take their partitions
 //!    again within a heartbeat and go on from the swapped offsets.
 //!
+//! Before step 1 touches anything, the rebuild claims the schema
+//! (`Store::claim_rebuild`: an advisory lock on a session of its own,
+//! named after the rebuild's host and pid), and holds the claim to the end.
+//! A second rebuild of the same schema, dry run or not, is refused there,
+//! naming the first, instead of dropping the first's shadow mid-replay.
+//!
 //! A dry run (`--dry-run`) changes nothing, not even lease epochs: instead
 //! of the fence it holds the live offset rows `FOR SHARE` while it catches
 //! up and compares (live commits wait for it; it writes nothing, so no
@@ -27,7 +33,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 
 use serde::Serialize;
-use store::{Store, StoreConfig};
+use store::{RebuildClaim, Store, StoreConfig};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -110,22 +116,55 @@ pub async fn run(
             stop.cancel();
         }
     });
-    let result = phases(&config, dry_run, &live_schema, &shadow, &stop).await;
+    let live = Store::connect(&config.store).await?;
+    // Before anything is touched: one rebuild of a schema at a time. A
+    // second one would drop the first's shadow in the middle of its replay.
+    let claim = live
+        .claim_rebuild(&live_schema, &shadow, &rebuild_identity())
+        .await?;
+    let result = phases(
+        &live,
+        &claim,
+        &config,
+        dry_run,
+        &live_schema,
+        &shadow,
+        &stop,
+    )
+    .await;
     if stop.is_cancelled() {
         // Best effort: the next rebuild drops a leftover shadow too.
-        if let Ok(live) = Store::connect(&config.store).await {
-            let _ = drop_shadow(&live, &live_schema, &shadow).await;
+        let _ = drop_shadow(&live, &live_schema, &shadow).await;
+    }
+    claim.release().await;
+    // A report means the swap committed before the signal came.
+    if stop.is_cancelled() && result.is_err() {
+        return Err(Interrupted {
+            live: live_schema,
+            shadow,
         }
-        // A report means the swap committed before the signal came.
-        if result.is_err() {
-            return Err(Interrupted {
-                live: live_schema,
-                shadow,
-            }
-            .into());
-        }
+        .into());
     }
     result
+}
+
+/// Who this rebuild is, for the fence (`consumer_groups.fenced_by`) and
+/// its claim: `rebuild (host H, pid P)`, the host shortened so that the
+/// whole fits PostgreSQL's 63-byte `application_name`.
+fn rebuild_identity() -> String {
+    let pid = std::process::id();
+    let host = crate::consume::hostname();
+    let room = 63usize.saturating_sub(format!("rebuild (host , pid {pid})").len());
+    let host = if host.len() <= room {
+        host
+    } else {
+        let mut end = room.saturating_sub(3);
+        while !host.is_char_boundary(end) {
+            end -= 1;
+        }
+        format!("{}...", &host[..end])
+    };
+    format!("rebuild (host {host}, pid {pid})")
 }
 
 /// The suffix of a rebuild's shadow schema (`public_rebuild`).
@@ -144,16 +183,17 @@ pub struct Interrupted {
 
 /// The rebuild's phases; any of them ends early when `stop` is cancelled.
 async fn phases(
+    live: &Store,
+    claim: &RebuildClaim,
     config: &ConsumeConfig,
     dry_run: bool,
     live_schema: &str,
     shadow: &str,
     stop: &CancellationToken,
 ) -> anyhow::Result<RebuildReport> {
-    let live = Store::connect(&config.store).await?;
     live.migrate().await?;
-    drop_shadow(&live, live_schema, shadow).await?;
-    create_shadow(&live, live_schema, shadow).await?;
+    drop_shadow(live, live_schema, shadow).await?;
+    create_shadow(live, live_schema, shadow).await?;
     let shadow_config = ConsumeConfig {
         store: StoreConfig {
             schema: Some(shadow.to_owned()),
@@ -191,15 +231,16 @@ async fn phases(
     //    every row, epochs and owners included, as it was.
     let schemas = (live_schema, shadow);
     let result = if dry_run {
-        compare_only(&live, config, &shadow_config, schemas, stop).await
+        compare_only(live, config, &shadow_config, schemas, stop).await
     } else {
-        let fence = Fence::raise(&live, config).await?;
-        let result = catch_up_and_swap(&live, config, &shadow_config, schemas, &fence, stop).await;
-        fence.lower(&live).await;
+        let fence = Fence::raise(live, config).await?;
+        let result =
+            catch_up_and_swap(live, claim, config, &shadow_config, schemas, &fence, stop).await;
+        fence.lower(live).await;
         result
     };
     let compared = result?;
-    drop_shadow(&live, live_schema, shadow).await?;
+    drop_shadow(live, live_schema, shadow).await?;
     Ok(RebuildReport {
         swapped: !dry_run,
         ..compared
@@ -218,11 +259,7 @@ struct Fence {
 
 impl Fence {
     async fn raise(live: &Store, config: &ConsumeConfig) -> anyhow::Result<Fence> {
-        let by = format!(
-            "rebuild (host {}, pid {})",
-            crate::consume::hostname(),
-            std::process::id()
-        );
+        let by = rebuild_identity();
         let ttl = config.session_timeout;
         let live_offsets = live
             .fence_group(&config.group, &config.topic, &by, ttl)
@@ -269,6 +306,7 @@ impl Fence {
 /// cut short.
 async fn catch_up_and_swap(
     live: &Store,
+    claim: &RebuildClaim,
     config: &ConsumeConfig,
     shadow_config: &ConsumeConfig,
     (live_schema, shadow): (&str, &str),
@@ -292,6 +330,12 @@ async fn catch_up_and_swap(
         () = stop.cancelled() => return Err(anyhow::anyhow!("interrupted during the swap")),
         compared = compare_and_swap(&tx, config, false, live_schema, shadow) => compared?,
     };
+    if !claim.held().await? {
+        anyhow::bail!(
+            "this rebuild's claim on schema {live_schema} ended (its PostgreSQL session was \
+             cut), so another rebuild may have replaced the shadow; nothing was swapped"
+        );
+    }
     tx.commit().await?;
     Ok(compared)
 }
@@ -419,12 +463,19 @@ async fn compare_and_swap(
         // and the owners cleared: a member that re-took after a lapsed
         // fence is fenced here too, and starts again from the swapped offset.
         tx.batch_execute(&format!(
-            "TRUNCATE {live_schema}.order_events, {live_schema}.orders, {live_schema}.dead_letters;
-             INSERT INTO {live_schema}.order_events SELECT * FROM {shadow}.order_events;
-             INSERT INTO {live_schema}.orders SELECT * FROM {shadow}.orders;
-             INSERT INTO {live_schema}.dead_letters SELECT * FROM {shadow}.dead_letters;"
+            "TRUNCATE {};",
+            SWAPPED_TABLES
+                .map(|t| format!("{live_schema}.{t}"))
+                .join(", ")
         ))
         .await?;
+        for table in SWAPPED_TABLES {
+            tx.batch_execute(&format!(
+                "INSERT INTO {live_schema}.{table} SELECT * FROM {shadow}.{table}"
+            ))
+            .await?;
+            advance_sequences(tx, live_schema, table).await?;
+        }
         tx.execute(
             &format!(
                 "INSERT INTO {live_schema}.consumer_offsets \
@@ -450,6 +501,46 @@ async fn compare_and_swap(
         first_differences,
         swapped: false,
     })
+}
+
+/// The tables the swap replaces with the shadow's, rows copied whole.
+const SWAPPED_TABLES: [&str; 3] = ["order_events", "orders", "dead_letters"];
+
+/// Sets every sequence behind a column of `table` (a `bigserial` such as
+/// `dead_letters.id`) past the largest value the swap copied into it, in
+/// the swap's transaction. The copy takes the shadow's ids as they are and
+/// leaves the live sequence where the live inserts had left it: when the
+/// shadow held more rows (a live group that started at the log end, a
+/// replay from offset 0), the next live insert would be given an id the
+/// copy already used.
+async fn advance_sequences(
+    tx: &store::Transaction<'_>,
+    schema: &str,
+    table: &str,
+) -> anyhow::Result<()> {
+    let qualified = format!("{schema}.{table}");
+    let serials = tx
+        .query(
+            "SELECT a.attname::text, pg_get_serial_sequence($1::text, a.attname) \
+             FROM pg_attribute a \
+             WHERE a.attrelid = $1::text::regclass AND a.attnum > 0 AND NOT a.attisdropped \
+               AND pg_get_serial_sequence($1::text, a.attname) IS NOT NULL",
+            &[&qualified],
+        )
+        .await?;
+    for row in serials {
+        let (column, sequence): (String, String) = (row.get(0), row.get(1));
+        // `false`: the next value handed out is max + 1 (1 for an empty table).
+        tx.execute(
+            &format!(
+                "SELECT setval($1::text::regclass, coalesce(max(\"{}\"), 0) + 1, false) FROM {qualified}",
+                column.replace('"', "\"\"")
+            ),
+            &[&sequence],
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 /// Orders whose status or last event differ between the two views.

@@ -90,6 +90,13 @@ pub enum Error {
          for its fence to lapse after a session timeout) and run rebuild again"
     )]
     Fenced { group: String, by: String },
+    /// Another rebuild of the same schema is under way (it holds the
+    /// claim on the shadow schema, [`crate::Store::claim_rebuild`]).
+    #[error(
+        "another rebuild of schema {schema} is running: {by}; nothing was changed. \
+         Wait for it to finish and run rebuild again"
+    )]
+    RebuildRunning { schema: String, by: String },
 }
 
 impl Error {

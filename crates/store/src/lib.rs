@@ -36,7 +36,9 @@ pub use asof::{OrderAsOf, OrdersAsOf};
 pub use deadpool_postgres::Transaction;
 pub use error::{Error, Result};
 pub use fold::SourceRecord;
-pub use membership::{GroupRow, GroupView, Lease, LeaseRow, Member, MemberRow, PartitionOwner};
+pub use membership::{
+    GroupRow, GroupView, Lease, LeaseRow, Member, MemberRow, PartitionOwner, RebuildClaim,
+};
 pub use report::{DeadLetterList, DeadLetterRow, GapRow, Gaps, StatusReport};
 
 mod embedded {
@@ -351,17 +353,7 @@ impl Store {
     pub async fn migrate(&self) -> Result<Migrated> {
         // refinery wants a plain client; a dedicated connection also keeps
         // the session-level advisory lock away from pooled connections.
-        let (mut client, conn) = match &self.tls {
-            Tls::Off => {
-                let (client, connection) = self.pg_config.connect(NoTls).await?;
-                (client, tokio::spawn(connection))
-            }
-            #[cfg(feature = "tls")]
-            Tls::On(tls) => {
-                let (client, connection) = self.pg_config.connect(tls.clone()).await?;
-                (client, tokio::spawn(connection))
-            }
-        };
+        let (mut client, conn) = self.dedicated(&self.pg_config).await?;
         client
             .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
             .await?;
@@ -374,6 +366,30 @@ impl Store {
             tracing::info!(migration = %m, schema = %migrated.schema, "applied migration");
         }
         Ok(migrated)
+    }
+
+    /// A connection of its own, outside the pool, made with `pg_config`
+    /// (this store's, or a copy with another `application_name`): for a
+    /// session-level advisory lock, which must not stay behind on a pooled
+    /// connection. Dropping the client and awaiting the task closes it.
+    async fn dedicated(
+        &self,
+        pg_config: &tokio_postgres::Config,
+    ) -> Result<(
+        tokio_postgres::Client,
+        tokio::task::JoinHandle<std::result::Result<(), tokio_postgres::Error>>,
+    )> {
+        Ok(match &self.tls {
+            Tls::Off => {
+                let (client, connection) = pg_config.connect(NoTls).await?;
+                (client, tokio::spawn(connection))
+            }
+            #[cfg(feature = "tls")]
+            Tls::On(tls) => {
+                let (client, connection) = pg_config.connect(tls.clone()).await?;
+                (client, tokio::spawn(connection))
+            }
+        })
     }
 
     /// The schema and the migrations, on a connection holding the

@@ -657,3 +657,144 @@ impl Store {
         Ok(row.and_then(|r| r.get(0)))
     }
 }
+
+/// A rebuild's claim on its shadow schema, held from before the rebuild
+/// touches anything until it ends: a session-level advisory lock on a
+/// connection of its own, whose `application_name` names the rebuild. A
+/// second rebuild of the same schema (dry run or not) is refused by it
+/// before dropping or creating anything, and told who holds it. The fence
+/// cannot do this: it stands only from the catch-up on, not during the
+/// first replay. The claim ends with the rebuild's session, so a rebuild
+/// that dies holds nothing.
+pub struct RebuildClaim {
+    client: tokio_postgres::Client,
+    connection: tokio::task::JoinHandle<std::result::Result<(), tokio_postgres::Error>>,
+    key: (i32, i32),
+}
+
+impl std::fmt::Debug for RebuildClaim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RebuildClaim")
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The advisory lock key of the rebuilds whose shadow is `shadow`: two
+/// `int4` halves of a 64-bit FNV-1a of the name. Two-key advisory locks
+/// never meet the one-`bigint` migration lock (`objsubid` 2, not 1).
+fn claim_key(shadow: &str) -> (i32, i32) {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in "foodpipe rebuild shadow ".bytes().chain(shadow.bytes()) {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    ((hash >> 32) as u32 as i32, hash as u32 as i32)
+}
+
+/// `by` as an `application_name`: printable ASCII, at most 63 bytes (what
+/// PostgreSQL keeps), the end kept when it is longer (it holds the pid).
+fn application_name(by: &str) -> String {
+    let clean: String = by
+        .chars()
+        .map(|c| {
+            if c == ' ' || c.is_ascii_graphic() {
+                c
+            } else {
+                '?'
+            }
+        })
+        .collect();
+    if clean.len() <= 63 {
+        clean
+    } else {
+        format!("...{}", &clean[clean.len() - 60..])
+    }
+}
+
+impl Store {
+    /// Claims the rebuild of `schema` (whose shadow is `shadow`) for `by`,
+    /// or [`Error::RebuildRunning`] naming the rebuild that holds it.
+    pub async fn claim_rebuild(
+        &self,
+        schema: &str,
+        shadow: &str,
+        by: &str,
+    ) -> Result<RebuildClaim> {
+        let key = claim_key(shadow);
+        let mut pg_config = self.pg_config.clone();
+        pg_config.application_name(application_name(by));
+        let (client, connection) = self.dedicated(&pg_config).await?;
+        // The holder may end between the try and the look-up: try again.
+        for _ in 0..3 {
+            let claimed: bool = client
+                .query_one("SELECT pg_try_advisory_lock($1, $2)", &[&key.0, &key.1])
+                .await?
+                .get(0);
+            if claimed {
+                return Ok(RebuildClaim {
+                    client,
+                    connection,
+                    key,
+                });
+            }
+            let holder = client
+                .query_opt(
+                    "SELECT a.application_name, l.pid FROM pg_locks l \
+                     LEFT JOIN pg_stat_activity a ON a.pid = l.pid \
+                     WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2 \
+                       AND l.database = (SELECT oid FROM pg_database \
+                                         WHERE datname = current_database()) \
+                       AND l.classid = $1::int4::oid AND l.objid = $2::int4::oid \
+                     LIMIT 1",
+                    &[&key.0, &key.1],
+                )
+                .await?;
+            if let Some(row) = holder {
+                let name: Option<String> = row.get(0);
+                let backend: i32 = row.get(1);
+                return Err(Error::RebuildRunning {
+                    schema: schema.to_owned(),
+                    by: name.filter(|n| !n.is_empty()).unwrap_or_else(|| {
+                        format!("a session with PostgreSQL backend pid {backend}")
+                    }),
+                });
+            }
+        }
+        Err(Error::RebuildRunning {
+            schema: schema.to_owned(),
+            by: "another rebuild started and ended while this one started".to_owned(),
+        })
+    }
+}
+
+impl RebuildClaim {
+    /// True while the claim's session still holds its lock: checked right
+    /// before a swap commits, so a rebuild whose session was cut (and whose
+    /// shadow another rebuild may have dropped since) never swaps.
+    pub async fn held(&self) -> Result<bool> {
+        Ok(self
+            .client
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' \
+                 AND granted AND pid = pg_backend_pid() AND objsubid = 2 \
+                 AND classid = $1::int4::oid AND objid = $2::int4::oid)",
+                &[&self.key.0, &self.key.1],
+            )
+            .await?
+            .get(0))
+    }
+
+    /// Ends the claim (closing its session releases the lock).
+    pub async fn release(self) {
+        let _ = self
+            .client
+            .execute(
+                "SELECT pg_advisory_unlock($1, $2)",
+                &[&self.key.0, &self.key.1],
+            )
+            .await;
+        drop(self.client);
+        let _ = self.connection.await;
+    }
+}

@@ -453,7 +453,12 @@ impl Fetcher {
                     }
                     if next_offset <= from_offset {
                         if let Some(corrupt) = fetched.corrupt {
-                            let delivery = corrupt_delivery(&self.config, partition, corrupt);
+                            let at = Position {
+                                from_offset,
+                                high_watermark,
+                                target: slot.target,
+                            };
+                            let delivery = corrupt_delivery(&self.config, partition, corrupt, at);
                             if let Delivery::Batch(b) = &delivery {
                                 slot.offset = b.next_offset;
                             } else {
@@ -591,24 +596,60 @@ fn strikes_against_partition(alone: bool, broker_answers: bool, error: &kafka::E
     alone && broker_answers && !error.broker_answered()
 }
 
+/// Where a fetch that found a corrupt batch was made.
+#[derive(Debug, Clone, Copy)]
+struct Position {
+    /// The offset fetched: the worker's stored offset.
+    from_offset: i64,
+    high_watermark: i64,
+    /// `--until-caught-up`'s stop (exclusive), if any.
+    target: Option<i64>,
+}
+
 /// What to hand a worker for a batch that cannot be decoded: by default a
 /// stop (the worker stops the partition, naming the offsets and the cause);
 /// with `--on-corrupt-batch skip`, a batch of one dead letter holding the
 /// raw bytes, whose commit moves the stored offset past it.
+///
+/// The skip batch starts where the fetch was made (`at.from_offset`), not
+/// at the corrupt batch's first offset: Kafka answers a fetch inside a
+/// batch with the whole batch, so after `group reset --to-offset`,
+/// `--to-datetime` or at a replay's target the stored offset may lie
+/// inside it, and a batch that does not start at the stored offset is
+/// refused by the worker (it re-takes the partition, the fetch brings the
+/// same batch, for ever). It ends past the corrupt batch, never past the
+/// target, like any batch.
+///
+/// The dead letter is recorded at the fetched position too, and its
+/// message names the batch's whole range. The batch's first offset would
+/// lie outside what this commit covers, and it is the position an earlier
+/// skip of the same batch from before it (the usual way) already recorded
+/// (`dead_letters_position_key` is group, topic, partition, incarnation,
+/// offset): a second skip from inside the batch after a reset would clash
+/// with it. At the fetched position a clash means the very same skip was
+/// made before, from the same position (a reset back to it), which is
+/// what a clash means for any record consumed twice.
 fn corrupt_delivery(
     config: &ConsumeConfig,
     partition: i32,
     corrupt: kafka::CorruptBatch,
+    at: Position,
 ) -> Delivery {
     match (config.on_corrupt_batch, corrupt.last_offset) {
-        (super::OnCorruptBatch::Skip, Some(last)) => {
+        // A batch wholly below the position is not the one at it: stop
+        // rather than skip records that were never looked at.
+        (super::OnCorruptBatch::Skip, Some(last)) if last >= at.from_offset => {
+            let next_offset = at.target.map_or(last + 1, |t| t.min(last + 1));
             let message = format!(
-                "record batch at offsets {}..={last} cannot be decoded: {}; skipped by --on-corrupt-batch skip (value: the batch as fetched)",
-                corrupt.first_offset, corrupt.error
+                "record batch at offsets {}..={last} cannot be decoded: {}; offsets {}..={} skipped by --on-corrupt-batch skip (value: the batch as fetched)",
+                corrupt.first_offset,
+                corrupt.error,
+                at.from_offset,
+                next_offset - 1
             );
-            tracing::error!(partition, first_offset = corrupt.first_offset, last_offset = last, cause = %corrupt.error, "skipping a batch that cannot be decoded; its bytes go to dead_letters");
+            tracing::error!(partition, first_offset = corrupt.first_offset, last_offset = last, from_offset = at.from_offset, cause = %corrupt.error, "skipping a batch that cannot be decoded; its bytes go to dead_letters");
             let record = SourceRecord {
-                offset: corrupt.first_offset,
+                offset: at.from_offset,
                 // The batch's own timestamps are inside what cannot be read.
                 timestamp: chrono::Utc::now(),
                 key: None,
@@ -620,9 +661,9 @@ fn corrupt_delivery(
                 )),
             };
             Delivery::Batch(Fetched {
-                from_offset: corrupt.first_offset,
-                next_offset: last + 1,
-                high_watermark: last + 1,
+                from_offset: at.from_offset,
+                next_offset,
+                high_watermark: at.high_watermark.max(next_offset),
                 records: vec![record],
                 started: Instant::now(),
                 _permit: None,
@@ -662,6 +703,53 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A corrupt batch skipped from a position inside it: the skip batch starts at the position (the worker's stored offset), ends past the batch or at the target, and its dead letter sits at the position naming the whole range.
+    #[test]
+    fn a_corrupt_batch_is_skipped_from_the_fetched_position() {
+        let config = ConsumeConfig {
+            on_corrupt_batch: super::super::OnCorruptBatch::Skip,
+            ..ConsumeConfig::default()
+        };
+        let corrupt = kafka::CorruptBatch {
+            first_offset: 10,
+            last_offset: Some(13),
+            raw: vec![1, 2, 3],
+            error: "bad".to_owned(),
+        };
+        let at = |from_offset, target| Position {
+            from_offset,
+            high_watermark: 20,
+            target,
+        };
+        let Delivery::Batch(b) = corrupt_delivery(&config, 0, corrupt.clone(), at(12, None)) else {
+            panic!("skipped");
+        };
+        assert_eq!(
+            (b.from_offset, b.next_offset, b.high_watermark),
+            (12, 14, 20)
+        );
+        assert_eq!(b.records[0].offset, 12);
+        let message = &b.records[0]
+            .event
+            .as_ref()
+            .expect_err("a dead letter")
+            .message;
+        assert!(message.contains("10..=13"), "{message}");
+        let Delivery::Batch(b) = corrupt_delivery(&config, 0, corrupt.clone(), at(11, Some(13)))
+        else {
+            panic!("skipped");
+        };
+        assert_eq!(
+            (b.from_offset, b.next_offset),
+            (11, 13),
+            "never past the target"
+        );
+        assert!(matches!(
+            corrupt_delivery(&config, 0, corrupt, at(14, None)),
+            Delivery::Corrupt(_)
+        ));
+    }
 
     /// Whichever partitions have room, the one served longest ago leads the round, so none starves behind busier ones.
     #[test]
