@@ -346,3 +346,96 @@ async fn a_second_rebuild_refuses_while_one_runs() {
     crate::harness::assert_db_is_fold_of_topic(&db, &topic, "order-processors").await;
     db.drop_db().await;
 }
+
+/// A rebuild stopped (SIGSTOP: a paused VM, a cut network) in the middle
+/// of its swap, after it asked for the live tables' locks: the server ends
+/// its open transaction after a session timeout, the swap rolls back and
+/// its locks go, so reads of the live view and the live member's commits
+/// go on while it stays stopped; when it runs again it exits 1 and the
+/// live view is still the fold of the topic (issue 19, item 6). Before,
+/// the swap copied the tables under their locks and nothing ended its
+/// transaction: every read and commit waited until TCP gave up.
+#[tokio::test]
+async fn a_rebuild_paused_mid_swap_never_stalls_the_pipeline() {
+    let topic = random_topic_name();
+    let db = TestDb::create().await;
+    produce_events(&topic, 2_000, 97).await;
+    let mut member = foodpipe(&["consume", "--topic", &topic]);
+    member
+        .env("DATABASE_URL", &db.url)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let member = member.spawn().expect("member starts");
+    crate::harness::wait_caught_up(&db, &topic, Duration::from_secs(60)).await;
+
+    // A reader holds the live view, so the swap has to wait for its lock:
+    // the moment to stop the rebuild, with its swap under way.
+    let mut reader = db.client().await;
+    let reading = reader.transaction().await.expect("begin");
+    reading
+        .query("SELECT count(*) FROM orders", &[])
+        .await
+        .expect("read the view");
+    let mut rebuild = foodpipe(&["rebuild", "--topic", &topic]);
+    rebuild
+        .env("DATABASE_URL", &db.url)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let rebuild = rebuild.spawn().expect("rebuild starts");
+    let pg = db.client().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let waiting: i64 = pg
+            .query_one(
+                "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation \
+                 JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE n.nspname = 'public' AND c.relname = 'orders' \
+                   AND l.mode = 'AccessExclusiveLock' AND NOT l.granted",
+                &[],
+            )
+            .await
+            .expect("locks")
+            .get(0);
+        if waiting > 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the rebuild never reached its swap"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    crate::harness::signal(&rebuild, "STOP");
+    // The swap gets its locks now, and its process can do nothing more.
+    reading.rollback().await.expect("end the read");
+
+    // Within a session timeout (10 s) and some slack, the view is readable.
+    let read = tokio::time::timeout(
+        Duration::from_secs(30),
+        pg.query_one("SELECT count(*) FROM orders", &[]),
+    )
+    .await;
+    assert!(
+        read.is_ok(),
+        "a read of the live view still waits on the stopped rebuild after 30 s"
+    );
+    // And the live member folds new events while the rebuild stays stopped.
+    produce_events(&topic, 200, 98).await;
+    crate::harness::wait_caught_up(&db, &topic, Duration::from_secs(60)).await;
+
+    crate::harness::signal(&rebuild, "CONT");
+    let out = tokio::time::timeout(Duration::from_secs(60), rebuild.wait_with_output())
+        .await
+        .expect("the rebuild ends")
+        .expect("output");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "its swap was rolled back: {err}");
+    assert!(
+        err.lines().any(|l| l.starts_with("error:")),
+        "one error line: {err}"
+    );
+    crate::harness::wait_caught_up(&db, &topic, Duration::from_secs(60)).await;
+    crate::harness::assert_db_is_fold_of_topic(&db, &topic, "order-processors").await;
+    crate::harness::stop_all(vec![member]).await;
+    db.drop_db().await;
+}

@@ -15,7 +15,10 @@
 //! 3. Compare the shadow view with the live one (orders whose status or
 //!    last event differ) and, unless this is a dry run, replace the live
 //!    history, view, dead letters and offsets with the shadow's in one
-//!    transaction. Lift the fence; live consumers take their partitions
+//!    transaction, moving tables between schemas rather than copying rows
+//!    ([`swap_tables`]: locks held for a few catalog changes, bounded by
+//!    `lock_timeout`, and rolled back by the server if the rebuild stops
+//!    with the transaction open). Lift the fence; live consumers take their partitions
 //!    again within a heartbeat and go on from the swapped offsets.
 //!
 //! Before step 1 touches anything, the rebuild claims the schema
@@ -25,8 +28,8 @@
 //! naming the first, instead of dropping the first's shadow mid-replay.
 //!
 //! A dry run (`--dry-run`) changes nothing, not even lease epochs: instead
-//! of the fence it holds the live offset rows `FOR SHARE` while it catches
-//! up and compares (live commits wait for it; it writes nothing, so no
+//! of the fence it catches up without a lock, then holds the live offset
+//! rows `FOR SHARE` while it catches up the last stretch and compares (live commits wait for it; it writes nothing, so no
 //! lock cycle), then rolls back.
 
 use std::collections::BTreeMap;
@@ -116,7 +119,15 @@ pub async fn run(
             stop.cancel();
         }
     });
-    let live = Store::connect(&config.store).await?;
+    // The server ends a rebuild's session that sits inside a transaction,
+    // doing nothing, for a session timeout (paused, cut off): its swap
+    // rolls back and its locks go, so live commits and readers never wait
+    // on a rebuild that stopped.
+    let live = Store::connect(&StoreConfig {
+        idle_in_transaction_timeout: Some(config.session_timeout),
+        ..config.store.clone()
+    })
+    .await?;
     // Before anything is touched: one rebuild of a schema at a time. A
     // second one would drop the first's shadow in the middle of its replay.
     let claim = live
@@ -350,6 +361,16 @@ async fn compare_only(
     (live_schema, shadow): (&str, &str),
     stop: &CancellationToken,
 ) -> anyhow::Result<RebuildReport> {
+    // Most of the way without holding anything: the live offsets as they
+    // are now. Then, with the rows held still, only what the live group
+    // committed meanwhile, a short wait for it (the transaction sits idle
+    // during it, and the server ends it after a session timeout).
+    let now: BTreeMap<i32, i64> = live
+        .offsets(&config.group, &config.topic)
+        .await?
+        .into_iter()
+        .collect();
+    catch_up(live, config, shadow_config, shadow, &now, stop).await?;
     let mut client = live.client().await?;
     let tx = client.transaction().await?;
     let live_offsets: BTreeMap<i32, i64> = tx
@@ -462,20 +483,7 @@ async fn compare_and_swap(
         // other. The offset rows come last, with the epochs bumped again
         // and the owners cleared: a member that re-took after a lapsed
         // fence is fenced here too, and starts again from the swapped offset.
-        tx.batch_execute(&format!(
-            "TRUNCATE {};",
-            SWAPPED_TABLES
-                .map(|t| format!("{live_schema}.{t}"))
-                .join(", ")
-        ))
-        .await?;
-        for table in SWAPPED_TABLES {
-            tx.batch_execute(&format!(
-                "INSERT INTO {live_schema}.{table} SELECT * FROM {shadow}.{table}"
-            ))
-            .await?;
-            advance_sequences(tx, live_schema, table).await?;
-        }
+        swap_tables(tx, config, live_schema, shadow).await?;
         tx.execute(
             &format!(
                 "INSERT INTO {live_schema}.consumer_offsets \
@@ -503,45 +511,76 @@ async fn compare_and_swap(
     })
 }
 
-/// The tables the swap replaces with the shadow's, rows copied whole.
+/// The tables the swap replaces with the shadow's.
 const SWAPPED_TABLES: [&str; 3] = ["order_events", "orders", "dead_letters"];
 
-/// Sets every sequence behind a column of `table` (a `bigserial` such as
-/// `dead_letters.id`) past the largest value the swap copied into it, in
-/// the swap's transaction. The copy takes the shadow's ids as they are and
-/// leaves the live sequence where the live inserts had left it: when the
-/// shadow held more rows (a live group that started at the log end, a
-/// replay from offset 0), the next live insert would be given an id the
-/// copy already used.
-async fn advance_sequences(
+/// Puts the shadow's tables in the live schema and the live ones in the
+/// shadow (dropped with it afterwards), by moving them between schemas:
+/// no row is copied, so the swap's locks on the live tables are held for
+/// the few catalog changes it makes, not for a copy of every table. Each
+/// table moves with its indexes, constraints and its own sequences (so
+/// `dead_letters.id` goes on past the ids it holds), through a parking
+/// schema made and dropped inside the transaction, since live and shadow
+/// tables' indexes have the same names. Privileges granted on a live table
+/// to other roles are granted on its replacement.
+///
+/// The swap waits for its locks at most the session timeout
+/// (`lock_timeout`: a long reader cannot make it queue, and every reader
+/// and commit behind it, for longer), and the connection is closed by the
+/// server if the rebuild stops between statements while its transaction is
+/// open (`idle_in_transaction_session_timeout`, set on the rebuild's
+/// connections): a paused or cut-off rebuild rolls back and releases every
+/// lock.
+async fn swap_tables(
     tx: &store::Transaction<'_>,
-    schema: &str,
-    table: &str,
+    config: &ConsumeConfig,
+    live_schema: &str,
+    shadow: &str,
 ) -> anyhow::Result<()> {
-    let qualified = format!("{schema}.{table}");
-    let serials = tx
-        .query(
-            "SELECT a.attname::text, pg_get_serial_sequence($1::text, a.attname) \
-             FROM pg_attribute a \
-             WHERE a.attrelid = $1::text::regclass AND a.attnum > 0 AND NOT a.attisdropped \
-               AND pg_get_serial_sequence($1::text, a.attname) IS NOT NULL",
-            &[&qualified],
-        )
+    let parking = store::derived_schema_name(live_schema, PARKING_SUFFIX)?;
+    tx.batch_execute(&format!(
+        "SET LOCAL lock_timeout = {}; CREATE SCHEMA {parking}",
+        config.session_timeout.as_millis().max(1)
+    ))
+    .await?;
+    for table in SWAPPED_TABLES {
+        let grants: Vec<(String, String)> = tx
+            .query(
+                "SELECT grantee::text, privilege_type::text \
+                 FROM information_schema.table_privileges \
+                 WHERE table_schema = $1 AND table_name = $2 AND grantee <> current_user",
+                &[&live_schema, &table],
+            )
+            .await?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        tx.batch_execute(&format!(
+            "ALTER TABLE {live_schema}.{table} SET SCHEMA {parking}; \
+             ALTER TABLE {shadow}.{table} SET SCHEMA {live_schema}; \
+             ALTER TABLE {parking}.{table} SET SCHEMA {shadow};"
+        ))
         .await?;
-    for row in serials {
-        let (column, sequence): (String, String) = (row.get(0), row.get(1));
-        // `false`: the next value handed out is max + 1 (1 for an empty table).
-        tx.execute(
-            &format!(
-                "SELECT setval($1::text::regclass, coalesce(max(\"{}\"), 0) + 1, false) FROM {qualified}",
-                column.replace('"', "\"\"")
-            ),
-            &[&sequence],
-        )
-        .await?;
+        for (grantee, privilege) in grants {
+            let grantee = if grantee == "PUBLIC" {
+                grantee
+            } else {
+                format!("\"{}\"", grantee.replace('"', "\"\""))
+            };
+            // The privilege comes from PostgreSQL's own list (SELECT,
+            // INSERT, ...), never from a user.
+            tx.batch_execute(&format!(
+                "GRANT {privilege} ON {live_schema}.{table} TO {grantee}"
+            ))
+            .await?;
+        }
     }
+    tx.batch_execute(&format!("DROP SCHEMA {parking}")).await?;
     Ok(())
 }
+
+/// The suffix of the schema the live tables pass through during a swap.
+const PARKING_SUFFIX: &str = "_swap";
 
 /// Orders whose status or last event differ between the two views.
 fn diff_sql(live: &str, shadow: &str, select: &str, tail: &str) -> String {
