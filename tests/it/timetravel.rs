@@ -439,3 +439,34 @@ async fn a_rebuild_paused_mid_swap_never_stalls_the_pipeline() {
     crate::harness::stop_all(vec![member]).await;
     db.drop_db().await;
 }
+
+/// The swap replaces the live tables with the shadow's: privileges granted
+/// on the live ones are granted on their replacements, so a read-only role
+/// an operator set up still reads `status` and dead letters after a
+/// rebuild.
+#[tokio::test]
+async fn a_read_only_role_still_reads_after_a_rebuild() {
+    let topic = random_topic_name();
+    let db = TestDb::create().await;
+    produce_events(&topic, 300, 99).await;
+    consume_until_caught_up(&topic, &db, &[]).await;
+    let reader = db.read_only_role(&["public"]).await;
+    let mut rebuild = foodpipe(&["rebuild", "--topic", &topic]);
+    rebuild.env("DATABASE_URL", &db.url);
+    run_ok(rebuild).await;
+    for args in [
+        vec!["status", "--topic", topic.as_str()],
+        vec!["dead-letters", "list"],
+    ] {
+        let mut cmd = foodpipe(&args);
+        cmd.env("DATABASE_URL", &reader.url);
+        let out = run_within(cmd, Duration::from_secs(60)).await;
+        assert!(
+            out.status.success(),
+            "{args:?} as a read-only role after rebuild: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    db.drop_db().await;
+    reader.drop_role().await;
+}
