@@ -21,6 +21,15 @@ schedule applies N faults one after another, each of these kinds:
   reset_refused   `group reset --to-earliest --execute` while members are
                   live: it must fail and no stored offset may move back
   poison          1-3 records that are no event, sent with `foodpipe send`
+  keyless         a few orders' events sent without a key (`foodpipe send`
+                  places them round-robin, so each order's events are spread
+                  over the partitions and met out of order)
+  rebuild_paused  `foodpipe rebuild` SIGSTOPped in its swap transaction
+                  (caught at its comparison) past the session timeout, then
+                  SIGCONT: the members' stored offsets must advance while
+                  it is stopped; it may then end 0 or 1, never hang
+  dry_run_join    `foodpipe rebuild --dry-run` with a member killed and
+                  restarted (joining again) while it runs; it must succeed
 
 Then the producer is interrupted (its JSON summary gives the acknowledged
 count), the members catch up to the log end and are stopped with SIGTERM,
@@ -36,7 +45,12 @@ assert_db_is_fold_of_topic:
   stalled     partitions whose stored offset is not the log end
 
 The view must give every order the status of its last event, and
-dead_letters must hold exactly the poison injected. Exits 1 otherwise.
+dead_letters must hold exactly the poison injected. The keyless orders
+cannot be folded by offset (their events sit in several partitions), so
+they are checked by what holds for them: each of their events is in
+history or in dead letters, exactly once; each order's view row is the
+furthest step of its history; and their dead letters are counted apart
+from the poison. Exits 1 otherwise.
 The topic, the database and the broker stay up afterwards (its pid is in
 target/chaos/tansu.pid, which `make down` reads); the last line is:
 
@@ -90,7 +104,13 @@ WEIGHTS = {
     "rebuild": 1,
     "reset_refused": 2,
     "poison": 3,
+    "keyless": 2,
+    "rebuild_paused": 1,
+    "dry_run_join": 1,
 }
+# The lifecycle step of each event type, for the keyless orders' check.
+RANK = {"OrderCreated": 0, "OrderPaid": 1, "OrderShipped": 2, "OrderDelivered": 3,
+        "OrderCancelled": 3}
 KINDS = [*WEIGHTS, "pg_restart"]
 PID_FILE = "target/chaos/tansu.pid"
 
@@ -134,6 +154,8 @@ class Storm:
         self.dir = os.path.abspath(f"target/chaos/seed-{seed}")
         self.failures = []
         self.poison = 0
+        # event_id -> (order_id, event_type) of every event sent without a key.
+        self.keyless = {}
         self.producer_seed = seed
         self.restarter = None
         self.restart_finished = 0.0
@@ -348,6 +370,73 @@ class Storm:
         self.poison += summary["events"]
         return f"{summary['events']} poison records sent ({self.poison} so far)"
 
+    def keyless_fault(self, rng: random.Random) -> str:
+        seed = rng.randrange(1_000_000, 2_000_000)
+        generated = self.run("generate", "--count", str(rng.randint(10, 40)), "--seed", str(seed))
+        values = [line.split(b"\t", 1)[1] for line in generated.stdout.splitlines()]
+        out = self.run("send", "--json", stdin=b"\n".join(values) + b"\n")
+        if out.returncode != 0:
+            self.fail(f"keyless send exited {out.returncode}: {out.stderr.decode()[-300:]}")
+            return "keyless events not sent"
+        for value in values:
+            event = json.loads(value)
+            self.keyless[event["event_id"]] = (event["order_id"], event["event_type"])
+        orders = len({o for o, _ in self.keyless.values()})
+        return f"{len(values)} events sent without a key ({len(self.keyless)} so far, {orders} orders)"
+
+    def rebuild_paused(self, _: int) -> str:
+        started = time.monotonic()
+        rebuild = subprocess.Popen([self.binary, "rebuild"], env=self.env,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        caught = False
+        while rebuild.poll() is None and time.monotonic() - started < 300:
+            busy = self.sql("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                            "AND query LIKE '%FULL JOIN%' AND pid <> pg_backend_pid()").strip()
+            if busy != "0":
+                rebuild.send_signal(signal.SIGSTOP)
+                caught = True
+                break
+            time.sleep(0.01)
+        if not caught:
+            _, err = rebuild.communicate(timeout=300)
+            return f"rebuild ended (exit {rebuild.returncode}) before it could be stopped in its swap"
+        before = self.offsets()
+        time.sleep(ZOMBIE_S + 2)
+        after = self.offsets()
+        if sum(after.values()) <= sum(before.values()):
+            self.fail(f"stored offsets did not advance while a rebuild was stopped in its swap: "
+                      f"{before} then {after}")
+        rebuild.send_signal(signal.SIGCONT)
+        try:
+            _, err = rebuild.communicate(timeout=300)
+        except subprocess.TimeoutExpired:
+            rebuild.kill()
+            self.fail("a rebuild continued after its pause did not end within 300 s")
+            return "rebuild paused, then hung"
+        last = (err.decode(errors="replace").strip().splitlines() or [""])[-1]
+        if rebuild.returncode not in (0, 1) or (rebuild.returncode == 1 and "error" not in last):
+            self.fail(f"a paused rebuild ended {rebuild.returncode}: {last[:200]}")
+        return (f"rebuild stopped {ZOMBIE_S + 2} s in its swap, offsets advanced by "
+                f"{sum(after.values()) - sum(before.values())} meanwhile; it then exited "
+                f"{rebuild.returncode}: {last[:120]}")
+
+    def dry_run_join(self, i: int) -> str:
+        started = time.monotonic()
+        dry = subprocess.Popen([self.binary, "rebuild", "--dry-run"], env=self.env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        time.sleep(1.0)
+        joined = self.member_kill(i)
+        try:
+            _, err = dry.communicate(timeout=300)
+        except subprocess.TimeoutExpired:
+            dry.kill()
+            self.fail("rebuild --dry-run did not end within 300 s")
+            return "dry run hung"
+        if dry.returncode != 0 and not self.restart_overlaps(started):
+            self.fail(f"rebuild --dry-run with a member joining exited {dry.returncode}: "
+                      f"{err.decode(errors='replace')[-300:]}")
+        return f"{joined} while rebuild --dry-run ran; it exited {dry.returncode}"
+
     # The end: stop, catch up, check.
 
     def stop_producer(self) -> dict:
@@ -408,6 +497,8 @@ class Storm:
             if not valid:
                 poison_in_topic += 1
                 continue
+            if event["event_id"] in self.keyless:
+                continue
             first_copy.setdefault(event["event_id"], (partition, offset))
             last = last_of_order.get(event["order_id"])
             if last is None or offset >= last[0]:
@@ -424,6 +515,7 @@ class Storm:
              "--seed", str(self.producer_seed)], check=True, capture_output=True).stdout
         acknowledged = {json.loads(line.split(b"\t", 1)[1])["event_id"]
                         for line in generated.splitlines()}
+        keyless_history = {i: history.pop(i) for i in list(history) if i in self.keyless}
         missing = (acknowledged | set(first_copy)) - set(history)
         duplicated = sum(len(at) - 1 for at in history.values())
         misplaced = [i for i, at in history.items() if i in first_copy and at[0] != first_copy[i]]
@@ -440,19 +532,50 @@ class Storm:
         for row in self.sql("SELECT order_id, status, last_event_id FROM orders").split():
             order, status, last = row.split("|")
             view[order] = (status, last)
+        keyless_orders = {o for o, _ in self.keyless.values()}
+        keyed_view = {o: v for o, v in view.items() if o not in keyless_orders}
         wrong = [o for o, (_, status, last) in last_of_order.items() if view.get(o) != (status, last)]
-        if wrong or len(view) != len(last_of_order):
-            self.fail(f"view: {len(wrong)} orders differ from the fold, {len(view)} rows for "
+        if wrong or len(keyed_view) != len(last_of_order):
+            self.fail(f"view: {len(wrong)} orders differ from the fold, {len(keyed_view)} rows for "
                       f"{len(last_of_order)} orders")
 
+        keyless_dead = self.check_keyless(keyless_history, view)
         dead = int(self.sql(f"SELECT count(*) FROM dead_letters WHERE topic = '{self.topic}'"))
-        if not (dead == self.poison == poison_in_topic):
-            self.fail(f"dead letters {dead}, poison injected {self.poison}, "
-                      f"poison records in the topic {poison_in_topic}")
+        if not (dead - keyless_dead == self.poison == poison_in_topic):
+            self.fail(f"dead letters {dead} ({keyless_dead} of keyless events), poison injected "
+                      f"{self.poison}, poison records in the topic {poison_in_topic}")
         self.log(f"fold of {sum(ends.values())} records: {len(first_copy)} events "
                  f"({len(acknowledged)} acknowledged), {len(last_of_order)} orders, "
                  f"{dead} dead letters for {self.poison} poison")
         return len(missing), duplicated, len(stalled)
+
+
+    def check_keyless(self, history: dict, view: dict) -> int:
+        """The keyless orders: every event applied or dead-lettered exactly
+        once, each view row the furthest step of its order's history.
+        Returns how many of their events are dead letters."""
+        if not self.keyless:
+            return 0
+        dead = set(self.sql("SELECT event_id FROM dead_letters WHERE event_id IS NOT NULL "
+                            f"AND topic = '{self.topic}'").split()) & set(self.keyless)
+        both = dead & set(history)
+        neither = set(self.keyless) - dead - set(history)
+        if both:
+            self.fail(f"{len(both)} keyless events are both in history and in dead letters")
+        if neither:
+            self.fail(f"{len(neither)} keyless events are neither in history nor in dead letters")
+        furthest = {}
+        for event_id in history:
+            order, event_type = self.keyless[event_id]
+            step = (RANK[event_type], event_id)
+            if order not in furthest or step[0] > furthest[order][0]:
+                furthest[order] = (step[0], STATUS_AFTER[event_type], event_id)
+        wrong = [o for o, (_, status, last) in furthest.items() if view.get(o) != (status, last)]
+        if wrong:
+            self.fail(f"{len(wrong)} keyless orders' view rows are not the end of their history")
+        self.log(f"keyless: {len(self.keyless)} events of {len(furthest)} orders, "
+                 f"{len(history)} applied, {len(dead)} dead letters")
+        return len(dead)
 
 
 def main() -> int:
@@ -508,8 +631,12 @@ def storm_and_check(storm: Storm, plan: list, rng: random.Random) -> int:
     for n, (kind, member, pause) in enumerate(plan, 1):
         time.sleep(pause)
         storm.check_members()
-        fault = (lambda: storm.poison_fault(rng)) if kind == "poison" else \
-            (lambda: getattr(storm, kind)(member))
+        if kind == "poison":
+            fault = lambda: storm.poison_fault(rng)  # noqa: E731
+        elif kind == "keyless":
+            fault = lambda: storm.keyless_fault(rng)  # noqa: E731
+        else:
+            fault = lambda: getattr(storm, kind)(member)  # noqa: E731
         try:
             what = fault()
         except subprocess.CalledProcessError:
@@ -543,7 +670,8 @@ def storm_and_check(storm: Storm, plan: list, rng: random.Random) -> int:
 
     with open(os.path.join(storm.dir, "run.json"), "w") as f:
         json.dump({"bootstrap": storm.bootstrap, "acknowledged": summary["events"],
-                   "poison": storm.poison, "faults": sum(applied.values()),
+                   "poison": storm.poison, "keyless": storm.keyless,
+                   "faults": sum(applied.values()),
                    "kinds": len(applied)}, f)
     return verdict(storm, summary["events"], sum(applied.values()), len(applied))
 
@@ -560,6 +688,7 @@ def recheck(binary: str, seed: int) -> int:
         return 2
     storm = Storm(binary, seed, 0, bootstrap=run["bootstrap"])
     storm.poison = run["poison"]
+    storm.keyless = {k: tuple(v) for k, v in run.get("keyless", {}).items()}
     return verdict(storm, run["acknowledged"], run["faults"], run["kinds"])
 
 
