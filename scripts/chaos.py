@@ -24,10 +24,11 @@ schedule applies N faults one after another, each of these kinds:
   keyless         a few orders' events sent without a key (`foodpipe send`
                   places them round-robin, so each order's events are spread
                   over the partitions and met out of order)
-  rebuild_paused  `foodpipe rebuild` SIGSTOPped in its swap transaction
-                  (caught at its comparison) past the session timeout, then
-                  SIGCONT: the members' stored offsets must advance while
-                  it is stopped; it may then end 0 or 1, never hang
+  rebuild_paused  `foodpipe rebuild` SIGSTOPped in its swap, while it waits
+                  for the live view's lock (a reader holds it, then goes),
+                  for twice the session timeout, then SIGCONT: the members'
+                  stored offsets must advance while it is stopped; it may
+                  then end 0 or 1, never hang
   dry_run_join    `foodpipe rebuild --dry-run` with a member killed and
                   restarted (joining again) while it runs; it must succeed
 
@@ -385,23 +386,41 @@ class Storm:
         return f"{len(values)} events sent without a key ({len(self.keyless)} so far, {orders} orders)"
 
     def rebuild_paused(self, _: int) -> str:
+        """A reader holds the live view, so the swap must wait for its lock:
+        the rebuild is stopped right then, the reader goes, and the swap
+        takes the locks and can do nothing more. The server must end its
+        transaction (a session timeout idle), so that the members go on."""
+        holder = subprocess.Popen(
+            ["psql", self.url, "-c", "BEGIN; SELECT count(*) FROM orders; SELECT pg_sleep(600); COMMIT;"],
+            env={**os.environ, "PGAPPNAME": "chaos-holder"},
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         started = time.monotonic()
         rebuild = subprocess.Popen([self.binary, "rebuild"], env=self.env,
                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         caught = False
         while rebuild.poll() is None and time.monotonic() - started < 300:
-            busy = self.sql("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                            "AND query LIKE '%FULL JOIN%' AND pid <> pg_backend_pid()").strip()
-            if busy != "0":
+            waiting = self.sql(
+                "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation "
+                "WHERE c.relname = 'orders' AND l.mode = 'AccessExclusiveLock' AND NOT l.granted"
+            ).strip()
+            if waiting != "0":
                 rebuild.send_signal(signal.SIGSTOP)
                 caught = True
                 break
-            time.sleep(0.01)
+            time.sleep(0.05)
+        self.sql("SELECT count(pg_cancel_backend(pid)) FROM pg_stat_activity "
+                 "WHERE application_name = 'chaos-holder'")
+        holder.wait(60)
         if not caught:
             _, err = rebuild.communicate(timeout=300)
-            return f"rebuild ended (exit {rebuild.returncode}) before it could be stopped in its swap"
+            self.fail(f"a rebuild (exit {rebuild.returncode}) never waited for the live view's "
+                      f"lock while it was held")
+            return "rebuild not caught in its swap"
         before = self.offsets()
-        time.sleep(ZOMBIE_S + 2)
+        # Past the session timeout twice: the server ends the swap's
+        # transaction, the rebuild's fence lapses, the members take again.
+        pause = 2 * SESSION_TIMEOUT_S + 5
+        time.sleep(pause)
         after = self.offsets()
         if sum(after.values()) <= sum(before.values()):
             self.fail(f"stored offsets did not advance while a rebuild was stopped in its swap: "
@@ -416,7 +435,7 @@ class Storm:
         last = (err.decode(errors="replace").strip().splitlines() or [""])[-1]
         if rebuild.returncode not in (0, 1) or (rebuild.returncode == 1 and "error" not in last):
             self.fail(f"a paused rebuild ended {rebuild.returncode}: {last[:200]}")
-        return (f"rebuild stopped {ZOMBIE_S + 2} s in its swap, offsets advanced by "
+        return (f"rebuild stopped {pause} s in its swap, offsets advanced by "
                 f"{sum(after.values()) - sum(before.values())} meanwhile; it then exited "
                 f"{rebuild.returncode}: {last[:120]}")
 
