@@ -1340,3 +1340,78 @@ async fn recreated_topic_is_noticed_after_a_marker_only_batch() {
     assert_eq!(reason, "recreated");
     db.drop_db().await;
 }
+
+/// A proxy's response rewrite: the first `times` Fetch responses come back
+/// with NotLeaderOrFollower on every partition and no records, as during a
+/// leader move in a rolling broker restart; later ones pass unchanged.
+fn leader_moved(times: usize, seen: Arc<Mutex<usize>>) -> RewriteResponse {
+    use kafka_protocol::messages::FetchResponse;
+    Arc::new(move |request: &[u8], response: &mut Vec<u8>| {
+        let api_key = i16::from_be_bytes([request[0], request[1]]);
+        let version = i16::from_be_bytes([request[2], request[3]]);
+        if api_key != FetchRequest::KEY {
+            return;
+        }
+        let mut n = seen.lock().expect("count");
+        if *n >= times {
+            return;
+        }
+        *n += 1;
+        let mut bytes = Bytes::from(std::mem::take(response));
+        let header_version = FetchResponse::header_version(version);
+        let header = ResponseHeader::decode(&mut bytes, header_version).expect("header");
+        let mut fetched = FetchResponse::decode(&mut bytes, version).expect("fetch response");
+        for topic in &mut fetched.responses {
+            for p in &mut topic.partitions {
+                p.error_code = 6; // NOT_LEADER_OR_FOLLOWER
+                p.records = None;
+            }
+        }
+        let mut out = BytesMut::new();
+        header.encode(&mut out, header_version).expect("header");
+        fetched.encode(&mut out, version).expect("fetch response");
+        *response = out.to_vec();
+    })
+}
+
+/// Fetches answered NotLeaderOrFollower (a leader moving) many times in a row, on a topic of one partition (so every fetch is a lone one, while ListOffsets answers): transient by its kind, so the partition is retried, never stopped, and `consume --until-caught-up` folds every event (issue 19, item 7). Before, three such lone answers stopped the partition for good.
+#[tokio::test]
+async fn a_moving_leader_never_stops_a_partition() {
+    let proxy_port = free_port();
+    let broker =
+        PrivateBroker::start_advertising(Some(&format!("tcp://127.0.0.1:{proxy_port}"))).await;
+    let seen = Arc::new(Mutex::new(0));
+    let proxy = KafkaProxy::start_rewriting_responses(
+        proxy_port,
+        broker.address.clone(),
+        leader_moved(8, Arc::clone(&seen)),
+    )
+    .await;
+    let topic = random_topic_name();
+    create_topic_at(&proxy.address, &topic, 1).await;
+    let events = event_records(50, 1960).await;
+    let mut raw = Raw::connect(&broker.address).await;
+    raw.produce_ok(
+        None,
+        &topic,
+        BatchSpec::plain(Codec::None, specs(&events)).encode(),
+    )
+    .await;
+    let db = TestDb::create().await;
+    let mut cmd = foodpipe(&["consume", "--until-caught-up", "--topic", &topic]);
+    cmd.env("DATABASE_URL", &db.url)
+        .env("KAFKA_BOOTSTRAP_SERVERS", &proxy.address);
+    let out = run_within(cmd, Duration::from_secs(120)).await;
+    assert!(
+        out.status.success(),
+        "consume through a moving leader: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        *seen.lock().expect("count"),
+        8,
+        "every forced answer was met"
+    );
+    assert_eq!(history_ids(&db, &topic).await, event_ids(&events));
+    db.drop_db().await;
+}

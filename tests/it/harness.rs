@@ -1081,10 +1081,15 @@ impl Drop for KafkaProxy {
 /// [`KafkaProxy`] relays it.
 pub type RewriteRequest = std::sync::Arc<dyn Fn(&mut Vec<u8>) + Send + Sync>;
 
+/// What a [`KafkaProxy`] does to a response on its way back: given the
+/// request frame it answers, it may rewrite the response frame (after the
+/// length) in place.
+pub type RewriteResponse = std::sync::Arc<dyn Fn(&[u8], &mut Vec<u8>) + Send + Sync>;
+
 impl KafkaProxy {
     /// Listens on `port` (127.0.0.1) and relays to `upstream`.
     pub async fn start(port: u16, upstream: String, blocked: &'static [i16]) -> KafkaProxy {
-        Self::start_with(port, upstream, blocked, None).await
+        Self::start_with(port, upstream, blocked, None, None).await
     }
 
     /// Like [`KafkaProxy::start`], relaying every request and passing each
@@ -1094,7 +1099,17 @@ impl KafkaProxy {
         upstream: String,
         rewrite: RewriteRequest,
     ) -> KafkaProxy {
-        Self::start_with(port, upstream, &[], Some(rewrite)).await
+        Self::start_with(port, upstream, &[], Some(rewrite), None).await
+    }
+
+    /// Like [`KafkaProxy::start`], relaying every request and passing each
+    /// response through `rewrite` on its way to the client.
+    pub async fn start_rewriting_responses(
+        port: u16,
+        upstream: String,
+        rewrite: RewriteResponse,
+    ) -> KafkaProxy {
+        Self::start_with(port, upstream, &[], None, Some(rewrite)).await
     }
 
     async fn start_with(
@@ -1102,6 +1117,7 @@ impl KafkaProxy {
         upstream: String,
         blocked: &'static [i16],
         rewrite: Option<RewriteRequest>,
+        rewrite_response: Option<RewriteResponse>,
     ) -> KafkaProxy {
         use std::sync::atomic::Ordering;
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
@@ -1117,6 +1133,7 @@ impl KafkaProxy {
                 let upstream = upstream.clone();
                 let counter = std::sync::Arc::clone(&counter);
                 let rewrite = rewrite.clone();
+                let rewrite_response = rewrite_response.clone();
                 tokio::spawn(async move {
                     use tokio::io::{AsyncReadExt, AsyncWriteExt};
                     let Ok(mut broker) = tokio::net::TcpStream::connect(&upstream).await else {
@@ -1150,8 +1167,14 @@ impl KafkaProxy {
                             return;
                         }
                         let mut answer = vec![0u8; i32::from_be_bytes(size).max(0) as usize];
-                        if broker.read_exact(&mut answer).await.is_err()
-                            || client.write_all(&size).await.is_err()
+                        if broker.read_exact(&mut answer).await.is_err() {
+                            return;
+                        }
+                        if let Some(rewrite) = &rewrite_response {
+                            rewrite(&frame, &mut answer);
+                            size = (answer.len() as i32).to_be_bytes();
+                        }
+                        if client.write_all(&size).await.is_err()
                             || client.write_all(&answer).await.is_err()
                         {
                             return;

@@ -336,10 +336,20 @@ async fn catch_up_and_swap(
     // 3. Compare, then swap in the same transaction.
     let mut client = live.client().await?;
     let tx = client.transaction().await?;
+    // Whatever ends the swap's transaction early rolls all of it back.
+    let rolled_back = |e: &dyn std::fmt::Display| {
+        anyhow::anyhow!(
+            "the swap did not complete and was rolled back, so the live schema {live_schema} is \
+             unchanged ({e}); a rebuild paused or cut off with its swap open for \
+             --session-timeout has its transaction ended by PostgreSQL: run rebuild again"
+        )
+    };
     let compared = tokio::select! {
         biased;
         () = stop.cancelled() => return Err(anyhow::anyhow!("interrupted during the swap")),
-        compared = compare_and_swap(&tx, config, false, live_schema, shadow) => compared?,
+        compared = compare_and_swap(&tx, config, false, live_schema, shadow) => {
+            compared.map_err(|e| rolled_back(&e))?
+        }
     };
     if !claim.held().await? {
         anyhow::bail!(
@@ -347,7 +357,7 @@ async fn catch_up_and_swap(
              cut), so another rebuild may have replaced the shadow; nothing was swapped"
         );
     }
-    tx.commit().await?;
+    tx.commit().await.map_err(|e| rolled_back(&e))?;
     Ok(compared)
 }
 
@@ -373,6 +383,17 @@ async fn compare_only(
     catch_up(live, config, shadow_config, shadow, &now, stop).await?;
     let mut client = live.client().await?;
     let tx = client.transaction().await?;
+    // The hold lasts through the last stretch of catch-up, which starts a
+    // consumer of the shadow (joins, takes, fetches) while this transaction
+    // sits idle: allow it several session timeouts, still a bound on how
+    // long a paused dry run can keep live commits waiting.
+    tx.batch_execute(&format!(
+        "SET LOCAL idle_in_transaction_session_timeout = {}",
+        (config.session_timeout * DRY_RUN_HOLD_TIMEOUTS)
+            .as_millis()
+            .max(1)
+    ))
+    .await?;
     let live_offsets: BTreeMap<i32, i64> = tx
         .query(
             &format!(
@@ -578,6 +599,10 @@ async fn swap_tables(
     tx.batch_execute(&format!("DROP SCHEMA {parking}")).await?;
     Ok(())
 }
+
+/// How many session timeouts a dry run may sit idle while it holds the live
+/// offset rows (its last stretch of catch-up).
+const DRY_RUN_HOLD_TIMEOUTS: u32 = 6;
 
 /// The suffix of the schema the live tables pass through during a swap.
 const PARKING_SUFFIX: &str = "_swap";
