@@ -401,12 +401,13 @@ pub async fn reset(
     // Checked here to refuse early, before any broker round trip, and
     // again under the offset rows' lock when the offsets are written.
     let live = store.live_members(group, session_timeout).await?;
-    anyhow::ensure!(
-        live.is_empty(),
-        "group {group} has {} live member(s) ({}); stop its consumers before resetting offsets",
-        live.len(),
-        live.join(", ")
-    );
+    if !live.is_empty() {
+        return Err(store::Error::GroupLive {
+            group: group.to_owned(),
+            members: live,
+        }
+        .into());
+    }
     let client = kafka::connect(kafka).await?;
     let count = kafka::existing_topic_partitions(&client, topic).await?;
     if let Some(p) = partition {

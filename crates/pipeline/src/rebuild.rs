@@ -18,8 +18,9 @@
 //!    transaction, moving tables between schemas rather than copying rows
 //!    ([`swap_tables`]: locks held for a few catalog changes, bounded by
 //!    `lock_timeout`, and rolled back by the server if the rebuild stops
-//!    with the transaction open). Lift the fence; live consumers take their partitions
-//!    again within a heartbeat and go on from the swapped offsets.
+//!    with the transaction open). Lift the fence; live consumers take
+//!    their partitions again within a heartbeat and go on from the
+//!    swapped offsets.
 //!
 //! Before step 1 touches anything, the rebuild claims the schema
 //! (`Store::claim_rebuild`: an advisory lock on a session of its own,
@@ -29,8 +30,9 @@
 //!
 //! A dry run (`--dry-run`) changes nothing, not even lease epochs: instead
 //! of the fence it catches up without a lock, then holds the live offset
-//! rows `FOR SHARE` while it catches up the last stretch and compares (live commits wait for it; it writes nothing, so no
-//! lock cycle), then rolls back.
+//! rows `FOR SHARE` while it catches up the last stretch and compares
+//! (live commits wait for it; it writes nothing, so no lock cycle), then
+//! rolls back.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -373,8 +375,7 @@ async fn compare_only(
 ) -> anyhow::Result<RebuildReport> {
     // Most of the way without holding anything: the live offsets as they
     // are now. Then, with the rows held still, only what the live group
-    // committed meanwhile, a short wait for it (the transaction sits idle
-    // during it, and the server ends it after a session timeout).
+    // committed meanwhile.
     let now: BTreeMap<i32, i64> = live
         .offsets(&config.group, &config.topic)
         .await?
@@ -499,7 +500,7 @@ async fn compare_and_swap(
         .get(0);
     if !dry_run {
         // The tables first: a live commit still under way (it fails its
-        // epoch check at the end) finishes before the truncate, and holds
+        // epoch check at the end) finishes before the swap gets its locks, and holds
         // nothing this transaction holds, so the two cannot wait on each
         // other. The offset rows come last, with the epochs bumped again
         // and the owners cleared: a member that re-took after a lapsed

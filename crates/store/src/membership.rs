@@ -468,11 +468,7 @@ impl Store {
         let rows = self
             .client()
             .await?
-            .query(
-                "SELECT member_id FROM group_members WHERE group_id = $1 \
-                 AND heartbeat_at >= clock_timestamp() - make_interval(secs => $2) ORDER BY 1",
-                &[&group, &secs],
-            )
+            .query(LIVE_MEMBERS, &[&group, &secs])
             .await?;
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
@@ -502,11 +498,7 @@ impl Store {
         .await?;
         let secs = session_timeout.as_secs_f64();
         let live: Vec<String> = tx
-            .query(
-                "SELECT member_id FROM group_members WHERE group_id = $1 \
-                 AND heartbeat_at >= clock_timestamp() - make_interval(secs => $2) ORDER BY 1",
-                &[&group, &secs],
-            )
+            .query(LIVE_MEMBERS, &[&group, &secs])
             .await?
             .iter()
             .map(|r| r.get(0))
@@ -657,6 +649,11 @@ impl Store {
         Ok(row.and_then(|r| r.get(0)))
     }
 }
+
+/// The members of group $1 that heartbeat within the last $2 seconds, by
+/// PostgreSQL's clock at this moment.
+const LIVE_MEMBERS: &str = "SELECT member_id FROM group_members WHERE group_id = $1 \
+     AND heartbeat_at >= clock_timestamp() - make_interval(secs => $2) ORDER BY 1";
 
 /// A rebuild's claim on its shadow schema, held from before the rebuild
 /// touches anything until it ends: a session-level advisory lock on a

@@ -228,8 +228,9 @@ pub(super) async fn run(
 }
 
 /// PostgreSQL connections of the control plane: a lease read and a few
-/// takes at a time (heartbeats have their own) (takes spend most of their time on the broker;
-/// more of them wait here for a connection, never holding one idle).
+/// takes at a time; heartbeats have a connection of their own. Takes spend
+/// most of their time on the broker; more of them wait here for a
+/// connection, never holding one idle.
 const CONTROL_CONNECTIONS: usize = 6;
 
 /// How long rskafka itself retries a failed request of a partition reader
