@@ -93,6 +93,10 @@ fn is_bad_input(e: &anyhow::Error) -> bool {
                         | store::Error::NotMigrated { .. }
                         | store::Error::MigrationsMissing { .. }
                         | store::Error::SchemaNotUsable { .. }
+                        | store::Error::ProjectionInvalid { .. }
+                        | store::Error::ProjectionChanged { .. }
+                        | store::Error::ProjectionUnknown(_)
+                        | store::Error::ProjectionDir { .. }
                 )
             )
     })

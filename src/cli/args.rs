@@ -183,3 +183,25 @@ pub(crate) fn parse_datetime(s: &str) -> Result<chrono::DateTime<chrono::Utc>, S
         })
         .map_err(|_| format!("{s:?} is not a time: write RFC 3339, e.g. 2026-11-24T12:00:00Z"))
 }
+
+/// Which SQL projections to fold besides the built-in ones.
+#[derive(Debug, Args)]
+pub(crate) struct ProjectionsArg {
+    /// A directory of SQL projections, one folder per projection holding
+    /// schema.sql (its tables) and apply.sql (run in every batch's
+    /// transaction against `applied_events`). A folder not yet attached is
+    /// filled from history and attached at start; see projections/README.md.
+    #[arg(long = "projections", value_name = "DIR", env = "FOODPIPE_PROJECTIONS")]
+    pub(crate) dir: Option<std::path::PathBuf>,
+}
+
+impl ProjectionsArg {
+    /// The built-in projections and the directory's.
+    pub(crate) fn definitions(&self) -> anyhow::Result<Vec<store::Definition>> {
+        let mut definitions = store::projection::builtins();
+        if let Some(dir) = &self.dir {
+            definitions.extend(store::projection::load_dir(dir)?);
+        }
+        Ok(definitions)
+    }
+}

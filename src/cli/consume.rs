@@ -7,7 +7,7 @@ use clap::{Args, ValueEnum};
 use pipeline::consume::{ConsumeConfig, MetricsListen, OffsetReset};
 use store::StoreConfig;
 
-use super::args::{DbArgs, GroupArg, KafkaArgs, parse_datetime, parse_duration, parse_schema};
+use super::args::{DbArgs, GroupArg, KafkaArgs, ProjectionsArg, parse_datetime, parse_duration, parse_schema};
 use super::{BadInput, shutdown_signal};
 
 #[derive(Debug, Args)]
@@ -18,6 +18,8 @@ pub(crate) struct ConsumeArgs {
     db: DbArgs,
     #[command(flatten)]
     group: GroupArg,
+    #[command(flatten)]
+    projections: ProjectionsArg,
     /// Exit once the group has caught up: the stored offset of every
     /// partition has reached the log end seen at start, whichever member
     /// applied it. A member assigned nothing waits (and takes partitions
@@ -175,6 +177,8 @@ pub(crate) struct ReplayArgs {
     /// The consumer group whose offsets the replay keeps in its schema.
     #[arg(long, default_value = "replay")]
     group: String,
+    #[command(flatten)]
+    projections: ProjectionsArg,
     /// Print the summary as JSON.
     #[arg(long)]
     json: bool,
@@ -188,9 +192,16 @@ pub(crate) struct RebuildArgs {
     db: DbArgs,
     #[command(flatten)]
     group: GroupArg,
-    /// Compare the rebuilt view with the live one, but do not swap.
-    #[arg(long)]
-    dry_run: bool,
+    #[command(flatten)]
+    projections: ProjectionsArg,
+    /// Rebuild only this projection (its tables are the only ones
+    /// swapped); default: every projection, dead letters and offsets.
+    #[arg(long, value_name = "NAME")]
+    projection: Option<String>,
+    /// Compare the rebuilt projections with the live ones, key by key, and
+    /// swap nothing; exits 1 naming the differing keys if any differ.
+    #[arg(long, visible_alias = "dry-run")]
+    verify_only: bool,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -203,6 +214,7 @@ pub(crate) async fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
         store: args.db.config()?,
         topic: args.kafka.topic.clone(),
         group: args.group.name,
+        projections: args.projections.definitions()?,
         until_caught_up: args.until_caught_up,
         fetch_max_bytes: args.fetch_max_bytes,
         fetch_max_wait: args.fetch_max_wait,
@@ -280,6 +292,7 @@ pub(crate) async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
         },
         topic: args.kafka.topic.clone(),
         group: args.group,
+        projections: args.projections.definitions()?,
         until_caught_up: true,
         until: args.until,
         // A replay's progress is not the group's: never mirrored.
@@ -306,14 +319,25 @@ pub(crate) async fn rebuild(args: RebuildArgs) -> anyhow::Result<()> {
         store: args.db.config()?,
         topic: args.kafka.topic.clone(),
         group: args.group.name,
+        projections: args.projections.definitions()?,
         progress: !args.json && std::io::stderr().is_terminal(),
         ..ConsumeConfig::default()
     };
-    let report = pipeline::rebuild::run(config, args.dry_run, shutdown_signal()).await?;
+    let options = pipeline::rebuild::Options {
+        dry_run: args.verify_only,
+        projection: args.projection,
+    };
+    let report = pipeline::rebuild::run(config, options, shutdown_signal()).await?;
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
         print!("{report}");
+    }
+    if args.verify_only && report.differing > 0 {
+        anyhow::bail!(
+            "{} key(s) differ between the live projections and a rebuild from Kafka",
+            report.differing
+        );
     }
     Ok(())
 }

@@ -32,6 +32,11 @@ pub(crate) struct AsofArgs {
     /// Only this customer's orders.
     #[arg(long)]
     customer: Option<String>,
+    /// Compute this projection as of the time instead of the orders: its
+    /// tables are made in a scratch schema, filled by its own apply.sql
+    /// from the history up to the time, printed, and rolled back.
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["order", "customer"])]
+    projection: Option<String>,
     /// One JSON object per line instead of a table.
     #[arg(long)]
     json: bool,
@@ -79,6 +84,19 @@ pub(crate) async fn status(args: StatusArgs) -> anyhow::Result<()> {
 /// `asof`: every order (or one, or a customer's) as of a time.
 pub(crate) async fn asof(args: AsofArgs) -> anyhow::Result<()> {
     let store = args.db.open_store(Access::ReadOnly).await?;
+    if let Some(name) = args.projection.as_deref().filter(|n| *n != "orders") {
+        for table in store.projection_as_of(name, args.time).await? {
+            if args.json {
+                println!(
+                    "{}",
+                    events::json_for_terminal(&serde_json::to_string(&table)?)
+                );
+            } else {
+                print!("{table}");
+            }
+        }
+        return Ok(());
+    }
     let orders = store
         .orders_as_of(args.time, args.order, args.customer.as_deref())
         .await?;

@@ -24,6 +24,7 @@ mod history;
 mod migrate;
 mod partition;
 mod produce;
+mod projection;
 mod security;
 mod topics;
 mod watch;
@@ -116,8 +117,12 @@ pub(crate) enum Command {
          --to-schema must name another"
     )))]
     Replay(ReplayArgs),
-    /// The state of orders as of a time, computed from the event history.
+    /// The state of orders (or of any projection, --projection) as of a
+    /// time, computed from the event history.
     Asof(AsofArgs),
+    /// Projections, the views folded from the stream: list, add, drop.
+    #[command(subcommand)]
+    Projection(projection::ProjectionCommand),
     /// The brokers the bootstrap servers advertise, the controller, and
     /// which bootstrap entries answered.
     Cluster(ClusterArgs),
@@ -205,6 +210,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Rebuild(args) => consume::rebuild(args).await,
         Command::Status(args) => history::status(args).await,
         Command::Asof(args) => history::asof(args).await,
+        Command::Projection(cmd) => projection::projection(cmd).await,
         Command::DeadLetters(cmd) => history::dead_letters(cmd).await,
         Command::Group(cmd) => groups::group(cmd).await,
         Command::Topics(cmd) => topics::topics(cmd).await,

@@ -18,6 +18,7 @@ pub mod groups;
 mod observe;
 mod outbound;
 pub mod produce;
+pub mod projections;
 pub mod rebuild;
 mod retry;
 pub mod send;

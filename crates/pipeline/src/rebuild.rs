@@ -44,13 +44,16 @@ use tokio_util::sync::CancellationToken;
 
 use crate::consume::{ConsumeConfig, run as consume};
 
-/// An order whose rebuilt state differs from the live one.
+/// A key of a projection's table whose rebuilt row differs from the live one.
 #[derive(Debug, Clone, Serialize)]
 pub struct Difference {
-    pub order_id: String,
-    /// `status / last_event_id` in the live view, if the order is there.
+    pub projection: String,
+    pub table: String,
+    /// The row's primary key, as a JSON array.
+    pub key: String,
+    /// The live row (as JSON, cut short), if the key is there.
     pub live: Option<String>,
-    /// The same in the rebuilt view.
+    /// The same in the rebuild.
     pub rebuilt: Option<String>,
 }
 
@@ -59,6 +62,9 @@ pub struct Difference {
 pub struct RebuildReport {
     pub events: i64,
     pub orders: i64,
+    /// The projections compared (and swapped, unless a dry run).
+    pub projections: Vec<String>,
+    /// Keys whose rows differ, over every table compared.
     pub differing: i64,
     pub first_differences: Vec<Difference>,
     pub swapped: bool,
@@ -68,14 +74,20 @@ impl std::fmt::Display for RebuildReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(
             f,
-            "rebuilt from Kafka: {} events, {} orders; {} order(s) differ from the live view",
-            self.events, self.orders, self.differing
+            "rebuilt from Kafka: {} events, {} orders; projections {}: {} key(s) differ from the \
+             live ones",
+            self.events,
+            self.orders,
+            self.projections.join(", "),
+            self.differing
         )?;
         for d in &self.first_differences {
             writeln!(
                 f,
-                "  {}: live {} | rebuilt {}",
-                d.order_id,
+                "  {} {} {}: live {} | rebuilt {}",
+                d.projection,
+                d.table,
+                d.key,
                 d.live.as_deref().unwrap_or("(missing)"),
                 d.rebuilt.as_deref().unwrap_or("(missing)")
             )?;
@@ -83,12 +95,27 @@ impl std::fmt::Display for RebuildReport {
         if self.swapped {
             writeln!(
                 f,
-                "swapped in: history, view, dead letters and offsets now come from the rebuild"
+                "swapped in: {} now come from the rebuild",
+                if self.projections.len() > 2 || self.projections.iter().any(|p| p == "history") {
+                    format!("{}, dead letters and offsets", self.projections.join(", "))
+                } else {
+                    self.projections.join(", ")
+                }
             )
         } else {
-            writeln!(f, "dry run: nothing swapped")
+            writeln!(f, "verify only: nothing swapped")
         }
     }
+}
+
+/// What to rebuild.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Compare only (`--verify-only`).
+    pub dry_run: bool,
+    /// One projection only; `None`: all of them, with dead letters and
+    /// offsets.
+    pub projection: Option<String>,
 }
 
 /// Rebuilds the view of `config.group` on `config.topic` in
@@ -99,7 +126,7 @@ impl std::fmt::Display for RebuildReport {
 /// is dropped.
 pub async fn run(
     config: ConsumeConfig,
-    dry_run: bool,
+    options: Options,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<RebuildReport> {
     let live_schema = config
@@ -139,7 +166,7 @@ pub async fn run(
         &live,
         &claim,
         &config,
-        dry_run,
+        &options,
         &live_schema,
         &shadow,
         &stop,
@@ -199,19 +226,30 @@ async fn phases(
     live: &Store,
     claim: &RebuildClaim,
     config: &ConsumeConfig,
-    dry_run: bool,
+    options: &Options,
     live_schema: &str,
     shadow: &str,
     stop: &CancellationToken,
 ) -> anyhow::Result<RebuildReport> {
+    let dry_run = options.dry_run;
     live.migrate().await?;
     drop_shadow(live, live_schema, shadow).await?;
     create_shadow(live, live_schema, shadow).await?;
-    let shadow_config = ConsumeConfig {
-        store: StoreConfig {
-            schema: Some(shadow.to_owned()),
-            ..config.store.clone()
+    let shadow_store = StoreConfig {
+        schema: Some(shadow.to_owned()),
+        ..config.store.clone()
+    };
+    let definitions = install_projections(live, &shadow_store, config, options).await?;
+    let scope = Scope {
+        projections: match &options.projection {
+            Some(name) => vec![name.clone()],
+            None => live_projections(live).await?,
         },
+        whole: options.projection.is_none(),
+    };
+    let shadow_config = ConsumeConfig {
+        store: shadow_store,
+        projections: definitions,
         until_caught_up: true,
         member_id: Some("rebuild".to_owned()),
         progress: config.progress,
@@ -244,11 +282,20 @@ async fn phases(
     //    every row, epochs and owners included, as it was.
     let schemas = (live_schema, shadow);
     let result = if dry_run {
-        compare_only(live, config, &shadow_config, schemas, stop).await
+        compare_only(live, config, &shadow_config, schemas, &scope, stop).await
     } else {
         let fence = Fence::raise(live, config).await?;
-        let result =
-            catch_up_and_swap(live, claim, config, &shadow_config, schemas, &fence, stop).await;
+        let result = catch_up_and_swap(
+            live,
+            claim,
+            config,
+            &shadow_config,
+            schemas,
+            &scope,
+            &fence,
+            stop,
+        )
+        .await;
         fence.lower(live).await;
         result
     };
@@ -323,6 +370,7 @@ async fn catch_up_and_swap(
     config: &ConsumeConfig,
     shadow_config: &ConsumeConfig,
     (live_schema, shadow): (&str, &str),
+    scope: &Scope,
     fence: &Fence,
     stop: &CancellationToken,
 ) -> anyhow::Result<RebuildReport> {
@@ -349,7 +397,7 @@ async fn catch_up_and_swap(
     let compared = tokio::select! {
         biased;
         () = stop.cancelled() => return Err(anyhow::anyhow!("interrupted during the swap")),
-        compared = compare_and_swap(&tx, config, false, live_schema, shadow) => {
+        compared = compare_and_swap(&tx, config, false, (live_schema, shadow), scope) => {
             compared.map_err(|e| rolled_back(&e))?
         }
     };
@@ -371,6 +419,7 @@ async fn compare_only(
     config: &ConsumeConfig,
     shadow_config: &ConsumeConfig,
     (live_schema, shadow): (&str, &str),
+    scope: &Scope,
     stop: &CancellationToken,
 ) -> anyhow::Result<RebuildReport> {
     // Most of the way without holding anything: the live offsets as they
@@ -411,7 +460,7 @@ async fn compare_only(
     let compared = tokio::select! {
         biased;
         () = stop.cancelled() => return Err(anyhow::anyhow!("interrupted while comparing")),
-        compared = compare_and_swap(&tx, config, true, live_schema, shadow) => compared?,
+        compared = compare_and_swap(&tx, config, true, (live_schema, shadow), scope) => compared?,
     };
     // Dropping `tx` rolls it back and lets the live commits go on.
     Ok(compared)
@@ -458,38 +507,110 @@ async fn catch_up(
     Ok(())
 }
 
+/// Which projections a rebuild compares and swaps.
+struct Scope {
+    projections: Vec<String>,
+    /// Every projection: dead letters and offsets are swapped too.
+    whole: bool,
+}
+
+/// The projections of the live registry.
+async fn live_projections(live: &Store) -> anyhow::Result<Vec<String>> {
+    Ok(live
+        .projections()
+        .await?
+        .into_iter()
+        .filter(|p| p.state == "attached")
+        .map(|p| p.name)
+        .collect())
+}
+
+/// Migrates the shadow and makes the SQL projections being rebuilt there:
+/// the definitions given (built-in, `--projections`) over those of the
+/// live registry, so a changed definition is rebuilt with its new SQL.
+/// Returns the definitions the shadow's consumer is to ensure.
+async fn install_projections(
+    live: &Store,
+    shadow_store: &StoreConfig,
+    config: &ConsumeConfig,
+    options: &Options,
+) -> anyhow::Result<Vec<store::Definition>> {
+    let mut definitions: BTreeMap<String, store::Definition> = live
+        .projection_definitions()
+        .await?
+        .into_iter()
+        .map(|d| (d.name.clone(), d))
+        .collect();
+    for d in &config.projections {
+        definitions.insert(d.name.clone(), d.clone());
+    }
+    if let Some(name) = &options.projection {
+        let rust = store::projection::RUST_PROJECTIONS.contains(&name.as_str());
+        if !rust && !definitions.contains_key(name) {
+            return Err(store::Error::ProjectionUnknown(name.clone()).into());
+        }
+        definitions.retain(|n, _| n == name);
+    }
+    let shadow = Store::connect(&StoreConfig {
+        pool_size: 1,
+        ..shadow_store.clone()
+    })
+    .await?;
+    shadow.migrate().await?;
+    for d in definitions.values() {
+        shadow.check_projection(d).await?;
+        shadow.install_projection(d).await?;
+    }
+    Ok(definitions.into_values().collect())
+}
+
 /// Step 3 inside the swap's transaction, under the fence: the
 /// differences, the shadow's counts and, unless `dry_run`, the swap.
 async fn compare_and_swap(
     tx: &store::Transaction<'_>,
     config: &ConsumeConfig,
     dry_run: bool,
-    live_schema: &str,
-    shadow: &str,
+    (live_schema, shadow): (&str, &str),
+    scope: &Scope,
 ) -> anyhow::Result<RebuildReport> {
-    let differing: i64 = tx
-        .query_one(&diff_sql(live_schema, shadow, "count(*)", ""), &[])
-        .await?
-        .get(0);
-    let first_differences = tx
-        .query(
-            &diff_sql(
-                live_schema,
-                shadow,
-                "coalesce(l.order_id, s.order_id)::text, \
-                 l.status || ' / ' || l.last_event_id, s.status || ' / ' || s.last_event_id",
-                "ORDER BY 1 LIMIT 5",
-            ),
-            &[],
-        )
-        .await?
-        .iter()
-        .map(|r| Difference {
-            order_id: r.get(0),
-            live: r.get(1),
-            rebuilt: r.get(2),
-        })
-        .collect();
+    let mut differing = 0;
+    let mut first_differences = Vec::new();
+    let mut live_tables = Vec::new();
+    let mut shadow_tables = Vec::new();
+    for projection in &scope.projections {
+        let tables = |schema: &str| {
+            format!("SELECT tables FROM {schema}.projections WHERE name = $1")
+        };
+        let live_t: Vec<String> = tx
+            .query_opt(&tables(live_schema), &[projection])
+            .await?
+            .map(|r| r.get(0))
+            .unwrap_or_default();
+        let shadow_t: Vec<String> = tx
+            .query_opt(&tables(shadow), &[projection])
+            .await?
+            .map(|r| r.get(0))
+            .unwrap_or_default();
+        for table in &shadow_t {
+            let (n, first) = store::compare_tables(
+                tx,
+                (live_schema, shadow),
+                table,
+                live_t.contains(table),
+            )
+            .await?;
+            differing += n;
+            first_differences.extend(first.into_iter().take(5).map(|d| Difference {
+                projection: projection.clone(),
+                table: table.clone(),
+                key: d.key,
+                live: d.live,
+                rebuilt: d.rebuilt,
+            }));
+        }
+        live_tables.extend(live_t);
+        shadow_tables.extend(shadow_t);
+    }
     let events: i64 = tx
         .query_one(&format!("SELECT count(*) FROM {shadow}.order_events"), &[])
         .await?
@@ -505,36 +626,56 @@ async fn compare_and_swap(
         // other. The offset rows come last, with the epochs bumped again
         // and the owners cleared: a member that re-took after a lapsed
         // fence is fenced here too, and starts again from the swapped offset.
-        swap_tables(tx, config, live_schema, shadow).await?;
+        if scope.whole {
+            live_tables.push("dead_letters".to_owned());
+            shadow_tables.push("dead_letters".to_owned());
+        }
+        swap_tables(tx, config, (live_schema, shadow), &live_tables, &shadow_tables).await?;
+        // The registry rows of what was swapped: their definitions now
+        // are the shadow's.
         tx.execute(
             &format!(
-                "INSERT INTO {live_schema}.consumer_offsets \
-                     (group_id, topic, partition, next_offset, incarnation, last_fingerprint, \
-                      fingerprint_offset) \
-                 SELECT group_id, topic, partition, next_offset, incarnation, last_fingerprint, \
-                        fingerprint_offset \
-                 FROM {shadow}.consumer_offsets WHERE group_id = $1 AND topic = $2 \
-                 ON CONFLICT (group_id, topic, partition) DO UPDATE SET \
-                     next_offset = EXCLUDED.next_offset, incarnation = EXCLUDED.incarnation, \
-                     last_fingerprint = EXCLUDED.last_fingerprint, \
-                     fingerprint_offset = EXCLUDED.fingerprint_offset, owner = NULL, \
-                     epoch = {live_schema}.consumer_offsets.epoch + 1, updated_at = now()"
+                "INSERT INTO {live_schema}.projections \
+                 SELECT * FROM {shadow}.projections WHERE name = ANY($1) \
+                 ON CONFLICT (name) DO UPDATE SET kind = EXCLUDED.kind, \
+                     tables = EXCLUDED.tables, schema_sql = EXCLUDED.schema_sql, \
+                     apply_sql = EXCLUDED.apply_sql, \
+                     definition_hash = EXCLUDED.definition_hash, state = 'attached', \
+                     attached_at = now()"
             ),
-            &[&config.group, &config.topic],
+            &[&scope.projections],
         )
         .await?;
+        if scope.whole {
+            tx.execute(
+                &format!(
+                    "INSERT INTO {live_schema}.consumer_offsets \
+                         (group_id, topic, partition, next_offset, incarnation, \
+                          last_fingerprint, fingerprint_offset) \
+                     SELECT group_id, topic, partition, next_offset, incarnation, \
+                            last_fingerprint, fingerprint_offset \
+                     FROM {shadow}.consumer_offsets WHERE group_id = $1 AND topic = $2 \
+                     ON CONFLICT (group_id, topic, partition) DO UPDATE SET \
+                         next_offset = EXCLUDED.next_offset, \
+                         incarnation = EXCLUDED.incarnation, \
+                         last_fingerprint = EXCLUDED.last_fingerprint, \
+                         fingerprint_offset = EXCLUDED.fingerprint_offset, owner = NULL, \
+                         epoch = {live_schema}.consumer_offsets.epoch + 1, updated_at = now()"
+                ),
+                &[&config.group, &config.topic],
+            )
+            .await?;
+        }
     }
     Ok(RebuildReport {
         events,
         orders,
+        projections: scope.projections.clone(),
         differing,
         first_differences,
         swapped: false,
     })
 }
-
-/// The tables the swap replaces with the shadow's.
-const SWAPPED_TABLES: [&str; 3] = ["order_events", "orders", "dead_letters"];
 
 /// Puts the shadow's tables in the live schema and the live ones in the
 /// shadow (dropped with it afterwards), by moving them between schemas:
@@ -544,7 +685,10 @@ const SWAPPED_TABLES: [&str; 3] = ["order_events", "orders", "dead_letters"];
 /// `dead_letters.id` goes on past the ids it holds), through a parking
 /// schema made and dropped inside the transaction, since live and shadow
 /// tables' indexes have the same names. Privileges granted on a live table
-/// to other roles are granted on its replacement.
+/// to other roles are granted on its replacement. The tables come from the
+/// projections' registry rows, never from a list here: a projection's
+/// table the live schema has and the rebuild does not (its definition
+/// changed) goes to the shadow and is dropped with it.
 ///
 /// The swap waits for its locks at most the session timeout
 /// (`lock_timeout`: a long reader cannot make it queue, and every reader
@@ -556,8 +700,9 @@ const SWAPPED_TABLES: [&str; 3] = ["order_events", "orders", "dead_letters"];
 async fn swap_tables(
     tx: &store::Transaction<'_>,
     config: &ConsumeConfig,
-    live_schema: &str,
-    shadow: &str,
+    (live_schema, shadow): (&str, &str),
+    live_tables: &[String],
+    shadow_tables: &[String],
 ) -> anyhow::Result<()> {
     let parking = store::derived_schema_name(live_schema, PARKING_SUFFIX)?;
     tx.batch_execute(&format!(
@@ -565,37 +710,49 @@ async fn swap_tables(
         config.session_timeout.as_millis().max(1)
     ))
     .await?;
-    for table in SWAPPED_TABLES {
-        let grants: Vec<(String, String)> = tx
+    let mut grants: Vec<(String, String, String)> = Vec::new();
+    for table in live_tables {
+        for r in tx
             .query(
                 "SELECT grantee::text, privilege_type::text \
                  FROM information_schema.table_privileges \
                  WHERE table_schema = $1 AND table_name = $2 AND grantee <> current_user",
-                &[&live_schema, &table],
+                &[&live_schema, table],
             )
             .await?
-            .iter()
-            .map(|r| (r.get(0), r.get(1)))
-            .collect();
+        {
+            grants.push((table.clone(), r.get(0), r.get(1)));
+        }
+        let t = store::quote_identifier(table);
+        tx.batch_execute(&format!("ALTER TABLE {live_schema}.{t} SET SCHEMA {parking}"))
+            .await?;
+    }
+    for table in shadow_tables {
+        let t = store::quote_identifier(table);
+        tx.batch_execute(&format!("ALTER TABLE {shadow}.{t} SET SCHEMA {live_schema}"))
+            .await?;
+    }
+    for table in live_tables {
+        let t = store::quote_identifier(table);
+        tx.batch_execute(&format!("ALTER TABLE {parking}.{t} SET SCHEMA {shadow}"))
+            .await?;
+    }
+    for (table, grantee, privilege) in grants {
+        if !shadow_tables.contains(&table) {
+            continue;
+        }
+        let grantee = if grantee == "PUBLIC" {
+            grantee
+        } else {
+            store::quote_identifier(&grantee)
+        };
+        // The privilege comes from PostgreSQL's own list (SELECT,
+        // INSERT, ...), never from a user.
         tx.batch_execute(&format!(
-            "ALTER TABLE {live_schema}.{table} SET SCHEMA {parking}; \
-             ALTER TABLE {shadow}.{table} SET SCHEMA {live_schema}; \
-             ALTER TABLE {parking}.{table} SET SCHEMA {shadow};"
+            "GRANT {privilege} ON {live_schema}.{} TO {grantee}",
+            store::quote_identifier(&table)
         ))
         .await?;
-        for (grantee, privilege) in grants {
-            let grantee = if grantee == "PUBLIC" {
-                grantee
-            } else {
-                format!("\"{}\"", grantee.replace('"', "\"\""))
-            };
-            // The privilege comes from PostgreSQL's own list (SELECT,
-            // INSERT, ...), never from a user.
-            tx.batch_execute(&format!(
-                "GRANT {privilege} ON {live_schema}.{table} TO {grantee}"
-            ))
-            .await?;
-        }
     }
     tx.batch_execute(&format!("DROP SCHEMA {parking}")).await?;
     Ok(())
@@ -607,15 +764,6 @@ const DRY_RUN_HOLD_TIMEOUTS: u32 = 6;
 
 /// The suffix of the schema the live tables pass through during a swap.
 const PARKING_SUFFIX: &str = "_swap";
-
-/// Orders whose status or last event differ between the two views.
-fn diff_sql(live: &str, shadow: &str, select: &str, tail: &str) -> String {
-    format!(
-        "SELECT {select} FROM {live}.orders l FULL JOIN {shadow}.orders s USING (order_id) \
-         WHERE l.status IS DISTINCT FROM s.status \
-            OR l.last_event_id IS DISTINCT FROM s.last_event_id {tail}"
-    )
-}
 
 /// Ends the rebuild unless a phase's consume reached its targets: a
 /// signal, or a partition stopped on an error, leaves the shadow short of

@@ -80,12 +80,14 @@ impl Store {
         // Each read below is a statement of its own, so it sees what the
         // batches it waited for committed (READ COMMITTED).
         if !order_ids.is_empty() {
-            let (class, keys) =
-                order_lock_keys(self.schema.as_deref().unwrap_or("public"), &order_ids);
+            let schema = self.schema.as_deref().unwrap_or("public");
+            let (class, keys) = order_lock_keys(schema, &order_ids);
+            let (attach_class, attach_key) = attach_lock_key(schema);
             let stmt = tx
                 .prepare_cached(include_str!("sql/lock_orders.sql"))
                 .await?;
-            tx.execute(&stmt, &[&class, &keys]).await?;
+            tx.execute(&stmt, &[&class, &keys, &attach_class, &attach_key])
+                .await?;
         }
 
         // Which events were seen before, and what history and dead letters
@@ -96,6 +98,7 @@ impl Store {
             .await?;
         let mut known: HashSet<Uuid> = HashSet::new();
         let mut at_position: Vec<Held> = Vec::new();
+        let mut signature: Vec<String> = Vec::new();
         for row in tx
             .query(
                 &stmt,
@@ -115,6 +118,7 @@ impl Store {
                 "known" => {
                     known.insert(row.get(1));
                 }
+                "projection" => signature.push(row.get(5)),
                 _ => at_position.push(Held {
                     dead_letter: what == "dead_letter",
                     event_id: row.get(1),
@@ -185,6 +189,30 @@ impl Store {
         }
         if !plan.dead_letters.is_empty() {
             insert_dead_letters(&tx, batch, &plan.dead_letters).await?;
+        }
+        // The SQL projections, over the events the fold applied: those
+        // attached in the registry as this transaction sees it.
+        signature.sort_unstable();
+        let cached = self.attached.lock().map(|a| a.clone()).unwrap_or_default();
+        let attached = if cached.signature == signature {
+            cached
+        } else {
+            let fresh = self.load_attached(&tx).await?;
+            if let Ok(mut a) = self.attached.lock() {
+                *a = fresh.clone();
+            }
+            fresh
+        };
+        if !plan.history.is_empty() && !attached.sql.is_empty() {
+            insert_applied_events(&tx, batch, &plan).await?;
+            let offsets = batch
+                .records
+                .first()
+                .zip(batch.records.last())
+                .map(|(a, b)| (a.offset, b.offset));
+            for (name, statements) in &attached.sql {
+                crate::projection_store::run_statements(&tx, name, statements, offsets).await?;
+            }
         }
 
         // The fingerprint of the batch's last record, with that record's
@@ -312,18 +340,29 @@ fn compare_positions(records: &[SourceRecord], held: &[Held]) -> (HashSet<i64>, 
 /// rebuild's shadow does not wait for the live tables) and 32 bits of each
 /// order id. Two orders sharing 32 bits only wait for each other.
 fn order_lock_keys(schema: &str, orders: &[Uuid]) -> (i32, Vec<i32>) {
-    let fnv = |bytes: &[u8]| {
-        let mut hash: u32 = 0x811c_9dc5;
-        for b in bytes {
-            hash ^= u32::from(*b);
-            hash = hash.wrapping_mul(0x0100_0193);
-        }
-        hash as i32
-    };
+    let fnv = fnv32;
     let mut keys: Vec<i32> = orders.iter().map(|o| fnv(o.as_bytes())).collect();
     keys.sort_unstable();
     keys.dedup();
     (fnv(schema.as_bytes()), keys)
+}
+
+/// 32-bit FNV-1a: advisory lock keys from names and ids.
+pub(crate) fn fnv32(bytes: &[u8]) -> i32 {
+    let mut hash: u32 = 0x811c_9dc5;
+    for b in bytes {
+        hash ^= u32::from(*b);
+        hash = hash.wrapping_mul(0x0100_0193);
+    }
+    hash as i32
+}
+
+/// The attach lock of a schema's projections: every batch that applies
+/// events takes it shared; attaching or dropping a projection takes it
+/// exclusively (projection_store.rs). A class of its own, so it never
+/// meets an order's key.
+pub(crate) fn attach_lock_key(schema: &str) -> (i32, i32) {
+    (fnv32(format!("{schema}:projections").as_bytes()), 0)
 }
 
 /// An order's view row, read back to fold the batch onto it. A row this
@@ -468,6 +507,83 @@ async fn upsert_orders(
             &last_event,
             &source_offset,
             &batch.incarnation,
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+/// The batch's applied events into `applied_events`, each with its order's
+/// state right after it: the status its type leads to (every applied event
+/// is a step the machine allowed), and the order's customer, restaurant,
+/// items, total and creation time, which never change after creation.
+async fn insert_applied_events(
+    tx: &deadpool_postgres::Transaction<'_>,
+    batch: &Batch<'_>,
+    plan: &fold::Plan,
+) -> Result<()> {
+    let orders: HashMap<Uuid, &Current> =
+        plan.view.iter().map(|c| (c.state.order_id, c)).collect();
+    let n = plan.history.len();
+    let mut event_id = Vec::with_capacity(n);
+    let mut event_type = Vec::with_capacity(n);
+    let mut order_id = Vec::with_capacity(n);
+    let mut customer_id = Vec::with_capacity(n);
+    let mut occurred_at = Vec::with_capacity(n);
+    let mut payload: Vec<&str> = Vec::with_capacity(n);
+    let mut offset = Vec::with_capacity(n);
+    let mut timestamp: Vec<DateTime<Utc>> = Vec::with_capacity(n);
+    let mut status = Vec::with_capacity(n);
+    let mut restaurant_id: Vec<Option<&str>> = Vec::with_capacity(n);
+    let mut total: Vec<Option<i64>> = Vec::with_capacity(n);
+    let mut items: Vec<Option<String>> = Vec::with_capacity(n);
+    let mut created: Vec<Option<DateTime<Utc>>> = Vec::with_capacity(n);
+    for &i in &plan.history {
+        let record = &batch.records[i];
+        let Ok(event) = &record.event else { continue };
+        let order = orders.get(&event.order_id).map(|c| &c.state);
+        event_id.push(event.event_id);
+        event_type.push(event.body.event_type());
+        order_id.push(event.order_id);
+        customer_id.push(event.customer_id.as_str());
+        occurred_at.push(event.occurred_at);
+        payload.push(
+            record
+                .value
+                .as_deref()
+                .and_then(|v| std::str::from_utf8(v).ok())
+                .unwrap_or("{}"),
+        );
+        offset.push(record.offset);
+        timestamp.push(record.timestamp);
+        status.push(Status::after(&event.body).as_str());
+        restaurant_id.push(order.map(|o| o.restaurant_id.as_str()));
+        total.push(order.map(|o| o.total_cents));
+        items.push(order.and_then(|o| serde_json::to_string(&o.items).ok()));
+        created.push(order.map(|o| o.created_at));
+    }
+    let stmt = tx
+        .prepare_cached(include_str!("sql/insert_applied_events.sql"))
+        .await?;
+    tx.execute(
+        &stmt,
+        &[
+            &batch.topic,
+            &batch.partition,
+            &batch.incarnation,
+            &event_id,
+            &event_type,
+            &order_id,
+            &customer_id,
+            &occurred_at,
+            &payload,
+            &offset,
+            &timestamp,
+            &status,
+            &restaurant_id,
+            &total,
+            &items,
+            &created,
         ],
     )
     .await?;

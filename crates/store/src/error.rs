@@ -97,6 +97,35 @@ pub enum Error {
          Wait for it to finish and run rebuild again"
     )]
     RebuildRunning { schema: String, by: String },
+    /// A projection's definition PostgreSQL refuses, found at start before
+    /// anything is applied.
+    #[error("projection {name}: {file}: {message}")]
+    ProjectionInvalid {
+        name: String,
+        file: String,
+        message: String,
+    },
+    #[error("cannot read the projections directory {path}: {message}")]
+    ProjectionDir { path: String, message: String },
+    /// The registry holds another definition of the projection.
+    #[error(
+        "projection {name}: {file} changed since the projection was added, and a projection is          never applied halfway under two definitions; put the file back as it was, or run          `foodpipe rebuild --projection {name}` with the new definition to rebuild it from Kafka"
+    )]
+    ProjectionChanged { name: String, file: String },
+    #[error("no projection named {0}; `foodpipe projection list` shows them")]
+    ProjectionUnknown(String),
+    /// A projection's apply failed on a batch.
+    #[error(
+        "projection {name} failed{}: {statement}: {}",
+        offsets.map(|(a, b)| format!(" on offsets {a}..={b}")).unwrap_or_default(),
+        source.as_db_error().map_or_else(|| source.to_string(), |d| d.message().to_owned())
+    )]
+    ProjectionFailed {
+        name: String,
+        statement: String,
+        offsets: Option<(i64, i64)>,
+        source: tokio_postgres::Error,
+    },
 }
 
 impl Error {
@@ -106,7 +135,7 @@ impl Error {
     pub fn is_transient(&self) -> bool {
         match self {
             Error::Connect { .. } => true,
-            Error::Db(e) => {
+            Error::Db(e) | Error::ProjectionFailed { source: e, .. } => {
                 // FATAL: the server ended the session (shut down, killed it,
                 // or it sat idle in a transaction past the timeout while
                 // this process was paused). The statement was not judged;

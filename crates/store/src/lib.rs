@@ -21,6 +21,8 @@ mod error;
 pub mod fold;
 pub mod headers;
 mod membership;
+pub mod projection;
+mod projection_store;
 mod report;
 
 use std::str::FromStr;
@@ -38,6 +40,10 @@ pub use error::{Error, Result};
 pub use fold::SourceRecord;
 pub use membership::{
     GroupRow, GroupView, Lease, LeaseRow, Member, MemberRow, PartitionOwner, RebuildClaim,
+};
+pub use projection::{Definition, Kind as ProjectionKind, ProjectionRow, TableRows};
+pub use projection_store::{
+    BOOKKEEPING_COLUMNS, Ensured, KeyDifference, compare_tables, quote as quote_identifier,
 };
 pub use report::{DeadLetterList, DeadLetterRow, GapRow, Gaps, StatusReport};
 
@@ -134,6 +140,8 @@ pub struct Store {
     tls: Tls,
     /// The schema named in the config, if any: [`Store::migrate`] creates it.
     schema: Option<String>,
+    /// The SQL projections attached when a batch last looked (apply.rs).
+    attached: std::sync::Arc<std::sync::Mutex<projection::Attached>>,
 }
 
 /// How connections are made: plaintext, or TLS for `sslmode=require`.
@@ -309,6 +317,20 @@ impl Store {
             .runtime(Runtime::Tokio1)
             .wait_timeout(Some(config.connect_timeout * 2))
             .create_timeout(Some(config.connect_timeout))
+            // Every connection gets the relation SQL projections read; a
+            // role that may not make temporary tables gets a clear error
+            // from the batch that needs it, not at connect.
+            .post_create(deadpool_postgres::Hook::async_fn(|client, _| {
+                Box::pin(async move {
+                    if let Err(e) = client
+                        .batch_execute(include_str!("sql/applied_events.sql"))
+                        .await
+                    {
+                        tracing::debug!(error = %e, "cannot make the applied_events relation");
+                    }
+                    Ok(())
+                })
+            }))
             .build()
             .map_err(|e| Error::BadUrl(e.to_string()))?;
         let store = Store {
@@ -317,6 +339,7 @@ impl Store {
             target,
             tls,
             schema: config.schema.clone(),
+            attached: std::sync::Arc::default(),
         };
         drop(store.client().await?);
         Ok(store)

@@ -97,6 +97,7 @@ pub(super) async fn run(
     let control =
         Store::connect(&with_timeout(CONTROL_CONNECTIONS, config.session_timeout)).await?;
     control.migrate().await?;
+    crate::projections::prepare(&config.store, &config.projections, &config.group).await?;
     let data = Store::connect(&with_timeout(
         config.db_connections.max(1),
         config.session_timeout,

@@ -170,6 +170,11 @@ pub struct ConsumeConfig {
     pub targets: Option<BTreeMap<i32, i64>>,
     /// Draw a progress bar per partition on stderr (with a target).
     pub progress: bool,
+    /// The SQL projections this member makes sure are attached at start
+    /// (the built-in ones and a `--projections` directory's). Batches
+    /// apply every projection attached in the registry, whichever member
+    /// added it.
+    pub projections: Vec<store::Definition>,
 }
 
 impl Default for ConsumeConfig {
@@ -200,6 +205,7 @@ impl Default for ConsumeConfig {
             until: None,
             targets: None,
             progress: false,
+            projections: store::projection::builtins(),
         }
     }
 }

@@ -1,0 +1,725 @@
+//! Adding, checking, listing, dropping a projection, and computing one as
+//! of a past time: the registry side of [`crate::projection`].
+
+use std::collections::BTreeSet;
+
+use chrono::{DateTime, Utc};
+use deadpool_postgres::Transaction;
+use tokio_postgres::SimpleQueryMessage;
+
+use crate::projection::{
+    Definition, ProjectionRow, RUST_PROJECTIONS, TableRows, check_name, split_statements,
+    statement_head,
+};
+use crate::{Error, Result, Store};
+
+/// Applied events filled into a new projection per transaction.
+const FILL_CHUNK: i64 = 20_000;
+
+/// What [`Store::ensure_projection`] found or did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ensured {
+    /// Attached before, with this definition.
+    Attached,
+    /// Added now: filled from this many events of history and attached.
+    Added { events: i64 },
+    /// Another process is adding it; batches apply it once it is attached.
+    AddedElsewhere,
+}
+
+/// A registry row: what a projection was added with.
+struct Registered {
+    state: String,
+    schema_sql: Option<String>,
+    apply_sql: Option<String>,
+    tables: Vec<String>,
+}
+
+impl Store {
+    fn schema_name(&self) -> &str {
+        self.schema.as_deref().unwrap_or("public")
+    }
+
+    async fn registered(
+        client: &impl deadpool_postgres::GenericClient,
+        name: &str,
+        lock: bool,
+    ) -> Result<Option<Registered>> {
+        let sql = format!(
+            "SELECT state, schema_sql, apply_sql, tables FROM projections WHERE name = $1{}",
+            if lock { " FOR UPDATE" } else { "" }
+        );
+        Ok(client.query_opt(&sql, &[&name]).await?.map(|r| Registered {
+            state: r.get(0),
+            schema_sql: r.get(1),
+            apply_sql: r.get(2),
+            tables: r.get(3),
+        }))
+    }
+
+    /// Checks a definition without changing anything: its `schema.sql`
+    /// runs in a scratch schema and each statement of its `apply.sql` runs
+    /// there against an empty `applied_events`, then all is rolled back.
+    /// A failure is [`Error::ProjectionInvalid`] naming the file.
+    pub async fn check_projection(&self, def: &Definition) -> Result<()> {
+        check_name(&def.name)?;
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let scratch = enter_scratch(&tx, "check").await?;
+        tx.batch_execute(&def.schema_sql)
+            .await
+            .map_err(|e| invalid(def, "schema.sql", &def.schema_sql, &def.schema_sql, &e))?;
+        let (_, others) = relations(&tx, &scratch).await?;
+        if let Some(other) = others.first() {
+            return Err(Error::ProjectionInvalid {
+                name: def.name.clone(),
+                file: file_of(def, "schema.sql"),
+                message: format!(
+                    "it creates {other}, which is not a table: a projection owns tables (and \
+                     their indexes) only, which rebuild swaps; keep views and queries in \
+                     files of their own"
+                ),
+            });
+        }
+        let statements = split_statements(&def.apply_sql);
+        if statements.is_empty() {
+            return Err(Error::ProjectionInvalid {
+                name: def.name.clone(),
+                file: file_of(def, "apply.sql"),
+                message: "it holds no statement".to_owned(),
+            });
+        }
+        for statement in &statements {
+            tx.batch_execute(statement)
+                .await
+                .map_err(|e| invalid(def, "apply.sql", &def.apply_sql, statement, &e))?;
+        }
+        // Dropping `tx` rolls back: the scratch schema never existed.
+        Ok(())
+    }
+
+    /// Makes sure `def` is attached: added (filled from history, then
+    /// attached) if the registry does not hold it, refused with the fix if
+    /// the registry holds another definition of it. `group` is the group
+    /// whose stored offsets split the fill into the part done without a
+    /// lock and the part done under the attach lock.
+    pub async fn ensure_projection(&self, def: &Definition, group: &str) -> Result<Ensured> {
+        let client = self.client().await?;
+        if let Some(r) = Self::registered(&client, &def.name, false).await? {
+            for (file, was, now) in [
+                ("schema.sql", &r.schema_sql, &def.schema_sql),
+                ("apply.sql", &r.apply_sql, &def.apply_sql),
+            ] {
+                if was.as_deref() != Some(now.as_str()) {
+                    return Err(Error::ProjectionChanged {
+                        name: def.name.clone(),
+                        file: file_of(def, file),
+                    });
+                }
+            }
+            if r.state == "attached" {
+                return Ok(Ensured::Attached);
+            }
+        }
+        drop(client);
+        self.add_projection(def, group).await
+    }
+
+    /// Adds a projection to a running system: its tables made, filled from
+    /// history while the group's members keep committing, the rest filled
+    /// and the projection attached under the attach lock, which waits for
+    /// the batches under way and holds the next ones back only for that
+    /// last stretch.
+    ///
+    /// History holds exactly the events the fold applied, in the columns of
+    /// `applied_events` (view `applied_history`), so filling from it gives
+    /// what folding the topic would: the fold's decisions are made once.
+    /// The split point is the group's stored offsets read at the start:
+    /// every history row below them was committed with them, and no batch
+    /// writes below a stored offset again.
+    pub async fn add_projection(&self, def: &Definition, group: &str) -> Result<Ensured> {
+        check_name(&def.name)?;
+        let schema = self.schema_name().to_owned();
+        let fill_key = (
+            crate::apply::fnv32(format!("{schema}:fill").as_bytes()),
+            crate::apply::fnv32(def.name.as_bytes()),
+        );
+        let mut client = self.client().await?;
+        let mine: bool = client
+            .query_one("SELECT pg_try_advisory_lock($1, $2)", &[&fill_key.0, &fill_key.1])
+            .await?
+            .get(0);
+        if !mine {
+            return Ok(Ensured::AddedElsewhere);
+        }
+        let result = self.fill_and_attach(&mut client, def, group).await;
+        // The session lock goes with the session if this fails.
+        let _ = client
+            .query_one("SELECT pg_advisory_unlock($1, $2)", &[&fill_key.0, &fill_key.1])
+            .await;
+        result
+    }
+
+    async fn fill_and_attach(
+        &self,
+        client: &mut deadpool_postgres::Object,
+        def: &Definition,
+        group: &str,
+    ) -> Result<Ensured> {
+        let schema = self.schema_name().to_owned();
+        // 1. The registry row and the tables.
+        let tx = client.transaction().await?;
+        match Self::registered(&tx, &def.name, true).await? {
+            Some(r) if r.state == "attached" => return Ok(Ensured::Attached),
+            Some(r) => {
+                // A fill that stopped part way: start again.
+                for table in r.tables {
+                    tx.batch_execute(&format!("DROP TABLE IF EXISTS {}", quote(&table)))
+                        .await?;
+                }
+                tx.execute("DELETE FROM projections WHERE name = $1", &[&def.name])
+                    .await?;
+            }
+            None => {}
+        }
+        let tables = create_projection(&tx, &schema, def, "filling").await?;
+        tx.commit().await?;
+        tracing::info!(projection = %def.name, tables = ?tables, "projection added; filling it from history");
+
+        // 2. Below the stored offsets, without a lock, a chunk per
+        //    transaction.
+        let statements = split_statements(&def.apply_sql);
+        let cut: Vec<(String, i32, i32, i64)> = client
+            .query(
+                "SELECT topic, partition, incarnation, next_offset FROM consumer_offsets \
+                 WHERE group_id = $1 ORDER BY topic, partition",
+                &[&group],
+            )
+            .await?
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+            .collect();
+        let mut events: i64 = 0;
+        for (topic, partition, incarnation, next_offset) in &cut {
+            let mut after = (i32::MIN, i64::MIN);
+            loop {
+                let tx = client.transaction().await?;
+                let stmt = tx
+                    .prepare_cached(
+                        "INSERT INTO applied_events SELECT * FROM applied_history \
+                         WHERE kafka_topic = $1 AND kafka_partition = $2 \
+                           AND (kafka_incarnation, kafka_offset) > ($3, $4) \
+                           AND (kafka_incarnation, kafka_offset) < ($5, $6) \
+                         ORDER BY kafka_incarnation, kafka_offset LIMIT $7",
+                    )
+                    .await?;
+                let n = tx
+                    .execute(
+                        &stmt,
+                        &[
+                            topic,
+                            partition,
+                            &after.0,
+                            &after.1,
+                            incarnation,
+                            next_offset,
+                            &FILL_CHUNK,
+                        ],
+                    )
+                    .await?;
+                if n == 0 {
+                    break;
+                }
+                let last = tx
+                    .query_one(
+                        "SELECT kafka_incarnation, kafka_offset FROM applied_events \
+                         ORDER BY 1 DESC, 2 DESC LIMIT 1",
+                        &[],
+                    )
+                    .await?;
+                after = (last.get(0), last.get(1));
+                run_statements(&tx, &def.name, &statements, None).await?;
+                tx.commit().await?;
+                events += n as i64;
+                tracing::info!(projection = %def.name, events, topic = %topic, partition, "filling from history");
+            }
+        }
+
+        // 3. The rest under the attach lock, and attach.
+        let tx = client.transaction().await?;
+        let (class, key) = crate::apply::attach_lock_key(&schema);
+        tx.execute("SELECT pg_advisory_xact_lock($1, $2)", &[&class, &key])
+            .await?;
+        let topics: Vec<&str> = cut.iter().map(|c| c.0.as_str()).collect();
+        let partitions: Vec<i32> = cut.iter().map(|c| c.1).collect();
+        let incarnations: Vec<i32> = cut.iter().map(|c| c.2).collect();
+        let offsets: Vec<i64> = cut.iter().map(|c| c.3).collect();
+        let rest = tx
+            .execute(
+                "INSERT INTO applied_events SELECT h.* FROM applied_history h \
+                 WHERE NOT EXISTS ( \
+                     SELECT 1 FROM unnest($1::text[], $2::int4[], $3::int4[], $4::int8[]) \
+                          AS c(topic, partition, incarnation, next_offset) \
+                     WHERE c.topic = h.kafka_topic AND c.partition = h.kafka_partition \
+                       AND (h.kafka_incarnation, h.kafka_offset) \
+                           < (c.incarnation, c.next_offset)) \
+                 ORDER BY kafka_topic, kafka_partition, kafka_incarnation, kafka_offset",
+                &[&topics, &partitions, &incarnations, &offsets],
+            )
+            .await?;
+        if rest > 0 {
+            run_statements(&tx, &def.name, &statements, None).await?;
+        }
+        tx.execute(
+            "UPDATE projections SET state = 'attached', attached_at = now() WHERE name = $1",
+            &[&def.name],
+        )
+        .await?;
+        tx.commit().await?;
+        events += rest as i64;
+        tracing::info!(projection = %def.name, events, "projection filled and attached");
+        Ok(Ensured::Added { events })
+    }
+
+    /// Makes a projection's tables and registers it attached, as it is in
+    /// a rebuild's shadow, which folds from the first offset; nothing to
+    /// fill. A projection registered already is left as it is.
+    pub async fn install_projection(&self, def: &Definition) -> Result<()> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        if Self::registered(&tx, &def.name, true).await?.is_none() {
+            create_projection(&tx, self.schema_name(), def, "attached").await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The SQL projections in the registry, as definitions.
+    pub async fn projection_definitions(&self) -> Result<Vec<Definition>> {
+        Ok(self
+            .client()
+            .await?
+            .query(
+                "SELECT name, kind, schema_sql, apply_sql FROM projections \
+                 WHERE schema_sql IS NOT NULL AND apply_sql IS NOT NULL ORDER BY name",
+                &[],
+            )
+            .await?
+            .iter()
+            .map(|r| Definition {
+                name: r.get(0),
+                kind: if r.get::<_, &str>(1) == "sql" {
+                    crate::projection::Kind::Sql
+                } else {
+                    crate::projection::Kind::Builtin
+                },
+                schema_sql: r.get(2),
+                apply_sql: r.get(3),
+                origin: "the registry".to_owned(),
+            })
+            .collect())
+    }
+
+    /// Drops a SQL projection's tables and its registry row. Batches under
+    /// way finish first (the attach lock); the next ones no longer apply it.
+    pub async fn drop_projection(&self, name: &str) -> Result<Vec<String>> {
+        if RUST_PROJECTIONS.contains(&name) {
+            return Err(Error::ProjectionInvalid {
+                name: name.to_owned(),
+                file: String::new(),
+                message: "the fold reads it to decide every batch, so it cannot be dropped"
+                    .to_owned(),
+            });
+        }
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let (class, key) = crate::apply::attach_lock_key(self.schema_name());
+        tx.execute("SELECT pg_advisory_xact_lock($1, $2)", &[&class, &key])
+            .await?;
+        let Some(r) = Self::registered(&tx, name, true).await? else {
+            return Err(Error::ProjectionUnknown(name.to_owned()));
+        };
+        for table in &r.tables {
+            tx.batch_execute(&format!("DROP TABLE IF EXISTS {}", quote(table)))
+                .await?;
+        }
+        tx.execute("DELETE FROM projections WHERE name = $1", &[&name])
+            .await?;
+        tx.commit().await?;
+        Ok(r.tables)
+    }
+
+    /// Every projection in the registry, with the rows of its tables.
+    pub async fn projections(&self) -> Result<Vec<ProjectionRow>> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT name, kind, state, tables, added_at, attached_at FROM projections \
+                 ORDER BY name",
+                &[],
+            )
+            .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            let tables: Vec<String> = r.get(3);
+            let mut count = 0;
+            for t in &tables {
+                if let Some(row) = client
+                    .query_opt(
+                        &format!(
+                            "SELECT count(*) FROM {} WHERE to_regclass($1) IS NOT NULL",
+                            quote(t)
+                        ),
+                        &[&t],
+                    )
+                    .await
+                    .ok()
+                    .flatten()
+                {
+                    count += row.get::<_, i64>(0);
+                }
+            }
+            out.push(ProjectionRow {
+                name: r.get(0),
+                kind: r.get(1),
+                state: r.get(2),
+                tables,
+                rows: count,
+                added_at: r.get(4),
+                attached_at: r.get(5),
+            });
+        }
+        Ok(out)
+    }
+
+    /// A SQL projection as of `t`: its tables made in a scratch schema,
+    /// filled by its own apply from the history of events that occurred
+    /// at or before `t`, read, and rolled back.
+    pub async fn projection_as_of(&self, name: &str, t: DateTime<Utc>) -> Result<Vec<TableRows>> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let Some(r) = Self::registered(&tx, name, false).await? else {
+            return Err(Error::ProjectionUnknown(name.to_owned()));
+        };
+        let (Some(schema_sql), Some(apply_sql)) = (r.schema_sql, r.apply_sql) else {
+            return Err(Error::ProjectionInvalid {
+                name: name.to_owned(),
+                file: String::new(),
+                message: "it is written in Rust; `foodpipe asof` without --projection gives \
+                          the orders as of a time"
+                    .to_owned(),
+            });
+        };
+        let live = self.schema_name().to_owned();
+        let scratch = enter_scratch(&tx, "asof").await?;
+        tx.batch_execute(&schema_sql).await?;
+        let (tables, _) = relations(&tx, &scratch).await?;
+        tx.execute(
+            &format!(
+                "INSERT INTO applied_events SELECT * FROM {live}.applied_history \
+                 WHERE occurred_at <= $1 \
+                 ORDER BY kafka_topic, kafka_partition, kafka_incarnation, kafka_offset"
+            ),
+            &[&t],
+        )
+        .await?;
+        run_statements(&tx, name, &split_statements(&apply_sql), None).await?;
+        let mut out = Vec::new();
+        for table in tables {
+            let key = primary_key(&tx, &scratch, &table).await?;
+            let order = if key.is_empty() {
+                "1".to_owned()
+            } else {
+                key.iter().map(|k| quote(k)).collect::<Vec<_>>().join(", ")
+            };
+            let mut rows = TableRows {
+                table: table.clone(),
+                columns: Vec::new(),
+                rows: Vec::new(),
+            };
+            for message in tx
+                .simple_query(&format!(
+                    "SELECT * FROM {scratch}.{} ORDER BY {order}",
+                    quote(&table)
+                ))
+                .await?
+            {
+                if let SimpleQueryMessage::Row(row) = message {
+                    if rows.columns.is_empty() {
+                        rows.columns = row.columns().iter().map(|c| c.name().to_owned()).collect();
+                    }
+                    rows.rows.push(
+                        (0..row.len())
+                            .map(|i| row.get(i).map(str::to_owned))
+                            .collect(),
+                    );
+                }
+            }
+            out.push(rows);
+        }
+        Ok(out)
+    }
+}
+
+/// Runs `schema.sql` in `schema` and registers the projection with the
+/// tables it made, in `state`. Returns the tables.
+async fn create_projection(
+    tx: &Transaction<'_>,
+    schema: &str,
+    def: &Definition,
+    state: &str,
+) -> Result<Vec<String>> {
+    let (before, _) = relations(tx, schema).await?;
+    tx.batch_execute(&def.schema_sql)
+        .await
+        .map_err(|e| invalid(def, "schema.sql", &def.schema_sql, &def.schema_sql, &e))?;
+    let (after, _) = relations(tx, schema).await?;
+    let tables: Vec<String> = after.difference(&before).cloned().collect();
+    tx.execute(
+        "INSERT INTO projections (name, kind, tables, schema_sql, apply_sql, \
+                                  definition_hash, state, attached_at) \
+         VALUES ($1, $2, $3, $4, $5, md5($4 || E'\\n-- apply.sql\\n' || $5), $6, \
+                 CASE WHEN $6 = 'attached' THEN now() END)",
+        &[
+            &def.name,
+            &def.kind.as_str(),
+            &tables,
+            &def.schema_sql,
+            &def.apply_sql,
+            &state,
+        ],
+    )
+    .await?;
+    Ok(tables)
+}
+
+/// Runs a projection's statements in `tx`, one by one, so a failure names
+/// the one that failed. `offsets` (first, last) are the batch's, for the
+/// message.
+pub(crate) async fn run_statements(
+    tx: &Transaction<'_>,
+    name: &str,
+    statements: &[String],
+    offsets: Option<(i64, i64)>,
+) -> Result<()> {
+    for statement in statements {
+        tx.batch_execute(statement)
+            .await
+            .map_err(|source| Error::ProjectionFailed {
+                name: name.to_owned(),
+                statement: statement_head(statement),
+                offsets,
+                source,
+            })?;
+    }
+    Ok(())
+}
+
+/// Makes a scratch schema inside `tx` (gone with its rollback) and puts it
+/// first on the search path, the live schema after it.
+async fn enter_scratch(tx: &Transaction<'_>, what: &str) -> Result<String> {
+    let row = tx
+        .query_one(
+            "SELECT pg_backend_pid(), coalesce(current_schema(), 'public')",
+            &[],
+        )
+        .await?;
+    let (pid, live): (i32, String) = (row.get(0), row.get(1));
+    let scratch = format!("foodpipe_{what}_{pid}");
+    tx.batch_execute(&format!(
+        "CREATE SCHEMA {scratch}; SET LOCAL search_path = {scratch}, {}",
+        quote(&live)
+    ))
+    .await?;
+    Ok(scratch)
+}
+
+/// The tables of `schema`, and its other relations that are neither
+/// tables nor what tables bring with them (indexes, sequences, TOAST).
+async fn relations(
+    tx: &Transaction<'_>,
+    schema: &str,
+) -> Result<(BTreeSet<String>, Vec<String>)> {
+    let rows = tx
+        .query(
+            "SELECT c.relname::text, c.relkind::text FROM pg_class c \
+             JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1",
+            &[&schema],
+        )
+        .await?;
+    let mut tables = BTreeSet::new();
+    let mut others = Vec::new();
+    for r in rows {
+        let (name, kind): (String, String) = (r.get(0), r.get(1));
+        match kind.as_str() {
+            "r" | "p" => {
+                tables.insert(name);
+            }
+            "i" | "I" | "S" | "t" | "c" => {}
+            "v" => others.push(format!("view {name}")),
+            "m" => others.push(format!("materialized view {name}")),
+            _ => others.push(format!("relation {name}")),
+        }
+    }
+    Ok((tables, others))
+}
+
+/// The primary key columns of `schema.table`, in key order.
+pub(crate) async fn primary_key(
+    client: &impl deadpool_postgres::GenericClient,
+    schema: &str,
+    table: &str,
+) -> Result<Vec<String>> {
+    Ok(client
+        .query(
+            "SELECT a.attname::text FROM pg_index i \
+             JOIN pg_class c ON c.oid = i.indrelid \
+             JOIN pg_namespace n ON n.oid = c.relnamespace \
+             JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, pos) ON true \
+             JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum \
+             WHERE i.indisprimary AND n.nspname = $1 AND c.relname = $2 ORDER BY k.pos",
+            &[&schema, &table],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
+}
+
+/// An identifier quoted for SQL.
+pub fn quote(identifier: &str) -> String {
+    format!("\"{}\"", identifier.replace('"', "\"\""))
+}
+
+fn file_of(def: &Definition, file: &str) -> String {
+    match def.kind {
+        crate::projection::Kind::Sql => format!("{}/{file}", def.origin),
+        crate::projection::Kind::Builtin => format!("{file} (built in)"),
+    }
+}
+
+/// A definition's SQL refused by PostgreSQL: the file, the line, the error.
+fn invalid(
+    def: &Definition,
+    file: &str,
+    whole: &str,
+    statement: &str,
+    e: &tokio_postgres::Error,
+) -> Error {
+    let db = e.as_db_error();
+    let mut message = db.map_or_else(|| e.to_string(), |d| d.message().to_owned());
+    let start = whole.find(statement).unwrap_or(0);
+    let at = match db.and_then(|d| d.position()) {
+        Some(tokio_postgres::error::ErrorPosition::Original(p)) => {
+            let chars = (*p as usize).saturating_sub(1);
+            statement
+                .char_indices()
+                .nth(chars)
+                .map_or(statement.len(), |(i, _)| i)
+        }
+        _ => 0,
+    };
+    let line = whole[..(start + at).min(whole.len())].matches('\n').count() + 1;
+    message.push_str(&format!(" (line {line})"));
+    Error::ProjectionInvalid {
+        name: def.name.clone(),
+        file: file_of(def, file),
+        message,
+    }
+}
+
+/// Columns that say when or in which incarnation of the topic a row was
+/// written, not what the fold made of the events: left out when a rebuild
+/// compares rows (a replay starts again at incarnation 0).
+pub const BOOKKEEPING_COLUMNS: [&str; 3] = ["recorded_at", "kafka_incarnation", "source_incarnation"];
+
+/// A key whose rows differ between two schemas' copies of a table.
+#[derive(Debug, Clone)]
+pub struct KeyDifference {
+    /// The primary key as a JSON array (the whole row's digest if the
+    /// table has no primary key).
+    pub key: String,
+    /// The rows as JSON, cut short; `None` where the key is missing.
+    pub live: Option<String>,
+    pub rebuilt: Option<String>,
+}
+
+/// Compares `table` in the two schemas key by key: an md5 digest of each
+/// row (as JSON, without [`BOOKKEEPING_COLUMNS`]) per primary key. Returns
+/// how many keys differ (missing on one side, or another digest) and the
+/// first five. `live_has` false: the live schema has no such table yet
+/// (a projection new with this rebuild), so every key differs.
+pub async fn compare_tables(
+    tx: &Transaction<'_>,
+    (live, shadow): (&str, &str),
+    table: &str,
+    live_has: bool,
+) -> Result<(i64, Vec<KeyDifference>)> {
+    let ignored: Vec<&str> = BOOKKEEPING_COLUMNS.to_vec();
+    let pk = primary_key(tx, shadow, table).await?;
+    let key = if pk.is_empty() {
+        "md5(to_jsonb(t)::text)".to_owned()
+    } else {
+        format!(
+            "jsonb_build_array({})::text",
+            pk.iter()
+                .map(|c| format!("t.{}", quote(c)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    };
+    let t = quote(table);
+    let digests = |schema: &str| {
+        format!("SELECT {key} AS key, md5((to_jsonb(t) - $1::text[])::text) AS d FROM {schema}.{t} t")
+    };
+    let live_rows = if live_has {
+        digests(live)
+    } else {
+        "SELECT NULL::text AS key, NULL::text AS d WHERE false".to_owned()
+    };
+    let rows = tx
+        .query(
+            &format!(
+                "WITH l AS ({live_rows}), s AS ({}), \
+                 diff AS (SELECT coalesce(l.key, s.key) AS key, l.d AS ld, s.d AS sd \
+                          FROM l FULL JOIN s ON l.key = s.key \
+                          WHERE l.d IS DISTINCT FROM s.d) \
+                 SELECT key, ld IS NOT NULL, sd IS NOT NULL, (SELECT count(*) FROM diff) \
+                 FROM diff ORDER BY key LIMIT 5",
+                digests(shadow)
+            ),
+            &[&ignored],
+        )
+        .await?;
+    let count = rows.first().map_or(0, |r| r.get::<_, i64>(3));
+    let mut first = Vec::with_capacity(rows.len());
+    for r in rows {
+        let k: String = r.get(0);
+        let row_text = |schema: &str| {
+            format!(
+                "SELECT left((to_jsonb(t) - $1::text[])::text, 200) FROM {schema}.{t} t \
+                 WHERE {key} = $2"
+            )
+        };
+        let live_text = if r.get::<_, bool>(1) {
+            tx.query_opt(&row_text(live), &[&ignored, &k])
+                .await?
+                .map(|x| x.get(0))
+        } else {
+            None
+        };
+        let rebuilt = if r.get::<_, bool>(2) {
+            tx.query_opt(&row_text(shadow), &[&ignored, &k])
+                .await?
+                .map(|x| x.get(0))
+        } else {
+            None
+        };
+        first.push(KeyDifference {
+            key: k,
+            live: live_text,
+            rebuilt,
+        });
+    }
+    Ok((count, first))
+}

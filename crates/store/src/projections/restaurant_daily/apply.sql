@@ -1,0 +1,17 @@
+-- One row per restaurant and day the batch touched; a batch may hold
+-- several events of one order, so they are summed before the upsert.
+INSERT INTO restaurant_daily AS r
+    (restaurant_id, day, orders, delivered, revenue_cents, cancellations)
+SELECT restaurant_id,
+       (order_created_at AT TIME ZONE 'UTC')::date,
+       count(*) FILTER (WHERE event_type = 'OrderCreated'),
+       count(*) FILTER (WHERE event_type = 'OrderDelivered'),
+       coalesce(sum(total_cents) FILTER (WHERE event_type = 'OrderDelivered'), 0),
+       count(*) FILTER (WHERE event_type = 'OrderCancelled')
+FROM applied_events
+GROUP BY 1, 2
+ON CONFLICT (restaurant_id, day) DO UPDATE SET
+    orders = r.orders + EXCLUDED.orders,
+    delivered = r.delivered + EXCLUDED.delivered,
+    revenue_cents = r.revenue_cents + EXCLUDED.revenue_cents,
+    cancellations = r.cancellations + EXCLUDED.cancellations;
