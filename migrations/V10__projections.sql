@@ -27,29 +27,3 @@ CREATE TABLE projections (
 INSERT INTO projections (name, kind, tables, definition_hash, state, attached_at) VALUES
     ('history', 'builtin', '{order_events}', 'rust', 'attached', now()),
     ('orders', 'builtin', '{orders}', 'rust', 'attached', now());
-
--- The applied events as history holds them, with the order's state right
--- after each, in the columns of the `applied_events` relation a batch's
--- SQL projections read (applied_events.sql). Filling a new projection and
--- `asof --projection` read this view. History holds exactly the events the
--- fold applied, each one a step the state machine allowed, so the status
--- after an event is the status its type leads to, and an order's customer,
--- restaurant, items, total and creation time are those of its
--- OrderCreated event, which never change afterwards.
-CREATE VIEW applied_history AS
-SELECT e.event_id, e.event_type, e.order_id, e.customer_id, e.occurred_at,
-       e.payload, e.kafka_topic, e.kafka_partition, e.kafka_incarnation,
-       e.kafka_offset, e.kafka_timestamp,
-       CASE e.event_type
-           WHEN 'OrderCreated' THEN 'pending'
-           WHEN 'OrderPaid' THEN 'paid'
-           WHEN 'OrderShipped' THEN 'shipped'
-           WHEN 'OrderDelivered' THEN 'delivered'
-           WHEN 'OrderCancelled' THEN 'cancelled'
-       END AS status,
-       c.payload -> 'payload' ->> 'restaurant_id' AS restaurant_id,
-       (c.payload -> 'payload' ->> 'total_cents')::bigint AS total_cents,
-       c.payload -> 'payload' -> 'items' AS items,
-       c.occurred_at AS order_created_at
-FROM order_events e
-JOIN order_events c ON c.order_id = e.order_id AND c.event_type = 'OrderCreated';

@@ -40,7 +40,8 @@ pub(crate) struct AddArgs {
     projections: ProjectionsArg,
     /// The projection: a folder of the --projections directory, or a
     /// built-in one.
-    name: String,
+    #[arg(value_name = "NAME")]
+    projection: String,
 }
 
 #[derive(Debug, Args)]
@@ -48,7 +49,8 @@ pub(crate) struct DropArgs {
     #[command(flatten)]
     db: DbArgs,
     /// The projection to drop.
-    name: String,
+    #[arg(value_name = "NAME")]
+    projection: String,
     /// Drop it; without this, only say what would be dropped.
     #[arg(long)]
     execute: bool,
@@ -104,11 +106,11 @@ async fn list(args: ListArgs) -> anyhow::Result<()> {
 
 async fn add(args: AddArgs) -> anyhow::Result<()> {
     let definitions = args.projections.definitions()?;
-    let Some(def) = definitions.into_iter().find(|d| d.name == args.name) else {
+    let Some(def) = definitions.into_iter().find(|d| d.name == args.projection) else {
         return Err(BadInput(format!(
             "no projection {} among the built-in ones{}; give the directory holding its folder \
              with --projections DIR (env FOODPIPE_PROJECTIONS)",
-            args.name,
+            args.projection,
             args.projections
                 .dir
                 .as_ref()
@@ -130,9 +132,9 @@ async fn drop(args: DropArgs) -> anyhow::Result<()> {
         .projections()
         .await?
         .into_iter()
-        .find(|p| p.name == args.name)
+        .find(|p| p.name == args.projection)
     else {
-        return Err(store::Error::ProjectionUnknown(args.name).into());
+        return Err(store::Error::ProjectionUnknown(args.projection).into());
     };
     if !args.execute {
         println!(
@@ -144,10 +146,10 @@ async fn drop(args: DropArgs) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    let tables = store.drop_projection(&args.name).await?;
+    let tables = store.drop_projection(&args.projection).await?;
     println!(
         "dropped projection {}: tables {}",
-        args.name,
+        args.projection,
         tables.join(", ")
     );
     Ok(())

@@ -95,7 +95,7 @@ impl std::fmt::Display for RebuildReport {
         if self.swapped {
             writeln!(
                 f,
-                "swapped in: {} now come from the rebuild",
+                "swapped in from the rebuild: {}",
                 if self.projections.len() > 2 || self.projections.iter().any(|p| p == "history") {
                     format!("{}, dead letters and offsets", self.projections.join(", "))
                 } else {

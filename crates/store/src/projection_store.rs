@@ -13,6 +13,9 @@ use crate::projection::{
 };
 use crate::{Error, Result, Store};
 
+/// History as applied events (sql/applied_history.sql).
+const APPLIED_HISTORY: &str = include_str!("sql/applied_history.sql");
+
 /// Applied events filled into a new projection per transaction.
 const FILL_CHUNK: i64 = 20_000;
 
@@ -132,7 +135,7 @@ impl Store {
     /// last stretch.
     ///
     /// History holds exactly the events the fold applied, in the columns of
-    /// `applied_events` (view `applied_history`), so filling from it gives
+    /// `applied_events` (sql/applied_history.sql), so filling from it gives
     /// what folding the topic would: the fold's decisions are made once.
     /// The split point is the group's stored offsets read at the start:
     /// every history row below them was committed with them, and no batch
@@ -205,13 +208,13 @@ impl Store {
             loop {
                 let tx = client.transaction().await?;
                 let stmt = tx
-                    .prepare_cached(
-                        "INSERT INTO applied_events SELECT * FROM applied_history \
+                    .prepare_cached(&format!(
+                        "INSERT INTO applied_events SELECT * FROM ({APPLIED_HISTORY}) h \
                          WHERE kafka_topic = $1 AND kafka_partition = $2 \
                            AND (kafka_incarnation, kafka_offset) > ($3, $4) \
                            AND (kafka_incarnation, kafka_offset) < ($5, $6) \
-                         ORDER BY kafka_incarnation, kafka_offset LIMIT $7",
-                    )
+                         ORDER BY kafka_incarnation, kafka_offset LIMIT $7"
+                    ))
                     .await?;
                 let n = tx
                     .execute(
@@ -256,14 +259,14 @@ impl Store {
         let offsets: Vec<i64> = cut.iter().map(|c| c.3).collect();
         let rest = tx
             .execute(
-                "INSERT INTO applied_events SELECT h.* FROM applied_history h \
+                &format!("INSERT INTO applied_events SELECT h.* FROM ({APPLIED_HISTORY}) h \
                  WHERE NOT EXISTS ( \
                      SELECT 1 FROM unnest($1::text[], $2::int4[], $3::int4[], $4::int8[]) \
                           AS c(topic, partition, incarnation, next_offset) \
                      WHERE c.topic = h.kafka_topic AND c.partition = h.kafka_partition \
                        AND (h.kafka_incarnation, h.kafka_offset) \
                            < (c.incarnation, c.next_offset)) \
-                 ORDER BY kafka_topic, kafka_partition, kafka_incarnation, kafka_offset",
+                 ORDER BY kafka_topic, kafka_partition, kafka_incarnation, kafka_offset"),
                 &[&topics, &partitions, &incarnations, &offsets],
             )
             .await?;
@@ -410,13 +413,12 @@ impl Store {
                     .to_owned(),
             });
         };
-        let live = self.schema_name().to_owned();
         let scratch = enter_scratch(&tx, "asof").await?;
         tx.batch_execute(&schema_sql).await?;
         let (tables, _) = relations(&tx, &scratch).await?;
         tx.execute(
             &format!(
-                "INSERT INTO applied_events SELECT * FROM {live}.applied_history \
+                "INSERT INTO applied_events SELECT * FROM ({APPLIED_HISTORY}) h \
                  WHERE occurred_at <= $1 \
                  ORDER BY kafka_topic, kafka_partition, kafka_incarnation, kafka_offset"
             ),

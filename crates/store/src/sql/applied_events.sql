@@ -1,7 +1,7 @@
 -- The relation a batch's SQL projections read: one row per event the fold
 -- applied in the batch, with the order's state right after it. Made once
 -- per connection; emptied by every commit. The columns are those of the
--- applied_history view (migration V10), in the same order.
+-- query in applied_history.sql, in the same order.
 CREATE TEMP TABLE IF NOT EXISTS applied_events (
     event_id          uuid        NOT NULL,
     event_type        text        NOT NULL,
