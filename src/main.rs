@@ -85,21 +85,30 @@ fn is_bad_input(e: &anyhow::Error) -> bool {
                 cause.downcast_ref::<kafka::Error>(),
                 Some(kafka::Error::UnknownTopic { .. } | kafka::Error::TopicExists { .. })
             )
+            || cause
+                .downcast_ref::<store::Error>()
+                .is_some_and(store_bad_input)
             || matches!(
-                cause.downcast_ref::<store::Error>(),
-                Some(
-                    store::Error::TlsNotBuiltIn
-                        | store::Error::BadSchema(_)
-                        | store::Error::NotMigrated { .. }
-                        | store::Error::MigrationsMissing { .. }
-                        | store::Error::SchemaNotUsable { .. }
-                        | store::Error::ProjectionInvalid { .. }
-                        | store::Error::ProjectionChanged { .. }
-                        | store::Error::ProjectionUnknown(_)
-                        | store::Error::ProjectionDir { .. }
-                )
+                cause.downcast_ref::<pipeline::consume::Error>(),
+                Some(pipeline::consume::Error::Store(e)) if store_bad_input(e)
             )
     })
+}
+
+/// The PostgreSQL side's errors that mean a wrong flag or definition.
+fn store_bad_input(e: &store::Error) -> bool {
+    matches!(
+        e,
+        store::Error::TlsNotBuiltIn
+            | store::Error::BadSchema(_)
+            | store::Error::NotMigrated { .. }
+            | store::Error::MigrationsMissing { .. }
+            | store::Error::SchemaNotUsable { .. }
+            | store::Error::ProjectionInvalid { .. }
+            | store::Error::ProjectionChanged { .. }
+            | store::Error::ProjectionUnknown(_)
+            | store::Error::ProjectionDir { .. }
+    )
 }
 
 /// No backtrace reaches a user. Output to a reader that went away (as in

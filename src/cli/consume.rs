@@ -7,7 +7,9 @@ use clap::{Args, ValueEnum};
 use pipeline::consume::{ConsumeConfig, MetricsListen, OffsetReset};
 use store::StoreConfig;
 
-use super::args::{DbArgs, GroupArg, KafkaArgs, ProjectionsArg, parse_datetime, parse_duration, parse_schema};
+use super::args::{
+    DbArgs, GroupArg, KafkaArgs, ProjectionsArg, parse_datetime, parse_duration, parse_schema,
+};
 use super::{BadInput, shutdown_signal};
 
 #[derive(Debug, Args)]

@@ -302,6 +302,7 @@ pub fn foodpipe(args: &[&str]) -> Command {
         .env_remove("FOODPIPE_TOPIC")
         .env_remove("FOODPIPE_GROUP")
         .env_remove("FOODPIPE_SCHEMA")
+        .env_remove("FOODPIPE_PROJECTIONS")
         // Many consumers run at once, each with the default metrics
         // address: they fall back to free ports, as on a user's host.
         .env_remove("FOODPIPE_METRICS_ADDR")
@@ -785,6 +786,7 @@ pub async fn assert_db_is_fold_of_topic_at(bootstrap: &str, db: &TestDb, topic: 
     for (order, want) in &expected {
         assert_eq!(view.get(order), Some(want), "order {order}");
     }
+    assert_projections_match(&pg, &records).await;
 
     let stored: BTreeMap<i32, i64> = pg
         .query(
@@ -797,6 +799,138 @@ pub async fn assert_db_is_fold_of_topic_at(bootstrap: &str, db: &TestDb, topic: 
         .map(|r| (r.get(0), r.get(1)))
         .collect();
     assert_eq!(stored, watermarks, "stored offsets equal high watermarks");
+}
+
+/// Per restaurant and day: orders, delivered, revenue, cancellations.
+type RestaurantDay = BTreeMap<(String, String), (i64, i64, i64, i64)>;
+/// Per customer: orders, delivered, cancelled, spend, first and last order.
+type CustomerStats = BTreeMap<String, (i64, i64, i64, i64, String, String)>;
+
+/// The built-in projections as the test computes them from the topic's
+/// distinct events (every generated event is applied): per restaurant and
+/// day of the order's creation (UTC), and per customer.
+pub fn expected_projections(records: &[TopicRecord]) -> (RestaurantDay, CustomerStats) {
+    let mut seen = std::collections::HashSet::new();
+    let events: Vec<&serde_json::Value> = records
+        .iter()
+        .filter(|r| seen.insert(r.value["event_id"].as_str().expect("event_id").to_owned()))
+        .map(|r| &r.value)
+        .collect();
+    let time = |v: &serde_json::Value| {
+        chrono::DateTime::parse_from_rfc3339(v["occurred_at"].as_str().expect("occurred_at"))
+            .expect("RFC 3339")
+            .with_timezone(&chrono::Utc)
+    };
+    // Each order's restaurant, total and creation time, from OrderCreated.
+    let created: std::collections::HashMap<&str, (String, i64, chrono::DateTime<chrono::Utc>)> =
+        events
+            .iter()
+            .filter(|v| v["event_type"] == "OrderCreated")
+            .map(|v| {
+                (
+                    v["order_id"].as_str().expect("order_id"),
+                    (
+                        v["payload"]["restaurant_id"]
+                            .as_str()
+                            .expect("restaurant")
+                            .to_owned(),
+                        v["payload"]["total_cents"].as_i64().expect("total"),
+                        time(v),
+                    ),
+                )
+            })
+            .collect();
+    let mut days = RestaurantDay::new();
+    let mut customers = CustomerStats::new();
+    for v in &events {
+        let (restaurant, total, at) = &created[v["order_id"].as_str().expect("order_id")];
+        let day = days
+            .entry((restaurant.clone(), at.date_naive().to_string()))
+            .or_default();
+        let customer = customers
+            .entry(v["customer_id"].as_str().expect("customer").to_owned())
+            .or_insert((0, 0, 0, 0, String::new(), String::new()));
+        match v["event_type"].as_str().expect("event_type") {
+            "OrderCreated" => {
+                day.0 += 1;
+                customer.0 += 1;
+                let t = time(v).timestamp_micros();
+                let earlier = |held: &str| held.parse::<i64>().map_or(true, |h| t < h);
+                let later = |held: &str| held.parse::<i64>().map_or(true, |h| t > h);
+                if earlier(&customer.4) {
+                    customer.4 = t.to_string();
+                }
+                if later(&customer.5) {
+                    customer.5 = t.to_string();
+                }
+            }
+            "OrderDelivered" => {
+                day.1 += 1;
+                day.2 += total;
+                customer.1 += 1;
+                customer.3 += total;
+            }
+            "OrderCancelled" => {
+                day.3 += 1;
+                customer.2 += 1;
+            }
+            _ => {}
+        }
+    }
+    (days, customers)
+}
+
+/// Asserts `restaurant_daily` and `customer_stats` equal
+/// [`expected_projections`] of `records`, when history holds one topic.
+pub async fn assert_projections_match(pg: &tokio_postgres::Client, records: &[TopicRecord]) {
+    let topics: i64 = pg
+        .query_one("SELECT count(DISTINCT kafka_topic) FROM order_events", &[])
+        .await
+        .expect("topics")
+        .get(0);
+    if topics > 1 {
+        return;
+    }
+    let (days, customers) = expected_projections(records);
+    let got_days: RestaurantDay = pg
+        .query(
+            "SELECT restaurant_id, day::text, orders, delivered, revenue_cents, cancellations \
+             FROM restaurant_daily",
+            &[],
+        )
+        .await
+        .expect("restaurant_daily")
+        .iter()
+        .map(|r| {
+            (
+                (r.get(0), r.get(1)),
+                (r.get(2), r.get(3), r.get(4), r.get(5)),
+            )
+        })
+        .collect();
+    assert_eq!(got_days, days, "restaurant_daily is the fold of the topic");
+    let got_customers: CustomerStats = pg
+        .query(
+            "SELECT customer_id, orders, delivered, cancelled, spend_cents, \
+                    coalesce(((extract(epoch FROM first_order_at) * 1000000)::int8)::text, ''), \
+                    coalesce(((extract(epoch FROM last_order_at) * 1000000)::int8)::text, '') \
+             FROM customer_stats",
+            &[],
+        )
+        .await
+        .expect("customer_stats")
+        .iter()
+        .map(|r| {
+            (
+                r.get(0),
+                (r.get(1), r.get(2), r.get(3), r.get(4), r.get(5), r.get(6)),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got_customers, customers,
+        "customer_stats is the fold of the topic"
+    );
 }
 
 /// Produces `count` generated events with `seed` to `topic` (3 partitions).

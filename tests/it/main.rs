@@ -17,6 +17,7 @@ mod harness;
 mod mirror;
 mod partitioner;
 mod producer;
+mod projections;
 mod runtime;
 mod safety;
 #[cfg(all(feature = "tls", feature = "sasl"))]

@@ -106,7 +106,15 @@ async fn dry_run_at_every_schema_length_changes_nothing() {
             ..pipeline::consume::ConsumeConfig::default()
         };
         runs.spawn(async move {
-            let report = pipeline::rebuild::run(config, true, std::future::pending()).await;
+            let report = pipeline::rebuild::run(
+                config,
+                pipeline::rebuild::Options {
+                    dry_run: true,
+                    projection: None,
+                },
+                std::future::pending(),
+            )
+            .await;
             (name, report)
         });
     };

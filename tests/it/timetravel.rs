@@ -124,7 +124,7 @@ async fn asof_bad_input_is_exit_2() {
     db.drop_db().await;
 }
 
-/// `rebuild` replays Kafka into shadow tables while a live consumer runs, reports the orders that differ from a damaged live view, changes nothing with --dry-run, and swaps the rebuilt tables in otherwise.
+/// `rebuild` replays Kafka into shadow tables while a live consumer runs, reports the orders that differ from a damaged live view, changes nothing with --dry-run (exit 1: they differ), and swaps the rebuilt tables in otherwise.
 #[tokio::test]
 async fn rebuild_repairs_the_view_while_live() {
     let topic = random_topic_name();
@@ -140,8 +140,24 @@ async fn rebuild_repairs_the_view_while_live() {
 
     let mut cmd = foodpipe(&["rebuild", "--topic", &topic, "--dry-run", "--json"]);
     cmd.env("DATABASE_URL", &db.url);
-    let report: serde_json::Value = serde_json::from_str(&run_ok(cmd).await).expect("json");
+    let out = crate::harness::run_within(cmd, Duration::from_secs(120)).await;
+    // A difference found by a dry run (--verify-only) is exit 1.
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(report["differing"], 3, "{report}");
+    assert!(
+        report["first_differences"]
+            .as_array()
+            .expect("differences")
+            .iter()
+            .all(|d| d["projection"] == "orders"),
+        "{report}"
+    );
     assert_eq!(report["swapped"], false);
     let still: i64 = pg
         .query_one("SELECT count(*) FROM orders WHERE status = 'pending' AND last_event_id NOT IN (SELECT event_id FROM order_events)", &[])

@@ -578,9 +578,8 @@ async fn compare_and_swap(
     let mut live_tables = Vec::new();
     let mut shadow_tables = Vec::new();
     for projection in &scope.projections {
-        let tables = |schema: &str| {
-            format!("SELECT tables FROM {schema}.projections WHERE name = $1")
-        };
+        let tables =
+            |schema: &str| format!("SELECT tables FROM {schema}.projections WHERE name = $1");
         let live_t: Vec<String> = tx
             .query_opt(&tables(live_schema), &[projection])
             .await?
@@ -592,13 +591,9 @@ async fn compare_and_swap(
             .map(|r| r.get(0))
             .unwrap_or_default();
         for table in &shadow_t {
-            let (n, first) = store::compare_tables(
-                tx,
-                (live_schema, shadow),
-                table,
-                live_t.contains(table),
-            )
-            .await?;
+            let (n, first) =
+                store::compare_tables(tx, (live_schema, shadow), table, live_t.contains(table))
+                    .await?;
             differing += n;
             first_differences.extend(first.into_iter().take(5).map(|d| Difference {
                 projection: projection.clone(),
@@ -630,7 +625,14 @@ async fn compare_and_swap(
             live_tables.push("dead_letters".to_owned());
             shadow_tables.push("dead_letters".to_owned());
         }
-        swap_tables(tx, config, (live_schema, shadow), &live_tables, &shadow_tables).await?;
+        swap_tables(
+            tx,
+            config,
+            (live_schema, shadow),
+            &live_tables,
+            &shadow_tables,
+        )
+        .await?;
         // The registry rows of what was swapped: their definitions now
         // are the shadow's.
         tx.execute(
@@ -724,13 +726,17 @@ async fn swap_tables(
             grants.push((table.clone(), r.get(0), r.get(1)));
         }
         let t = store::quote_identifier(table);
-        tx.batch_execute(&format!("ALTER TABLE {live_schema}.{t} SET SCHEMA {parking}"))
-            .await?;
+        tx.batch_execute(&format!(
+            "ALTER TABLE {live_schema}.{t} SET SCHEMA {parking}"
+        ))
+        .await?;
     }
     for table in shadow_tables {
         let t = store::quote_identifier(table);
-        tx.batch_execute(&format!("ALTER TABLE {shadow}.{t} SET SCHEMA {live_schema}"))
-            .await?;
+        tx.batch_execute(&format!(
+            "ALTER TABLE {shadow}.{t} SET SCHEMA {live_schema}"
+        ))
+        .await?;
     }
     for table in live_tables {
         let t = store::quote_identifier(table);

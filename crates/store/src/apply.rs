@@ -522,8 +522,7 @@ async fn insert_applied_events(
     batch: &Batch<'_>,
     plan: &fold::Plan,
 ) -> Result<()> {
-    let orders: HashMap<Uuid, &Current> =
-        plan.view.iter().map(|c| (c.state.order_id, c)).collect();
+    let orders: HashMap<Uuid, &Current> = plan.view.iter().map(|c| (c.state.order_id, c)).collect();
     let n = plan.history.len();
     let mut event_id = Vec::with_capacity(n);
     let mut event_type = Vec::with_capacity(n);

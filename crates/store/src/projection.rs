@@ -137,9 +137,7 @@ pub fn load_dir(dir: &Path) -> Result<Vec<Definition>> {
             continue;
         }
         check_name(&name)?;
-        if RUST_PROJECTIONS.contains(&name.as_str())
-            || builtins().iter().any(|b| b.name == name)
-        {
+        if RUST_PROJECTIONS.contains(&name.as_str()) || builtins().iter().any(|b| b.name == name) {
             return Err(Error::ProjectionInvalid {
                 name,
                 file: String::new(),
@@ -287,8 +285,9 @@ impl std::fmt::Display for TableRows {
             let cells: Vec<String> = row
                 .iter()
                 .map(|c| {
-                    c.as_deref()
-                        .map_or("-".to_owned(), |s| events::escape_for_terminal(s.as_bytes()))
+                    c.as_deref().map_or("-".to_owned(), |s| {
+                        events::escape_for_terminal(s.as_bytes())
+                    })
                 })
                 .collect();
             writeln!(f, "{}", cells.join(" | "))?;

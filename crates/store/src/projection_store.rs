@@ -149,7 +149,10 @@ impl Store {
         );
         let mut client = self.client().await?;
         let mine: bool = client
-            .query_one("SELECT pg_try_advisory_lock($1, $2)", &[&fill_key.0, &fill_key.1])
+            .query_one(
+                "SELECT pg_try_advisory_lock($1, $2)",
+                &[&fill_key.0, &fill_key.1],
+            )
             .await?
             .get(0);
         if !mine {
@@ -158,7 +161,10 @@ impl Store {
         let result = self.fill_and_attach(&mut client, def, group).await;
         // The session lock goes with the session if this fails.
         let _ = client
-            .query_one("SELECT pg_advisory_unlock($1, $2)", &[&fill_key.0, &fill_key.1])
+            .query_one(
+                "SELECT pg_advisory_unlock($1, $2)",
+                &[&fill_key.0, &fill_key.1],
+            )
             .await;
         result
     }
@@ -259,14 +265,16 @@ impl Store {
         let offsets: Vec<i64> = cut.iter().map(|c| c.3).collect();
         let rest = tx
             .execute(
-                &format!("INSERT INTO applied_events SELECT h.* FROM ({APPLIED_HISTORY}) h \
+                &format!(
+                    "INSERT INTO applied_events SELECT h.* FROM ({APPLIED_HISTORY}) h \
                  WHERE NOT EXISTS ( \
                      SELECT 1 FROM unnest($1::text[], $2::int4[], $3::int4[], $4::int8[]) \
                           AS c(topic, partition, incarnation, next_offset) \
                      WHERE c.topic = h.kafka_topic AND c.partition = h.kafka_partition \
                        AND (h.kafka_incarnation, h.kafka_offset) \
                            < (c.incarnation, c.next_offset)) \
-                 ORDER BY kafka_topic, kafka_partition, kafka_incarnation, kafka_offset"),
+                 ORDER BY kafka_topic, kafka_partition, kafka_incarnation, kafka_offset"
+                ),
                 &[&topics, &partitions, &incarnations, &offsets],
             )
             .await?;
@@ -538,10 +546,7 @@ async fn enter_scratch(tx: &Transaction<'_>, what: &str) -> Result<String> {
 
 /// The tables of `schema`, and its other relations that are neither
 /// tables nor what tables bring with them (indexes, sequences, TOAST).
-async fn relations(
-    tx: &Transaction<'_>,
-    schema: &str,
-) -> Result<(BTreeSet<String>, Vec<String>)> {
+async fn relations(tx: &Transaction<'_>, schema: &str) -> Result<(BTreeSet<String>, Vec<String>)> {
     let rows = tx
         .query(
             "SELECT c.relname::text, c.relkind::text FROM pg_class c \
@@ -633,7 +638,8 @@ fn invalid(
 /// Columns that say when or in which incarnation of the topic a row was
 /// written, not what the fold made of the events: left out when a rebuild
 /// compares rows (a replay starts again at incarnation 0).
-pub const BOOKKEEPING_COLUMNS: [&str; 3] = ["recorded_at", "kafka_incarnation", "source_incarnation"];
+pub const BOOKKEEPING_COLUMNS: [&str; 3] =
+    ["recorded_at", "kafka_incarnation", "source_incarnation"];
 
 /// A key whose rows differ between two schemas' copies of a table.
 #[derive(Debug, Clone)]
@@ -672,7 +678,9 @@ pub async fn compare_tables(
     };
     let t = quote(table);
     let digests = |schema: &str| {
-        format!("SELECT {key} AS key, md5((to_jsonb(t) - $1::text[])::text) AS d FROM {schema}.{t} t")
+        format!(
+            "SELECT {key} AS key, md5((to_jsonb(t) - $1::text[])::text) AS d FROM {schema}.{t} t"
+        )
     };
     let live_rows = if live_has {
         digests(live)
