@@ -18,6 +18,8 @@
 #   make bench-produce   foodpipe's producer vs librdkafka, same fresh broker and
 #                        events, per codec (BENCH_CODECS=none,lz4,zstd)
 #   make bench-sink      foodpipe's fold vs psql \copy of the same rows
+#   make bench-projections  the fold with every projection vs orders + history
+#                        alone; a new projection filled from history; asof of one
 #   make bench-memory    peak RSS of consume with a 100k and a 1M backlog
 #   make bench-partitions  three members on 6/100/400/1000 partitions: time to
 #                        owned and lag 0; events/s by partition count
@@ -30,7 +32,7 @@ CARGO ?= cargo
 DEMO_EVENTS ?= 5000
 FOODPIPE := ./target/release/foodpipe
 
-.PHONY: help up down build static musl demo test test-rskafka lint no-c bench chaos bench-micro bench-produce bench-sink bench-memory bench-partitions clean
+.PHONY: help up down build static musl demo test test-rskafka lint no-c bench chaos bench-micro bench-produce bench-sink bench-projections bench-memory bench-partitions clean
 
 help:
 	@sed -n 's/^#   //p' Makefile
@@ -65,8 +67,10 @@ musl:
 
 demo: up build
 	$(FOODPIPE) produce --count $(DEMO_EVENTS) --partitions 3
-	$(FOODPIPE) consume --until-caught-up
+	$(FOODPIPE) consume --until-caught-up --projections projections
 	$(FOODPIPE) status
+	$(FOODPIPE) projection list
+	$(FOODPIPE) asof "$$(date -u +%Y-%m-%dT%H:%M:%SZ)" --projection restaurant_daily
 
 lint:
 	$(CARGO) fmt --all --check
@@ -119,6 +123,9 @@ BENCH_CODECS ?= none,lz4,zstd
 bench-produce: up build
 	.stack/venv/bin/python scripts/bench_produce.py $(FOODPIPE) --events $(BENCH_EVENTS) \
 		--compression $(BENCH_CODECS) --fresh-tansu
+
+bench-projections: up
+	BENCH_EVENTS=$(or $(PROJECTION_EVENTS),1000000) $(CARGO) bench --bench projections
 
 bench-sink: up build
 	@echo "== end to end: Kafka (Tansu) -> foodpipe consume -> PostgreSQL, vs psql \\copy"

@@ -543,3 +543,107 @@ async fn asof_of_a_projection_is_the_fold_up_to_that_time() {
     }
     db.drop_db().await;
 }
+
+/// Folds `records` (one partition, offsets from 0) into `store`, cut into
+/// batches at `cuts`.
+async fn fold_cut(store: &store::Store, records: &[store::SourceRecord], cuts: &[usize]) {
+    store.init_offset("g", "t", 0, 0).await.expect("offset row");
+    let mut bounds: Vec<usize> = cuts.iter().map(|c| c % (records.len() + 1)).collect();
+    bounds.extend([0, records.len()]);
+    bounds.sort_unstable();
+    bounds.dedup();
+    for w in bounds.windows(2) {
+        store
+            .apply_batch(&store::Batch {
+                group: "g",
+                topic: "t",
+                partition: 0,
+                from_offset: w[0] as i64,
+                next_offset: w[1] as i64,
+                records: &records[w[0]..w[1]],
+                incarnation: 0,
+                lease: None,
+            })
+            .await
+            .unwrap_or_else(|e| panic!("batch at {}: {e}", w[0]));
+    }
+}
+
+/// A digest of a table's rows, independent of their physical order.
+async fn table_digest(pg: &tokio_postgres::Client, schema: &str, table: &str) -> (i64, String) {
+    let row = pg
+        .query_one(
+            &format!(
+                "SELECT count(*), coalesce(md5(string_agg(to_jsonb(t)::text, ',' \
+                 ORDER BY to_jsonb(t)::text)), '') FROM {schema}.{table} t"
+            ),
+            &[],
+        )
+        .await
+        .expect("digest");
+    (row.get(0), row.get(1))
+}
+
+static RUNTIME: std::sync::LazyLock<tokio::runtime::Runtime> =
+    std::sync::LazyLock::new(|| tokio::runtime::Runtime::new().expect("a tokio runtime"));
+
+/// One database for every case of the property (each case has schemas).
+async fn shared_db() -> &'static TestDb {
+    static DB: tokio::sync::OnceCell<TestDb> = tokio::sync::OnceCell::const_new();
+    DB.get_or_init(TestDb::create).await
+}
+
+use proptest::prelude::*;
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 16, ..ProptestConfig::default() })]
+
+    /// proptest: the built-in projections (and orders and history) come out
+    /// the same whatever batches the applied events are cut into: a stream
+    /// folded with two different sets of cuts, each into its own schema,
+    /// gives equal tables.
+    #[test]
+    fn builtin_projections_do_not_depend_on_batch_cuts(
+        seed in 0u64..10_000,
+        n in 20usize..300,
+        cuts_a in proptest::collection::vec(any::<usize>(), 0..15),
+        cuts_b in proptest::collection::vec(any::<usize>(), 0..15),
+    ) {
+        RUNTIME.block_on(async {
+            let db = shared_db().await;
+            let events: Vec<events::OrderEvent> = events::generator::Generator::new(
+                events::generator::GeneratorConfig { seed, ..Default::default() },
+            )
+            .take(n)
+            .collect();
+            let records = crate::harness::source_records(&events);
+            let mut schemas = Vec::new();
+            for cuts in [&cuts_a, &cuts_b] {
+                let schema = format!("cuts_{}", uuid::Uuid::new_v4().simple());
+                let store = db.migrated_store(Some(&schema)).await;
+                for def in store::projection::builtins() {
+                    store.install_projection(&def).await.expect("install");
+                }
+                fold_cut(&store, &records, cuts).await;
+                schemas.push(schema);
+            }
+            let pg = db.client().await;
+            for table in ["restaurant_daily", "customer_stats", "orders", "order_events"] {
+                let a = table_digest(&pg, &schemas[0], table).await;
+                let b = table_digest(&pg, &schemas[1], table).await;
+                if table != "order_events" {
+                    assert_eq!(a, b, "{table} with cuts {cuts_a:?} and {cuts_b:?}");
+                } else {
+                    assert_eq!(a.0, b.0, "history rows");
+                }
+            }
+            let (days, _) = table_digest(&pg, &schemas[0], "restaurant_daily").await;
+            assert!(days > 0, "the stream made restaurant_daily rows");
+            for schema in schemas {
+                pg.batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+                    .await
+                    .expect("drop the case's schema");
+            }
+        });
+    }
+}

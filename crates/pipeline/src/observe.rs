@@ -17,6 +17,7 @@
 //! | `foodpipe_duplicates_total` | counter | records skipped as already applied |
 //! | `foodpipe_retries_total` | counter | failed fetches or commits retried (`operation`) |
 //! | `foodpipe_batch_seconds` | histogram | fetch-to-commit time of a batch |
+//! | `foodpipe_projection_apply_seconds` | histogram | time a batch spent in one projection's apply (`projection`; no `partition` label) |
 //! | `foodpipe_partition_state` | gauge | 1 for the partition's current `state` (taking, waiting, running, retrying, stopped, done), 0 for the others |
 //!
 //! Gauges of a partition this member no longer owns stop being updated and
@@ -54,9 +55,11 @@ fn handle() -> anyhow::Result<PrometheusHandle> {
         // Batches take milliseconds to seconds.
         .set_buckets_for_metric(
             Matcher::Full("foodpipe_batch_seconds".to_owned()),
-            &[
-                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-            ],
+            BATCH_BUCKETS,
+        )?
+        .set_buckets_for_metric(
+            Matcher::Full("foodpipe_projection_apply_seconds".to_owned()),
+            BATCH_BUCKETS,
         )?
         .idle_timeout(MetricKindMask::GAUGE, Some(GAUGE_IDLE))
         .build_recorder();
@@ -66,6 +69,11 @@ fn handle() -> anyhow::Result<PrometheusHandle> {
     }
     Ok(HANDLE.get_or_init(|| h).clone())
 }
+
+/// Buckets of the per-batch histograms, in seconds.
+const BATCH_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
 
 /// How many ports above the default address a member tries when the
 /// default is taken (several members on one host).
@@ -187,6 +195,15 @@ impl PartitionMetrics {
         metrics::counter!("foodpipe_duplicates_total", &self.labels)
             .increment(applied.duplicates as u64);
         metrics::histogram!("foodpipe_batch_seconds", &self.labels).record(seconds);
+        for (projection, took) in &applied.projection_times {
+            let labels = [
+                self.labels[0].clone(),
+                self.labels[1].clone(),
+                ("projection", projection.clone()),
+            ];
+            metrics::histogram!("foodpipe_projection_apply_seconds", &labels)
+                .record(took.as_secs_f64());
+        }
     }
 
     /// Sets `foodpipe_partition_state`: 1 for `current`, 0 for the rest.

@@ -241,6 +241,8 @@ async fn phases(
     };
     let definitions = install_projections(live, &shadow_store, config, options).await?;
     let scope = Scope {
+        live: live_schema,
+        shadow,
         projections: match &options.projection {
             Some(name) => vec![name.clone()],
             None => live_projections(live).await?,
@@ -280,22 +282,12 @@ async fn phases(
     //    SHARE` while it catches up and compares (live commits wait; it
     //    writes nothing, so nothing waits on it), then rolls back, leaving
     //    every row, epochs and owners included, as it was.
-    let schemas = (live_schema, shadow);
     let result = if dry_run {
-        compare_only(live, config, &shadow_config, schemas, &scope, stop).await
+        compare_only(live, config, &shadow_config, &scope, stop).await
     } else {
         let fence = Fence::raise(live, config).await?;
-        let result = catch_up_and_swap(
-            live,
-            claim,
-            config,
-            &shadow_config,
-            schemas,
-            &scope,
-            &fence,
-            stop,
-        )
-        .await;
+        let result =
+            catch_up_and_swap(live, claim, config, &shadow_config, &scope, &fence, stop).await;
         fence.lower(live).await;
         result
     };
@@ -369,11 +361,11 @@ async fn catch_up_and_swap(
     claim: &RebuildClaim,
     config: &ConsumeConfig,
     shadow_config: &ConsumeConfig,
-    (live_schema, shadow): (&str, &str),
-    scope: &Scope,
+    scope: &Scope<'_>,
     fence: &Fence,
     stop: &CancellationToken,
 ) -> anyhow::Result<RebuildReport> {
+    let (live_schema, shadow) = (scope.live, scope.shadow);
     catch_up(
         live,
         config,
@@ -397,7 +389,7 @@ async fn catch_up_and_swap(
     let compared = tokio::select! {
         biased;
         () = stop.cancelled() => return Err(anyhow::anyhow!("interrupted during the swap")),
-        compared = compare_and_swap(&tx, config, false, (live_schema, shadow), scope) => {
+        compared = compare_and_swap(&tx, config, false, scope) => {
             compared.map_err(|e| rolled_back(&e))?
         }
     };
@@ -418,10 +410,10 @@ async fn compare_only(
     live: &Store,
     config: &ConsumeConfig,
     shadow_config: &ConsumeConfig,
-    (live_schema, shadow): (&str, &str),
-    scope: &Scope,
+    scope: &Scope<'_>,
     stop: &CancellationToken,
 ) -> anyhow::Result<RebuildReport> {
+    let (live_schema, shadow) = (scope.live, scope.shadow);
     // Most of the way without holding anything: the live offsets as they
     // are now. Then, with the rows held still, only what the live group
     // committed meanwhile.
@@ -460,7 +452,7 @@ async fn compare_only(
     let compared = tokio::select! {
         biased;
         () = stop.cancelled() => return Err(anyhow::anyhow!("interrupted while comparing")),
-        compared = compare_and_swap(&tx, config, true, (live_schema, shadow), scope) => compared?,
+        compared = compare_and_swap(&tx, config, true, scope) => compared?,
     };
     // Dropping `tx` rolls it back and lets the live commits go on.
     Ok(compared)
@@ -508,7 +500,9 @@ async fn catch_up(
 }
 
 /// Which projections a rebuild compares and swaps.
-struct Scope {
+struct Scope<'a> {
+    live: &'a str,
+    shadow: &'a str,
     projections: Vec<String>,
     /// Every projection: dead letters and offsets are swapped too.
     whole: bool,
@@ -570,9 +564,9 @@ async fn compare_and_swap(
     tx: &store::Transaction<'_>,
     config: &ConsumeConfig,
     dry_run: bool,
-    (live_schema, shadow): (&str, &str),
-    scope: &Scope,
+    scope: &Scope<'_>,
 ) -> anyhow::Result<RebuildReport> {
+    let (live_schema, shadow) = (scope.live, scope.shadow);
     let mut differing = 0;
     let mut first_differences = Vec::new();
     let mut live_tables = Vec::new();

@@ -46,6 +46,8 @@ pub struct Applied {
     /// that are not the ones history holds at their offsets (a position
     /// clash: another log of the partition). Later batches use it.
     pub incarnation: i32,
+    /// How long each projection's apply took in this batch, by name.
+    pub projection_times: Vec<(String, std::time::Duration)>,
 }
 
 impl Store {
@@ -181,11 +183,16 @@ impl Store {
             ..*batch
         };
 
+        let mut projection_times = Vec::new();
         if !plan.history.is_empty() {
+            let started = std::time::Instant::now();
             insert_history(&tx, batch, &plan.history).await?;
+            projection_times.push(("history".to_owned(), started.elapsed()));
         }
         if !plan.view.is_empty() {
+            let started = std::time::Instant::now();
             upsert_orders(&tx, batch, &plan.view).await?;
+            projection_times.push(("orders".to_owned(), started.elapsed()));
         }
         if !plan.dead_letters.is_empty() {
             insert_dead_letters(&tx, batch, &plan.dead_letters).await?;
@@ -211,7 +218,9 @@ impl Store {
                 .zip(batch.records.last())
                 .map(|(a, b)| (a.offset, b.offset));
             for (name, statements) in &attached.sql {
+                let started = std::time::Instant::now();
                 crate::projection_store::run_statements(&tx, name, statements, offsets).await?;
+                projection_times.push((name.clone(), started.elapsed()));
             }
         }
 
@@ -286,6 +295,7 @@ impl Store {
             duplicates: plan.duplicates,
             stale: plan.stale,
             incarnation,
+            projection_times,
         })
     }
 }

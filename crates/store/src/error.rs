@@ -109,7 +109,10 @@ pub enum Error {
     ProjectionDir { path: String, message: String },
     /// The registry holds another definition of the projection.
     #[error(
-        "projection {name}: {file} changed since the projection was added, and a projection is          never applied halfway under two definitions; put the file back as it was, or run          `foodpipe rebuild --projection {name}` with the new definition to rebuild it from Kafka"
+        "projection {name}: {file} changed since the projection was added, and a projection is \
+         never applied halfway under two definitions; put the file back as it was, or run \
+         `foodpipe rebuild --projection {name} --projections DIR` to rebuild it from Kafka with \
+         the new definition"
     )]
     ProjectionChanged { name: String, file: String },
     #[error("no projection named {0}; `foodpipe projection list` shows them")]

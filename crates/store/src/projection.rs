@@ -182,8 +182,8 @@ pub fn split_statements(sql: &str) -> Vec<String> {
             i += rest.find('\n').unwrap_or(rest.len());
             continue;
         }
-        if rest.starts_with("/*") {
-            i += rest[2..].find("*/").map_or(rest.len(), |end| end + 4);
+        if let Some(comment) = rest.strip_prefix("/*") {
+            i += comment.find("*/").map_or(rest.len(), |end| end + 4);
             continue;
         }
         match bytes[i] {
@@ -257,7 +257,7 @@ pub(crate) struct Attached {
 }
 
 /// One projection as `projection list` shows it.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ProjectionRow {
     pub name: String,
     pub kind: String,

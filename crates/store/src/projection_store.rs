@@ -403,6 +403,19 @@ impl Store {
         Ok(out)
     }
 
+    /// Each projection's name and state, without counting rows (`watch`
+    /// reads it every second).
+    pub async fn projection_states(&self) -> Result<Vec<(String, String)>> {
+        Ok(self
+            .client()
+            .await?
+            .query("SELECT name, state FROM projections ORDER BY name", &[])
+            .await?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect())
+    }
+
     /// A SQL projection as of `t`: its tables made in a scratch schema,
     /// filled by its own apply from the history of events that occurred
     /// at or before `t`, read, and rolled back.

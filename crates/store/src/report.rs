@@ -20,6 +20,8 @@ pub struct StatusReport {
     pub orders_per_status: Vec<(String, i64)>,
     /// Dead letters of the group on the topic.
     pub dead_letters: i64,
+    /// Every projection; the attached ones are all at `offsets`.
+    pub projections: Vec<crate::ProjectionRow>,
 }
 
 impl Store {
@@ -49,7 +51,9 @@ impl Store {
             .map(|r| (r.get(0), r.get(1)))
             .collect();
         let dead_letters = self.dead_letter_count(group, topic).await?;
+        let projections = self.projections().await?;
         Ok(StatusReport {
+            projections,
             group: group.to_owned(),
             topic: topic.to_owned(),
             offsets,
@@ -75,7 +79,19 @@ impl fmt::Display for StatusReport {
         for (status, count) in &self.orders_per_status {
             writeln!(f, "  {status:<10} {count}")?;
         }
-        writeln!(f, "dead letters: {}", self.dead_letters)
+        writeln!(f, "dead letters: {}", self.dead_letters)?;
+        writeln!(
+            f,
+            "projections (each attached one committed with the stored offsets above):"
+        )?;
+        for p in &self.projections {
+            writeln!(
+                f,
+                "  {:<20} {:<8} {:<9} {:>9} rows",
+                p.name, p.kind, p.state, p.rows
+            )?;
+        }
+        Ok(())
     }
 }
 

@@ -137,6 +137,7 @@ async fn read_db(store: &Store, group: &str, topic: &str) -> anyhow::Result<mode
         dead_letter_total: store.dead_letter_count(group, topic).await?,
         dead_letters: store.dead_letters(group, topic, None, 3).await?,
         gaps: store.offset_gaps(group, topic, 1).await?,
+        projections: store.projection_states().await?,
     })
 }
 

@@ -33,6 +33,8 @@ pub struct DbReading {
     /// The newest dead letters, newest first.
     pub dead_letters: Vec<DeadLetterRow>,
     pub gaps: Gaps,
+    /// Each projection's name and state (`attached` or `filling`).
+    pub projections: Vec<(String, String)>,
 }
 
 /// What one refresh read. Either side may have failed; the other is still
@@ -135,6 +137,8 @@ pub struct Snapshot {
     /// Newest first: (partition, offset, kind).
     pub dead_letters: Vec<(i32, i64, String)>,
     pub gaps: Gaps,
+    /// Each projection's name and state (`attached` or `filling`).
+    pub projections: Vec<(String, String)>,
     /// Rebalances and membership changes seen while watching, newest first.
     pub events: Vec<String>,
     /// What could not be read this time, one line each.
@@ -372,6 +376,7 @@ impl Tracker {
             partitions,
             members,
             dead_letter_total: self.db.dead_letter_total,
+            projections: self.db.projections.clone(),
             dead_letters: self
                 .db
                 .dead_letters

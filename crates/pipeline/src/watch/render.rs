@@ -278,6 +278,21 @@ fn draw_totals(snapshot: &Snapshot, area: Rect, buf: &mut Buffer) {
             .collect();
         second.push_str(&format!(" (latest {})", latest.join(", ")));
     }
+    let attached = snapshot
+        .projections
+        .iter()
+        .filter(|(_, state)| state == "attached")
+        .count();
+    second.push_str(&format!("  projections {attached}"));
+    let filling: Vec<&str> = snapshot
+        .projections
+        .iter()
+        .filter(|(_, state)| state != "attached")
+        .map(|(name, _)| name.as_str())
+        .collect();
+    if !filling.is_empty() {
+        second.push_str(&format!(" (filling {})", one_line(&filling.join(", "))));
+    }
     second.push_str(&format!("  offset gaps {}", snapshot.gaps.total));
     if let Some(g) = snapshot.gaps.latest.first() {
         second.push_str(&format!(
@@ -636,6 +651,11 @@ mod tests {
             dead_letter_total: 1,
             dead_letters: vec![(2, 17, "malformed_json".to_owned())],
             gaps: store::Gaps::default(),
+            projections: vec![
+                ("orders".to_owned(), "attached".to_owned()),
+                ("history".to_owned(), "attached".to_owned()),
+                ("by_hour".to_owned(), "filling".to_owned()),
+            ],
             events: vec!["12:00:00 m-a joined".to_owned()],
             banners: vec![],
         }
@@ -679,6 +699,7 @@ mod tests {
         assert!(r.contains(&"m-a") && r.contains(&"lagging"), "{r:?}");
         assert!(text.contains("consumed 36/s  produced 40/s"), "{text}");
         assert!(text.contains("dead letters 1 (latest p2@17 malformed_json)"));
+        assert!(text.contains("projections 2 (filling by_hour)"), "{text}");
         assert!(text.contains("rebalance: 12:00:00 m-a joined"));
         assert!(row(&text, "m-a").contains(&"stable"));
         assert!(drawn.page >= 3);
