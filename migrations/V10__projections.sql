@@ -27,3 +27,7 @@ CREATE TABLE projections (
 INSERT INTO projections (name, kind, tables, definition_hash, state, attached_at) VALUES
     ('history', 'builtin', '{order_events}', 'rust', 'attached', now()),
     ('orders', 'builtin', '{orders}', 'rust', 'attached', now());
+
+-- `asof` folds history with the fold itself (store::fold::fold_history):
+-- one state machine, in Rust. The SQL copy of it goes.
+DROP FUNCTION IF EXISTS orders_as_of(timestamptz, uuid, text);

@@ -531,3 +531,65 @@ async fn a_reset_never_clears_the_lease_of_a_member_that_joined_meanwhile() {
     );
     db.drop_db().await;
 }
+
+/// A batch's look at what history holds at its positions reads those
+/// positions only, whatever the partition's history holds: with 12,000
+/// events in history, the generic plan PostgreSQL uses for the prepared
+/// statement after a few batches removes fewer rows than the batch has
+/// (it once scanned the partition's whole history and filtered it by
+/// offset: 4 s a batch at 240,000 events).
+#[tokio::test]
+async fn a_batch_reads_only_its_own_positions() {
+    let db = TestDb::create().await;
+    let store = db.migrated_store(None).await;
+    store.init_offset("g", "t", 0, 0).await.expect("offset");
+    let events: Vec<OrderEvent> = events::generator::Generator::new(Default::default())
+        .take(12_000)
+        .collect();
+    fold_partition(
+        store,
+        0,
+        harness::source_records(&events),
+        vec![3_000, 6_000, 9_000],
+    )
+    .await;
+    let sql = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("crates/store/src/sql/select_seen.sql"),
+    )
+    .expect("select_seen.sql");
+    let pg = db.client().await;
+    pg.batch_execute(&format!(
+        "SET plan_cache_mode = force_generic_plan; \
+         PREPARE seen(uuid[], text, int4, int4, int8[], text, int8, int8) AS {sql}"
+    ))
+    .await
+    .expect("prepare");
+    let offsets: Vec<String> = (5000..5500).map(|o: i64| o.to_string()).collect();
+    let plan: String = pg
+        .query(
+            &format!(
+                "EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF) EXECUTE seen(\
+                 ARRAY[]::uuid[], 't', 0, 0, '{{{}}}', 'g', 5000, 5499)",
+                offsets.join(",")
+            ),
+            &[],
+        )
+        .await
+        .expect("explain")
+        .iter()
+        .map(|r| r.get::<_, String>(0))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let removed: i64 = plan
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("Rows Removed by Filter: "))
+        .map(|n| n.parse::<i64>().expect("a count"))
+        .sum();
+    assert!(removed < 500, "{plan}");
+    assert!(
+        plan.contains("rows=500"),
+        "the batch's 500 positions are found: {plan}"
+    );
+    db.drop_db().await;
+}

@@ -329,7 +329,7 @@ async fn a_projection_failing_at_run_time_stops_only_its_partition() {
     db.drop_db().await;
 }
 
-/// `projection add` while two default members consume under a producer: the projection is filled from history and attached, no member is expired, and the result equals the test's own fold of the whole topic.
+/// `projection add` while two default members consume under a producer: the projection is filled from history and attached, no member is expired, and the result equals the test's own fold of the whole topic; `projection drop --execute` then removes it while they run, and they go on folding without it.
 #[tokio::test]
 async fn a_projection_added_to_a_running_group_is_exact() {
     let topic = random_topic_name();
@@ -367,8 +367,47 @@ async fn a_projection_added_to_a_running_group_is_exact() {
     let done = producer.wait_with_output().await.expect("producer ends");
     assert!(done.status.success());
     wait_caught_up(&db, &topic, Duration::from_secs(60)).await;
-    // Neither member expired the other: each ran through the add and
-    // stops cleanly.
+    let pg = db.client().await;
+    let (records, _) = read_topic_at(&bootstrap_servers(), &topic).await;
+    assert_eq!(per_hour(&pg).await, expected_per_hour(&records, i64::MAX));
+
+    // Dropped while the members run: without --execute nothing happens;
+    // with it the table goes, and the members go on without it. A built-in
+    // projection is not dropped.
+    let drop = |extra: &[&str]| {
+        let mut args = vec!["projection", "drop"];
+        args.extend_from_slice(extra);
+        let mut cmd = foodpipe(&args);
+        cmd.env("DATABASE_URL", &db.url);
+        run_within(cmd, Duration::from_secs(30))
+    };
+    let out = drop(&["events_per_hour"]).await;
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("would drop projection events_per_hour"));
+    assert_eq!(
+        per_hour(&pg).await.len(),
+        expected_per_hour(&records, i64::MAX).len()
+    );
+    let out = drop(&["events_per_hour", "--execute"]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = drop(&["restaurant_daily", "--execute"]).await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("built into foodpipe"));
+    produce_events(&topic, 300, 209).await;
+    wait_caught_up(&db, &topic, Duration::from_secs(60)).await;
+    let table: Option<String> = pg
+        .query_one("SELECT to_regclass('events_per_hour')::text", &[])
+        .await
+        .expect("regclass")
+        .get(0);
+    assert_eq!(table, None, "dropped");
+
+    // Neither member expired the other: each ran through the add and the
+    // drop, and stops cleanly.
     for m in &members {
         signal(m, "TERM");
     }
@@ -378,9 +417,6 @@ async fn a_projection_added_to_a_running_group_is_exact() {
         assert!(out.status.success(), "{err}");
         assert!(!err.contains("expired a silent member"), "{err}");
     }
-    let pg = db.client().await;
-    let (records, _) = read_topic_at(&bootstrap_servers(), &topic).await;
-    assert_eq!(per_hour(&pg).await, expected_per_hour(&records, i64::MAX));
     assert_db_is_fold_of_topic(&db, &topic, "order-processors").await;
     db.drop_db().await;
 }

@@ -111,6 +111,8 @@ impl Store {
                     &batch.incarnation,
                     &offsets,
                     &batch.group,
+                    &offsets.first().copied().unwrap_or(0),
+                    &offsets.last().copied().unwrap_or(-1),
                 ],
             )
             .await?

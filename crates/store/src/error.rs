@@ -115,6 +115,12 @@ pub enum Error {
          the new definition"
     )]
     ProjectionChanged { name: String, file: String },
+    /// A history row that does not decode as an event any more.
+    #[error(
+        "a row of order_events does not decode as an order event ({0}); it was not written by \
+         foodpipe's fold: `foodpipe rebuild` rebuilds history from Kafka"
+    )]
+    UnreadableHistory(String),
     #[error("no projection named {0}; `foodpipe projection list` shows them")]
     ProjectionUnknown(String),
     /// A projection's apply failed on a batch.

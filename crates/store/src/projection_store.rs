@@ -342,6 +342,14 @@ impl Store {
                     .to_owned(),
             });
         }
+        if crate::projection::builtins().iter().any(|b| b.name == name) {
+            return Err(Error::ProjectionInvalid {
+                name: name.to_owned(),
+                file: String::new(),
+                message: "it is built into foodpipe, and every `consume` adds it back at start"
+                    .to_owned(),
+            });
+        }
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         let (class, key) = crate::apply::attach_lock_key(self.schema_name());
@@ -426,6 +434,23 @@ impl Store {
             return Err(Error::ProjectionUnknown(name.to_owned()));
         };
         let (Some(schema_sql), Some(apply_sql)) = (r.schema_sql, r.apply_sql) else {
+            if name == "history" {
+                // History as of `t` is its events that occurred by then.
+                return Ok(vec![
+                    select_rows(
+                        &tx,
+                        "order_events",
+                        &format!(
+                            "SELECT event_id, order_id, customer_id, event_type, occurred_at, \
+                                    kafka_topic, kafka_partition, kafka_offset \
+                             FROM order_events WHERE occurred_at <= '{}'::timestamptz \
+                             ORDER BY occurred_at, event_id",
+                            t.to_rfc3339()
+                        ),
+                    )
+                    .await?,
+                ]);
+            }
             return Err(Error::ProjectionInvalid {
                 name: name.to_owned(),
                 file: String::new(),
@@ -455,30 +480,8 @@ impl Store {
             } else {
                 key.iter().map(|k| quote(k)).collect::<Vec<_>>().join(", ")
             };
-            let mut rows = TableRows {
-                table: table.clone(),
-                columns: Vec::new(),
-                rows: Vec::new(),
-            };
-            for message in tx
-                .simple_query(&format!(
-                    "SELECT * FROM {scratch}.{} ORDER BY {order}",
-                    quote(&table)
-                ))
-                .await?
-            {
-                if let SimpleQueryMessage::Row(row) = message {
-                    if rows.columns.is_empty() {
-                        rows.columns = row.columns().iter().map(|c| c.name().to_owned()).collect();
-                    }
-                    rows.rows.push(
-                        (0..row.len())
-                            .map(|i| row.get(i).map(str::to_owned))
-                            .collect(),
-                    );
-                }
-            }
-            out.push(rows);
+            let sql = format!("SELECT * FROM {scratch}.{} ORDER BY {order}", quote(&table));
+            out.push(select_rows(&tx, &table, &sql).await?);
         }
         Ok(out)
     }
@@ -514,6 +517,28 @@ async fn create_projection(
     )
     .await?;
     Ok(tables)
+}
+
+/// A query's rows as text, with its column names, as `table`.
+async fn select_rows(tx: &Transaction<'_>, table: &str, sql: &str) -> Result<TableRows> {
+    let mut rows = TableRows {
+        table: table.to_owned(),
+        columns: Vec::new(),
+        rows: Vec::new(),
+    };
+    for message in tx.simple_query(sql).await? {
+        if let SimpleQueryMessage::Row(row) = message {
+            if rows.columns.is_empty() {
+                rows.columns = row.columns().iter().map(|c| c.name().to_owned()).collect();
+            }
+            rows.rows.push(
+                (0..row.len())
+                    .map(|i| row.get(i).map(str::to_owned))
+                    .collect(),
+            );
+        }
+    }
+    Ok(rows)
 }
 
 /// Runs a projection's statements in `tx`, one by one, so a failure names
