@@ -558,6 +558,7 @@ class Storm:
             self.fail(f"view: {len(wrong)} orders differ from the fold, {len(keyed_view)} rows for "
                       f"{len(last_of_order)} orders")
 
+        self.check_projections()
         keyless_dead = self.check_keyless(keyless_history, view)
         dead = int(self.sql(f"SELECT count(*) FROM dead_letters WHERE topic = '{self.topic}'"))
         if not (dead - keyless_dead == self.poison == poison_in_topic):
@@ -568,6 +569,36 @@ class Storm:
                  f"{dead} dead letters for {self.poison} poison")
         return len(missing), duplicated, len(stalled)
 
+
+    def check_projections(self) -> None:
+        """The built-in projections equal what history (checked against the
+        topic above) says, summed here with plain SQL: every batch committed
+        them with its history rows, through every fault."""
+        created = ("JOIN order_events c ON c.order_id = e.order_id "
+                   "AND c.event_type = 'OrderCreated'")
+        total = "(c.payload->'payload'->>'total_cents')::int8"
+        expected = self.sql(
+            "SELECT c.payload->'payload'->>'restaurant_id', (c.occurred_at AT TIME ZONE 'UTC')::date, "
+            "count(*) FILTER (WHERE e.event_type = 'OrderCreated'), "
+            "count(*) FILTER (WHERE e.event_type = 'OrderDelivered'), "
+            f"coalesce(sum({total}) FILTER (WHERE e.event_type = 'OrderDelivered'), 0), "
+            "count(*) FILTER (WHERE e.event_type = 'OrderCancelled') "
+            f"FROM order_events e {created} GROUP BY 1, 2 ORDER BY 1, 2")
+        got = self.sql("SELECT restaurant_id, day, orders, delivered, revenue_cents, cancellations "
+                       "FROM restaurant_daily ORDER BY 1, 2")
+        if expected != got:
+            self.fail("restaurant_daily is not the sum of history")
+        expected = self.sql(
+            "SELECT e.customer_id, count(*) FILTER (WHERE e.event_type = 'OrderCreated'), "
+            "count(*) FILTER (WHERE e.event_type = 'OrderDelivered'), "
+            "count(*) FILTER (WHERE e.event_type = 'OrderCancelled'), "
+            f"coalesce(sum({total}) FILTER (WHERE e.event_type = 'OrderDelivered'), 0) "
+            f"FROM order_events e {created} GROUP BY 1 ORDER BY 1")
+        got = self.sql("SELECT customer_id, orders, delivered, cancelled, spend_cents "
+                       "FROM customer_stats ORDER BY 1")
+        if expected != got:
+            self.fail("customer_stats is not the sum of history")
+        self.log("projections: restaurant_daily and customer_stats agree with history")
 
     def check_keyless(self, history: dict, view: dict) -> int:
         """The keyless orders: every event applied or dead-lettered exactly

@@ -8,7 +8,8 @@ use pipeline::consume::{ConsumeConfig, MetricsListen, OffsetReset};
 use store::StoreConfig;
 
 use super::args::{
-    DbArgs, GroupArg, KafkaArgs, ProjectionsArg, parse_datetime, parse_duration, parse_schema,
+    Access, DbArgs, GroupArg, KafkaArgs, ProjectionsArg, parse_datetime, parse_duration,
+    parse_schema,
 };
 use super::{BadInput, shutdown_signal};
 
@@ -286,6 +287,15 @@ pub(crate) async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
         ))
         .into());
     }
+    // Every projection the live schema has, and those given.
+    let mut projections = args.projections.definitions()?;
+    if let Ok(live) = args.db.open_store(Access::ReadOnly).await {
+        for d in live.projection_definitions().await.unwrap_or_default() {
+            if !projections.iter().any(|p| p.name == d.name) {
+                projections.push(d);
+            }
+        }
+    }
     let config = ConsumeConfig {
         kafka: args.kafka.config()?,
         store: StoreConfig {
@@ -294,7 +304,7 @@ pub(crate) async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
         },
         topic: args.kafka.topic.clone(),
         group: args.group,
-        projections: args.projections.definitions()?,
+        projections,
         until_caught_up: true,
         until: args.until,
         // A replay's progress is not the group's: never mirrored.

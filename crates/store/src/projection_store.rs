@@ -1,7 +1,7 @@
 //! Adding, checking, listing, dropping a projection, and computing one as
 //! of a past time: the registry side of [`crate::projection`].
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Transaction;
@@ -198,88 +198,64 @@ impl Store {
         // 2. Below the stored offsets, without a lock, a chunk per
         //    transaction.
         let statements = split_statements(&def.apply_sql);
-        let cut: Vec<(String, i32, i32, i64)> = client
+        let cut: BTreeMap<(String, i32), (i32, i64)> = client
             .query(
                 "SELECT topic, partition, incarnation, next_offset FROM consumer_offsets \
-                 WHERE group_id = $1 ORDER BY topic, partition",
+                 WHERE group_id = $1",
                 &[&group],
             )
             .await?
             .iter()
-            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+            .map(|r| ((r.get(0), r.get(1)), (r.get(2), r.get(3))))
             .collect();
         let mut events: i64 = 0;
-        for (topic, partition, incarnation, next_offset) in &cut {
+        for ((topic, partition), below) in &cut {
             let mut after = (i32::MIN, i64::MIN);
             loop {
                 let tx = client.transaction().await?;
-                let stmt = tx
-                    .prepare_cached(&format!(
-                        "INSERT INTO applied_events SELECT * FROM ({APPLIED_HISTORY}) h \
-                         WHERE kafka_topic = $1 AND kafka_partition = $2 \
-                           AND (kafka_incarnation, kafka_offset) > ($3, $4) \
-                           AND (kafka_incarnation, kafka_offset) < ($5, $6) \
-                         ORDER BY kafka_incarnation, kafka_offset LIMIT $7"
-                    ))
-                    .await?;
-                let n = tx
-                    .execute(
-                        &stmt,
-                        &[
-                            topic,
-                            partition,
-                            &after.0,
-                            &after.1,
-                            incarnation,
-                            next_offset,
-                            &FILL_CHUNK,
-                        ],
-                    )
-                    .await?;
+                let (n, last) = fill_chunk(&tx, topic, *partition, after, Some(*below)).await?;
                 if n == 0 {
                     break;
                 }
-                let last = tx
-                    .query_one(
-                        "SELECT kafka_incarnation, kafka_offset FROM applied_events \
-                         ORDER BY 1 DESC, 2 DESC LIMIT 1",
-                        &[],
-                    )
-                    .await?;
-                after = (last.get(0), last.get(1));
+                after = last;
                 run_statements(&tx, &def.name, &statements, None).await?;
                 tx.commit().await?;
-                events += n as i64;
+                events += n;
                 tracing::info!(projection = %def.name, events, topic = %topic, partition, "filling from history");
             }
         }
 
-        // 3. The rest under the attach lock, and attach.
+        // 3. The rest under the attach lock: every partition history holds,
+        //    from its stored offset (or its start, for one the group has no
+        //    offset for), and attach.
         let tx = client.transaction().await?;
         let (class, key) = crate::apply::attach_lock_key(&schema);
         tx.execute("SELECT pg_advisory_xact_lock($1, $2)", &[&class, &key])
             .await?;
-        let topics: Vec<&str> = cut.iter().map(|c| c.0.as_str()).collect();
-        let partitions: Vec<i32> = cut.iter().map(|c| c.1).collect();
-        let incarnations: Vec<i32> = cut.iter().map(|c| c.2).collect();
-        let offsets: Vec<i64> = cut.iter().map(|c| c.3).collect();
-        let rest = tx
-            .execute(
-                &format!(
-                    "INSERT INTO applied_events SELECT h.* FROM ({APPLIED_HISTORY}) h \
-                 WHERE NOT EXISTS ( \
-                     SELECT 1 FROM unnest($1::text[], $2::int4[], $3::int4[], $4::int8[]) \
-                          AS c(topic, partition, incarnation, next_offset) \
-                     WHERE c.topic = h.kafka_topic AND c.partition = h.kafka_partition \
-                       AND (h.kafka_incarnation, h.kafka_offset) \
-                           < (c.incarnation, c.next_offset)) \
-                 ORDER BY kafka_topic, kafka_partition, kafka_incarnation, kafka_offset"
-                ),
-                &[&topics, &partitions, &incarnations, &offsets],
-            )
-            .await?;
-        if rest > 0 {
-            run_statements(&tx, &def.name, &statements, None).await?;
+        let partitions: Vec<(String, i32)> = tx
+            .query(include_str!("sql/history_partitions.sql"), &[])
+            .await?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        let mut rest: i64 = 0;
+        for (topic, partition) in partitions {
+            // Rows from the stored offset on: just after the one before it.
+            let mut after = cut
+                .get(&(topic.clone(), partition))
+                .map_or((i32::MIN, i64::MIN), |&(incarnation, offset)| {
+                    (incarnation, offset - 1)
+                });
+            loop {
+                let (n, last) = fill_chunk(&tx, &topic, partition, after, None).await?;
+                if n == 0 {
+                    break;
+                }
+                after = last;
+                run_statements(&tx, &def.name, &statements, None).await?;
+                tx.execute("DELETE FROM applied_events", &[]).await?;
+                rest += n;
+            }
         }
         tx.execute(
             "UPDATE projections SET state = 'attached', attached_at = now() WHERE name = $1",
@@ -287,7 +263,7 @@ impl Store {
         )
         .await?;
         tx.commit().await?;
-        events += rest as i64;
+        events += rest;
         tracing::info!(projection = %def.name, events, "projection filled and attached");
         Ok(Ensured::Added { events })
     }
@@ -464,9 +440,8 @@ impl Store {
         let (tables, _) = relations(&tx, &scratch).await?;
         tx.execute(
             &format!(
-                "INSERT INTO applied_events SELECT * FROM ({APPLIED_HISTORY}) h \
-                 WHERE occurred_at <= $1 \
-                 ORDER BY kafka_topic, kafka_partition, kafka_incarnation, kafka_offset"
+                "INSERT INTO applied_events {}",
+                applied_history("(SELECT * FROM order_events WHERE occurred_at <= $1)")
             ),
             &[&t],
         )
@@ -539,6 +514,61 @@ async fn select_rows(tx: &Transaction<'_>, table: &str, sql: &str) -> Result<Tab
         }
     }
     Ok(rows)
+}
+
+/// Fills `applied_events` with at most [`FILL_CHUNK`] events of one
+/// partition's history, in position order, after `after` and before
+/// `before` (if given). Returns how many, and the position of the last.
+async fn fill_chunk(
+    tx: &Transaction<'_>,
+    topic: &str,
+    partition: i32,
+    after: (i32, i64),
+    before: Option<(i32, i64)>,
+) -> Result<(i64, (i32, i64))> {
+    let (until_incarnation, until_offset) = before.unwrap_or((i32::MAX, i64::MAX));
+    let events = "(SELECT * FROM order_events \
+                  WHERE kafka_topic = $1 AND kafka_partition = $2 \
+                    AND (kafka_incarnation, kafka_offset) > ($3, $4) \
+                    AND (kafka_incarnation, kafka_offset) < ($5, $6) \
+                  ORDER BY kafka_incarnation, kafka_offset LIMIT $7)";
+    let stmt = tx
+        .prepare_cached(&format!(
+            "WITH chunk AS (INSERT INTO applied_events {} \
+                            RETURNING kafka_incarnation, kafka_offset) \
+             SELECT count(*), max(kafka_incarnation), \
+                    max(kafka_offset) FILTER (WHERE kafka_incarnation = \
+                        (SELECT max(kafka_incarnation) FROM chunk)) \
+             FROM chunk",
+            applied_history(events)
+        ))
+        .await?;
+    let row = tx
+        .query_one(
+            &stmt,
+            &[
+                &topic,
+                &partition,
+                &after.0,
+                &after.1,
+                &until_incarnation,
+                &until_offset,
+                &FILL_CHUNK,
+            ],
+        )
+        .await?;
+    let n: i64 = row.get(0);
+    let last = (
+        row.get::<_, Option<i32>>(1).unwrap_or(after.0),
+        row.get::<_, Option<i64>>(2).unwrap_or(after.1),
+    );
+    Ok((n, last))
+}
+
+/// History as applied events (sql/applied_history.sql), over `events`: a
+/// parenthesized query of `order_events` rows.
+fn applied_history(events: &str) -> String {
+    APPLIED_HISTORY.replace("{events}", events)
 }
 
 /// Runs a projection's statements in `tx`, one by one, so a failure names
