@@ -569,8 +569,11 @@ async fn compare_and_swap(
     let (live_schema, shadow) = (scope.live, scope.shadow);
     let mut differing = 0;
     let mut first_differences = Vec::new();
-    let mut live_tables = Vec::new();
-    let mut shadow_tables = Vec::new();
+    // The tables to swap, in the order a live batch writes them (history,
+    // orders, dead letters, then the SQL projections by name): a batch still
+    // under way when the fence went up holds some of them and waits for the
+    // next, so taking them in any other order could wait in a cycle with it.
+    let mut swapped: Vec<((u8, String), Vec<String>, Vec<String>)> = Vec::new();
     for projection in &scope.projections {
         let tables =
             |schema: &str| format!("SELECT tables FROM {schema}.projections WHERE name = $1");
@@ -597,8 +600,7 @@ async fn compare_and_swap(
                 rebuilt: d.rebuilt,
             }));
         }
-        live_tables.extend(live_t);
-        shadow_tables.extend(shadow_t);
+        swapped.push((write_order(projection), live_t, shadow_t));
     }
     let events: i64 = tx
         .query_one(&format!("SELECT count(*) FROM {shadow}.order_events"), &[])
@@ -616,9 +618,12 @@ async fn compare_and_swap(
         // and the owners cleared: a member that re-took after a lapsed
         // fence is fenced here too, and starts again from the swapped offset.
         if scope.whole {
-            live_tables.push("dead_letters".to_owned());
-            shadow_tables.push("dead_letters".to_owned());
+            let dead_letters = vec!["dead_letters".to_owned()];
+            swapped.push(((2, String::new()), dead_letters.clone(), dead_letters));
         }
+        swapped.sort_by(|a, b| a.0.cmp(&b.0));
+        let live_tables: Vec<String> = swapped.iter().flat_map(|s| s.1.clone()).collect();
+        let shadow_tables: Vec<String> = swapped.iter().flat_map(|s| s.2.clone()).collect();
         swap_tables(
             tx,
             config,
@@ -671,6 +676,16 @@ async fn compare_and_swap(
         first_differences,
         swapped: false,
     })
+}
+
+/// Where a projection's tables come in the order a batch writes them:
+/// history, orders, (dead letters), then SQL projections by name.
+fn write_order(projection: &str) -> (u8, String) {
+    match projection {
+        "history" => (0, String::new()),
+        "orders" => (1, String::new()),
+        name => (3, name.to_owned()),
+    }
 }
 
 /// Puts the shadow's tables in the live schema and the live ones in the
