@@ -51,6 +51,10 @@ pub fn create_database(what: &str) -> (String, String) {
 }
 
 pub fn drop_database(name: &str) {
+    if std::env::var_os("BENCH_KEEP_DB").is_some() {
+        eprintln!("kept database {name} (BENCH_KEEP_DB)");
+        return;
+    }
     psql(
         &admin_url(),
         &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),

@@ -573,7 +573,7 @@ async fn compare_and_swap(
     // orders, dead letters, then the SQL projections by name): a batch still
     // under way when the fence went up holds some of them and waits for the
     // next, so taking them in any other order could wait in a cycle with it.
-    let mut swapped: Vec<((u8, String), Vec<String>, Vec<String>)> = Vec::new();
+    let mut swapped: Vec<SwapGroup> = Vec::new();
     for projection in &scope.projections {
         let tables =
             |schema: &str| format!("SELECT tables FROM {schema}.projections WHERE name = $1");
@@ -677,6 +677,10 @@ async fn compare_and_swap(
         swapped: false,
     })
 }
+
+/// One projection's tables to swap: its place in the write order, its
+/// live tables and its rebuilt ones.
+type SwapGroup = ((u8, String), Vec<String>, Vec<String>);
 
 /// Where a projection's tables come in the order a batch writes them:
 /// history, orders, (dead letters), then SQL projections by name.

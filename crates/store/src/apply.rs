@@ -185,22 +185,8 @@ impl Store {
             ..*batch
         };
 
-        let mut projection_times = Vec::new();
-        if !plan.history.is_empty() {
-            let started = std::time::Instant::now();
-            insert_history(&tx, batch, &plan.history).await?;
-            projection_times.push(("history".to_owned(), started.elapsed()));
-        }
-        if !plan.view.is_empty() {
-            let started = std::time::Instant::now();
-            upsert_orders(&tx, batch, &plan.view).await?;
-            projection_times.push(("orders".to_owned(), started.elapsed()));
-        }
-        if !plan.dead_letters.is_empty() {
-            insert_dead_letters(&tx, batch, &plan.dead_letters).await?;
-        }
-        // The SQL projections, over the events the fold applied: those
-        // attached in the registry as this transaction sees it.
+        // The SQL projections attached in the registry as this transaction
+        // sees it (after the attach lock).
         signature.sort_unstable();
         let cached = self.attached.lock().map(|a| a.clone()).unwrap_or_default();
         let attached = if cached.signature == signature {
@@ -212,8 +198,25 @@ impl Store {
             }
             fresh
         };
-        if !plan.history.is_empty() && !attached.sql.is_empty() {
-            insert_applied_events(&tx, batch, &plan).await?;
+        let with_sql = !attached.sql.is_empty();
+
+        let mut projection_times = Vec::new();
+        if !plan.history.is_empty() {
+            // With SQL projections attached, the same statement fills
+            // `applied_events` from the history rows it inserted.
+            let started = std::time::Instant::now();
+            insert_history(&tx, batch, &plan, with_sql).await?;
+            projection_times.push(("history".to_owned(), started.elapsed()));
+        }
+        if !plan.view.is_empty() {
+            let started = std::time::Instant::now();
+            upsert_orders(&tx, batch, &plan.view).await?;
+            projection_times.push(("orders".to_owned(), started.elapsed()));
+        }
+        if !plan.dead_letters.is_empty() {
+            insert_dead_letters(&tx, batch, &plan.dead_letters).await?;
+        }
+        if !plan.history.is_empty() && with_sql {
             let offsets = batch
                 .records
                 .first()
@@ -412,12 +415,20 @@ fn current_from_row(row: &tokio_postgres::Row) -> Result<Current> {
     })
 }
 
+/// History rows for the plan's applied events, in one statement. With
+/// `applied_events` (SQL projections attached), the statement also fills
+/// it from the rows it inserted (insert_history_applied.sql), each with
+/// its order's state right after it: the status its type leads to (every
+/// applied event is a step the machine allowed), and the order's
+/// restaurant, items, total and creation time, which never change after
+/// creation. Each payload is parsed once, by the history insert.
 async fn insert_history(
     tx: &deadpool_postgres::Transaction<'_>,
     batch: &Batch<'_>,
-    indexes: &[usize],
+    plan: &fold::Plan,
+    applied_events: bool,
 ) -> Result<()> {
-    let n = indexes.len();
+    let n = plan.history.len();
     let mut event_id = Vec::with_capacity(n);
     let mut order_id = Vec::with_capacity(n);
     let mut customer_id = Vec::with_capacity(n);
@@ -427,7 +438,8 @@ async fn insert_history(
     let mut occurred_at = Vec::with_capacity(n);
     let mut offset = Vec::with_capacity(n);
     let mut timestamp: Vec<DateTime<Utc>> = Vec::with_capacity(n);
-    for &i in indexes {
+    let mut status = Vec::with_capacity(n);
+    for &i in &plan.history {
         let record = &batch.records[i];
         let Ok(event) = &record.event else { continue };
         event_id.push(event.event_id);
@@ -446,28 +458,59 @@ async fn insert_history(
         occurred_at.push(event.occurred_at);
         offset.push(record.offset);
         timestamp.push(record.timestamp);
+        status.push(Status::after(&event.body).as_str());
     }
+    let history: [&(dyn tokio_postgres::types::ToSql + Sync); 12] = [
+        &batch.topic,
+        &batch.partition,
+        &event_id,
+        &order_id,
+        &customer_id,
+        &event_type,
+        &schema_version,
+        &payload,
+        &occurred_at,
+        &offset,
+        &timestamp,
+        &batch.incarnation,
+    ];
+    if !applied_events {
+        let stmt = tx
+            .prepare_cached(include_str!("sql/insert_history.sql"))
+            .await?;
+        tx.execute(&stmt, &history).await?;
+        return Ok(());
+    }
+    // The orders' attributes, one row per order the batch changed.
+    let orders = &plan.view;
+    let ids: Vec<Uuid> = orders.iter().map(|c| c.state.order_id).collect();
+    let restaurant: Vec<&str> = orders
+        .iter()
+        .map(|c| c.state.restaurant_id.as_str())
+        .collect();
+    let total: Vec<i64> = orders.iter().map(|c| c.state.total_cents).collect();
+    let items: Vec<String> = orders
+        .iter()
+        .map(|c| serde_json::to_string(&c.state.items).unwrap_or_else(|_| "[]".to_owned()))
+        .collect();
+    let created: Vec<DateTime<Utc>> = orders.iter().map(|c| c.state.created_at).collect();
     let stmt = tx
-        .prepare_cached(include_str!("sql/insert_history.sql"))
+        .prepare_cached(&format!(
+            "WITH h AS ({} RETURNING *) {}",
+            include_str!("sql/insert_history.sql").trim_end(),
+            include_str!("sql/insert_applied_events.sql")
+        ))
         .await?;
-    tx.execute(
-        &stmt,
-        &[
-            &batch.topic,
-            &batch.partition,
-            &event_id,
-            &order_id,
-            &customer_id,
-            &event_type,
-            &schema_version,
-            &payload,
-            &occurred_at,
-            &offset,
-            &timestamp,
-            &batch.incarnation,
-        ],
-    )
-    .await?;
+    let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = history.to_vec();
+    params.extend([
+        &status as &(dyn tokio_postgres::types::ToSql + Sync),
+        &ids,
+        &restaurant,
+        &total,
+        &items,
+        &created,
+    ]);
+    tx.execute(&stmt, &params).await?;
     Ok(())
 }
 
@@ -519,82 +562,6 @@ async fn upsert_orders(
             &last_event,
             &source_offset,
             &batch.incarnation,
-        ],
-    )
-    .await?;
-    Ok(())
-}
-
-/// The batch's applied events into `applied_events`, each with its order's
-/// state right after it: the status its type leads to (every applied event
-/// is a step the machine allowed), and the order's customer, restaurant,
-/// items, total and creation time, which never change after creation.
-async fn insert_applied_events(
-    tx: &deadpool_postgres::Transaction<'_>,
-    batch: &Batch<'_>,
-    plan: &fold::Plan,
-) -> Result<()> {
-    let orders: HashMap<Uuid, &Current> = plan.view.iter().map(|c| (c.state.order_id, c)).collect();
-    let n = plan.history.len();
-    let mut event_id = Vec::with_capacity(n);
-    let mut event_type = Vec::with_capacity(n);
-    let mut order_id = Vec::with_capacity(n);
-    let mut customer_id = Vec::with_capacity(n);
-    let mut occurred_at = Vec::with_capacity(n);
-    let mut payload: Vec<&str> = Vec::with_capacity(n);
-    let mut offset = Vec::with_capacity(n);
-    let mut timestamp: Vec<DateTime<Utc>> = Vec::with_capacity(n);
-    let mut status = Vec::with_capacity(n);
-    let mut restaurant_id: Vec<Option<&str>> = Vec::with_capacity(n);
-    let mut total: Vec<Option<i64>> = Vec::with_capacity(n);
-    let mut items: Vec<Option<String>> = Vec::with_capacity(n);
-    let mut created: Vec<Option<DateTime<Utc>>> = Vec::with_capacity(n);
-    for &i in &plan.history {
-        let record = &batch.records[i];
-        let Ok(event) = &record.event else { continue };
-        let order = orders.get(&event.order_id).map(|c| &c.state);
-        event_id.push(event.event_id);
-        event_type.push(event.body.event_type());
-        order_id.push(event.order_id);
-        customer_id.push(event.customer_id.as_str());
-        occurred_at.push(event.occurred_at);
-        payload.push(
-            record
-                .value
-                .as_deref()
-                .and_then(|v| std::str::from_utf8(v).ok())
-                .unwrap_or("{}"),
-        );
-        offset.push(record.offset);
-        timestamp.push(record.timestamp);
-        status.push(Status::after(&event.body).as_str());
-        restaurant_id.push(order.map(|o| o.restaurant_id.as_str()));
-        total.push(order.map(|o| o.total_cents));
-        items.push(order.and_then(|o| serde_json::to_string(&o.items).ok()));
-        created.push(order.map(|o| o.created_at));
-    }
-    let stmt = tx
-        .prepare_cached(include_str!("sql/insert_applied_events.sql"))
-        .await?;
-    tx.execute(
-        &stmt,
-        &[
-            &batch.topic,
-            &batch.partition,
-            &batch.incarnation,
-            &event_id,
-            &event_type,
-            &order_id,
-            &customer_id,
-            &occurred_at,
-            &payload,
-            &offset,
-            &timestamp,
-            &status,
-            &restaurant_id,
-            &total,
-            &items,
-            &created,
         ],
     )
     .await?;

@@ -438,13 +438,23 @@ impl Store {
         let scratch = enter_scratch(&tx, "asof").await?;
         tx.batch_execute(&schema_sql).await?;
         let (tables, _) = relations(&tx, &scratch).await?;
-        tx.execute(
-            &format!(
-                "INSERT INTO applied_events {}",
-                applied_history("(SELECT * FROM order_events WHERE occurred_at <= $1)")
-            ),
-            &[&t],
-        )
+        // `applied_events` here is a view of history up to `t` in the
+        // scratch schema, found before the temporary table (pg_temp is
+        // put last on the path): the apply reads history where it lies,
+        // instead of a copy of every event written to a temporary table.
+        let live: String = tx
+            .query_one("SELECT (current_schemas(false))[2]", &[])
+            .await?
+            .get(0);
+        tx.batch_execute(&format!(
+            "SET LOCAL search_path = {scratch}, {}, pg_temp; \
+             CREATE VIEW {scratch}.applied_events AS {}",
+            quote(&live),
+            applied_history(&format!(
+                "(SELECT * FROM order_events WHERE occurred_at <= '{}'::timestamptz)",
+                t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+            ))
+        ))
         .await?;
         run_statements(&tx, name, &split_statements(&apply_sql), None).await?;
         let mut out = Vec::new();

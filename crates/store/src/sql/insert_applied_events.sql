@@ -1,12 +1,17 @@
--- The batch's applied events, for its SQL projections (applied_events.sql).
+-- The second half of the history insert when SQL projections are attached
+-- (apply.rs, insert_history): `h` is the history rows just inserted; each
+-- goes to `applied_events` (applied_events.sql) with its order's state
+-- right after it. $3 and $13 are the events' ids and the statuses they
+-- lead to; $14..$18 the changed orders' ids, restaurants, totals, items
+-- and creation times.
 INSERT INTO applied_events
-SELECT e.event_id, e.event_type, e.order_id, e.customer_id, e.occurred_at,
-       e.payload::jsonb, $1, $2, $3, e.kafka_offset, e.kafka_timestamp,
-       e.status, e.restaurant_id, e.total_cents, e.items::jsonb,
-       e.order_created_at
-FROM unnest($4::uuid[], $5::text[], $6::uuid[], $7::text[], $8::timestamptz[],
-            $9::text[], $10::int8[], $11::timestamptz[], $12::text[],
-            $13::text[], $14::int8[], $15::text[], $16::timestamptz[])
-     AS e(event_id, event_type, order_id, customer_id, occurred_at, payload,
-          kafka_offset, kafka_timestamp, status, restaurant_id, total_cents,
-          items, order_created_at)
+SELECT h.event_id, h.event_type, h.order_id, h.customer_id, h.occurred_at,
+       h.payload, h.kafka_topic, h.kafka_partition, h.kafka_incarnation,
+       h.kafka_offset, h.kafka_timestamp, s.status, o.restaurant_id,
+       o.total_cents, o.items::jsonb, o.created_at
+FROM h
+JOIN unnest($3::uuid[], $13::text[]) AS s(event_id, status)
+  ON s.event_id = h.event_id
+JOIN unnest($14::uuid[], $15::text[], $16::int8[], $17::text[], $18::timestamptz[])
+     AS o(order_id, restaurant_id, total_cents, items, created_at)
+  ON o.order_id = h.order_id
