@@ -150,27 +150,7 @@ async fn fold_partition(
     records: Vec<store::SourceRecord>,
     cuts: Vec<usize>,
 ) {
-    let mut bounds: Vec<usize> = cuts.iter().map(|c| c % (records.len() + 1)).collect();
-    bounds.extend([0, records.len()]);
-    bounds.sort_unstable();
-    bounds.dedup();
-    for w in bounds.windows(2) {
-        let batch = &records[w[0]..w[1]];
-        store
-            .apply_batch(&store::Batch {
-                group: "g",
-                topic: "t",
-                partition,
-                from_offset: w[0] as i64,
-                next_offset: w[1] as i64,
-                records: batch,
-                incarnation: 0,
-                lease: None,
-            })
-            .await
-            .unwrap_or_else(|e| panic!("partition {partition} batch at {}: {e}", w[0]));
-        tokio::task::yield_now().await;
-    }
+    harness::fold_cut(&store, partition, &records, &cuts).await;
 }
 
 /// Records of `events` at offsets 0, 1, ... with keys other than the
@@ -201,8 +181,8 @@ proptest! {
         cuts0 in proptest::collection::vec(any::<usize>(), 1..12),
         cuts1 in proptest::collection::vec(any::<usize>(), 1..12),
     ) {
-        RUNTIME.block_on(async {
-            let db = shared_db().await;
+        harness::RUNTIME.block_on(async {
+            let db = harness::shared_db().await;
             let schema = format!("race_{}", Uuid::new_v4().simple());
             let store = db.migrated_store(Some(&schema)).await;
             store
@@ -250,15 +230,6 @@ proptest! {
                 .expect("drop the case's schema");
         });
     }
-}
-
-static RUNTIME: std::sync::LazyLock<tokio::runtime::Runtime> =
-    std::sync::LazyLock::new(|| tokio::runtime::Runtime::new().expect("a tokio runtime"));
-
-/// One database for every case of the property (each case has a schema).
-async fn shared_db() -> &'static TestDb {
-    static DB: tokio::sync::OnceCell<TestDb> = tokio::sync::OnceCell::const_new();
-    DB.get_or_init(TestDb::create).await
 }
 
 /// `consume --until-caught-up` at `bootstrap`, default flags.

@@ -1369,3 +1369,44 @@ pub async fn stored_offsets(db: &TestDb, group: &str, topic: &str) -> BTreeMap<i
         .map(|r| (r.get(0), r.get(1)))
         .collect()
 }
+
+/// Folds `records` of `partition` (group `g`, topic `t`, offsets from 0)
+/// into `store` with `Store::apply_batch`, cut into batches at `cuts`.
+pub async fn fold_cut(
+    store: &store::Store,
+    partition: i32,
+    records: &[store::SourceRecord],
+    cuts: &[usize],
+) {
+    let mut bounds: Vec<usize> = cuts.iter().map(|c| c % (records.len() + 1)).collect();
+    bounds.extend([0, records.len()]);
+    bounds.sort_unstable();
+    bounds.dedup();
+    for w in bounds.windows(2) {
+        store
+            .apply_batch(&store::Batch {
+                group: "g",
+                topic: "t",
+                partition,
+                from_offset: w[0] as i64,
+                next_offset: w[1] as i64,
+                records: &records[w[0]..w[1]],
+                incarnation: 0,
+                lease: None,
+            })
+            .await
+            .unwrap_or_else(|e| panic!("partition {partition} batch at {}: {e}", w[0]));
+        tokio::task::yield_now().await;
+    }
+}
+
+/// The runtime property tests against PostgreSQL run their cases on.
+pub static RUNTIME: std::sync::LazyLock<tokio::runtime::Runtime> =
+    std::sync::LazyLock::new(|| tokio::runtime::Runtime::new().expect("a tokio runtime"));
+
+/// One database for every case of the property tests (each case makes
+/// schemas of its own).
+pub async fn shared_db() -> &'static TestDb {
+    static DB: tokio::sync::OnceCell<TestDb> = tokio::sync::OnceCell::const_new();
+    DB.get_or_init(TestDb::create).await
+}

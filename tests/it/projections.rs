@@ -580,31 +580,6 @@ async fn asof_of_a_projection_is_the_fold_up_to_that_time() {
     db.drop_db().await;
 }
 
-/// Folds `records` (one partition, offsets from 0) into `store`, cut into
-/// batches at `cuts`.
-async fn fold_cut(store: &store::Store, records: &[store::SourceRecord], cuts: &[usize]) {
-    store.init_offset("g", "t", 0, 0).await.expect("offset row");
-    let mut bounds: Vec<usize> = cuts.iter().map(|c| c % (records.len() + 1)).collect();
-    bounds.extend([0, records.len()]);
-    bounds.sort_unstable();
-    bounds.dedup();
-    for w in bounds.windows(2) {
-        store
-            .apply_batch(&store::Batch {
-                group: "g",
-                topic: "t",
-                partition: 0,
-                from_offset: w[0] as i64,
-                next_offset: w[1] as i64,
-                records: &records[w[0]..w[1]],
-                incarnation: 0,
-                lease: None,
-            })
-            .await
-            .unwrap_or_else(|e| panic!("batch at {}: {e}", w[0]));
-    }
-}
-
 /// A digest of a table's rows, independent of their physical order.
 async fn table_digest(pg: &tokio_postgres::Client, schema: &str, table: &str) -> (i64, String) {
     let row = pg
@@ -618,15 +593,6 @@ async fn table_digest(pg: &tokio_postgres::Client, schema: &str, table: &str) ->
         .await
         .expect("digest");
     (row.get(0), row.get(1))
-}
-
-static RUNTIME: std::sync::LazyLock<tokio::runtime::Runtime> =
-    std::sync::LazyLock::new(|| tokio::runtime::Runtime::new().expect("a tokio runtime"));
-
-/// One database for every case of the property (each case has schemas).
-async fn shared_db() -> &'static TestDb {
-    static DB: tokio::sync::OnceCell<TestDb> = tokio::sync::OnceCell::const_new();
-    DB.get_or_init(TestDb::create).await
 }
 
 use proptest::prelude::*;
@@ -645,8 +611,8 @@ proptest! {
         cuts_a in proptest::collection::vec(any::<usize>(), 0..15),
         cuts_b in proptest::collection::vec(any::<usize>(), 0..15),
     ) {
-        RUNTIME.block_on(async {
-            let db = shared_db().await;
+        crate::harness::RUNTIME.block_on(async {
+            let db = crate::harness::shared_db().await;
             let events: Vec<events::OrderEvent> = events::generator::Generator::new(
                 events::generator::GeneratorConfig { seed, ..Default::default() },
             )
@@ -660,7 +626,8 @@ proptest! {
                 for def in store::projection::builtins() {
                     store.install_projection(&def).await.expect("install");
                 }
-                fold_cut(&store, &records, cuts).await;
+                store.init_offset("g", "t", 0, 0).await.expect("offset row");
+                crate::harness::fold_cut(&store, 0, &records, cuts).await;
                 schemas.push(schema);
             }
             let pg = db.client().await;

@@ -442,18 +442,22 @@ impl Store {
         // scratch schema, found before the temporary table (pg_temp is
         // put last on the path): the apply reads history where it lies,
         // instead of a copy of every event written to a temporary table.
+        // (JIT compiling the one big query costs more than it saves.)
         let live: String = tx
             .query_one("SELECT (current_schemas(false))[2]", &[])
             .await?
             .get(0);
         tx.batch_execute(&format!(
-            "SET LOCAL search_path = {scratch}, {}, pg_temp; \
+            "SET LOCAL search_path = {scratch}, {}, pg_temp; SET LOCAL jit = off; \
              CREATE VIEW {scratch}.applied_events AS {}",
             quote(&live),
-            applied_history(&format!(
-                "(SELECT * FROM order_events WHERE occurred_at <= '{}'::timestamptz)",
-                t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
-            ))
+            applied_history(
+                &format!(
+                    "(SELECT * FROM order_events WHERE occurred_at <= '{}'::timestamptz)",
+                    t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+                ),
+                false
+            )
         ))
         .await?;
         run_statements(&tx, name, &split_statements(&apply_sql), None).await?;
@@ -550,7 +554,7 @@ async fn fill_chunk(
                     max(kafka_offset) FILTER (WHERE kafka_incarnation = \
                         (SELECT max(kafka_incarnation) FROM chunk)) \
              FROM chunk",
-            applied_history(events)
+            applied_history(events, true)
         ))
         .await?;
     let row = tx
@@ -576,9 +580,20 @@ async fn fill_chunk(
 }
 
 /// History as applied events (sql/applied_history.sql), over `events`: a
-/// parenthesized query of `order_events` rows.
-fn applied_history(events: &str) -> String {
-    APPLIED_HISTORY.replace("{events}", events)
+/// parenthesized query of `order_events` rows. `few`: a chunk, whose
+/// orders' OrderCreated are looked up one by one; otherwise all of them
+/// are joined at once.
+fn applied_history(events: &str, few: bool) -> String {
+    let created = if few {
+        "LATERAL (SELECT c.order_id, c.payload, c.occurred_at FROM order_events c \
+                  WHERE c.order_id = e.order_id AND c.event_type = 'OrderCreated' LIMIT 1)"
+    } else {
+        "(SELECT order_id, payload, occurred_at FROM order_events \
+          WHERE event_type = 'OrderCreated')"
+    };
+    APPLIED_HISTORY
+        .replace("{events}", events)
+        .replace("{created}", created)
 }
 
 /// Runs a projection's statements in `tx`, one by one, so a failure names
