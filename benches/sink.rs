@@ -51,7 +51,7 @@ async fn run(url: &str, events: usize) -> (f64, f64, u64) {
     store.migrate().await.expect("migrate");
 
     let batches = std::sync::Arc::new(common::batches(events));
-    let sink_secs = common::fold(&store, &batches).await;
+    let (sink_secs, _) = common::fold(&store, &batches).await;
 
     let dir = std::env::temp_dir().join(format!("foodpipe-sink-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");

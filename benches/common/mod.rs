@@ -2,6 +2,9 @@
 //! events cut into ~1 MiB batches per partition, and the fold of them with
 //! `Store::apply_batch`, one writer per partition, as `consume` does.
 
+// Each bench binary compiles this module and uses a part of it.
+#![allow(dead_code)]
+
 use std::process::Command;
 use std::time::Instant;
 
@@ -103,22 +106,46 @@ pub fn batches(events: usize) -> Vec<Vec<Vec<SourceRecord>>> {
     per_partition
 }
 
+/// Seconds each projection's apply took, summed over the batches.
+pub type ProjectionSeconds = std::collections::BTreeMap<String, f64>;
+
 /// Folds `batches` into `store` (group and topic `bench`), one writer per
-/// partition at once; returns the seconds it took.
-pub async fn fold(store: &Store, batches: &std::sync::Arc<Vec<Vec<Vec<SourceRecord>>>>) -> f64 {
-    for p in 0..batches.len() as i32 {
-        store
-            .init_offset("bench", "bench", p, 0)
-            .await
-            .expect("offset row");
+/// partition at once; returns the seconds it took and the time each
+/// projection's apply took in all.
+pub async fn fold(
+    store: &Store,
+    batches: &std::sync::Arc<Vec<Vec<Vec<SourceRecord>>>>,
+) -> (f64, ProjectionSeconds) {
+    fold_range(store, batches, 0..usize::MAX).await
+}
+
+/// Like [`fold`], for the batches of each partition whose index is in
+/// `range` (a run may fold a stream in parts, alternating with another).
+pub async fn fold_range(
+    store: &Store,
+    batches: &std::sync::Arc<Vec<Vec<Vec<SourceRecord>>>>,
+    range: std::ops::Range<usize>,
+) -> (f64, ProjectionSeconds) {
+    if range.start == 0 {
+        for p in 0..batches.len() as i32 {
+            store
+                .init_offset("bench", "bench", p, 0)
+                .await
+                .expect("offset row");
+        }
     }
     let started = Instant::now();
     let mut writers = Vec::new();
     for p in 0..batches.len() {
-        let (store, batches) = (store.clone(), batches.clone());
+        let (store, batches, range) = (store.clone(), batches.clone(), range.clone());
         writers.push(tokio::spawn(async move {
-            let mut from = 0i64;
-            for records in &batches[p] {
+            let mut times = ProjectionSeconds::new();
+            let mut from: i64 = batches[p][..range.start.min(batches[p].len())]
+                .iter()
+                .map(|b| b.len() as i64)
+                .sum();
+            let end = range.end.min(batches[p].len());
+            for records in &batches[p][range.start.min(end)..end] {
                 let next = from + records.len() as i64;
                 let batch = Batch {
                     group: "bench",
@@ -130,13 +157,20 @@ pub async fn fold(store: &Store, batches: &std::sync::Arc<Vec<Vec<Vec<SourceReco
                     incarnation: 0,
                     lease: None,
                 };
-                store.apply_batch(&batch).await.expect("apply");
+                let applied = store.apply_batch(&batch).await.expect("apply");
+                for (name, took) in applied.projection_times {
+                    *times.entry(name).or_default() += took.as_secs_f64();
+                }
                 from = next;
             }
+            times
         }));
     }
+    let mut times = ProjectionSeconds::new();
     for w in writers {
-        w.await.expect("writer");
+        for (name, t) in w.await.expect("writer") {
+            *times.entry(name).or_default() += t;
+        }
     }
-    started.elapsed().as_secs_f64()
+    (started.elapsed().as_secs_f64(), times)
 }
