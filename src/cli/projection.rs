@@ -119,10 +119,20 @@ async fn add(args: AddArgs) -> anyhow::Result<()> {
         ))
         .into());
     };
-    let config = args.db.config()?;
-    args.db.open_store(Access::ReadWrite).await?;
-    pipeline::projections::prepare(&config, std::slice::from_ref(&def), &args.group.name).await?;
-    println!("projection {} is attached", def.name);
+    let store = args.db.open_store(Access::ReadWrite).await?;
+    store.check_projection(&def).await?;
+    match store.ensure_projection(&def, &args.group.name).await? {
+        store::Ensured::Attached => println!("projection {} is attached", def.name),
+        store::Ensured::Added { events } => println!(
+            "projection {} is attached: filled from {events} events of history",
+            def.name
+        ),
+        store::Ensured::AddedElsewhere => anyhow::bail!(
+            "projection {} is being added by another process right now; \
+             `foodpipe projection list` shows when it is attached",
+            def.name
+        ),
+    }
     Ok(())
 }
 

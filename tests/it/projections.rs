@@ -650,3 +650,74 @@ proptest! {
         });
     }
 }
+
+/// A projection is never filled while a rebuild of the schema runs (the rebuild moves history away under the fill): `projection add` refuses with one line naming the rebuild (exit 1); `consume` starting meanwhile folds without it and says so; once the rebuild has finished, `projection add` attaches it.
+#[tokio::test]
+async fn a_projection_waits_for_a_running_rebuild() {
+    let topic = random_topic_name();
+    let db = TestDb::create().await;
+    produce_events(&topic, 300, 210).await;
+    let store = db.migrated_store(None).await;
+    let claim = store
+        .claim_rebuild("public", "public_rebuild", "rebuild (host test, pid 1)")
+        .await
+        .expect("claim");
+    let dir = projections_dir(&[("events_per_hour", PER_HOUR_SCHEMA, PER_HOUR_APPLY)]);
+    let dir_str = dir.path().to_str().expect("utf-8");
+    let add = || {
+        let mut cmd = foodpipe(&[
+            "projection",
+            "add",
+            "events_per_hour",
+            "--projections",
+            dir_str,
+        ]);
+        cmd.env("DATABASE_URL", &db.url);
+        run_within(cmd, Duration::from_secs(30))
+    };
+    let out = add().await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("projection events_per_hour was not added")
+            && err.contains("rebuild (host test, pid 1)"),
+        "{err}"
+    );
+    let mut cmd = foodpipe(&[
+        "consume",
+        "--until-caught-up",
+        "--topic",
+        &topic,
+        "--projections",
+        dir_str,
+    ]);
+    cmd.env("DATABASE_URL", &db.url);
+    let out = run_within(cmd, Duration::from_secs(60)).await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("projection events_per_hour was not added"),
+        "{err}"
+    );
+    let pg = db.client().await;
+    let registered: i64 = pg
+        .query_one(
+            "SELECT count(*) FROM projections WHERE name = 'events_per_hour'",
+            &[],
+        )
+        .await
+        .expect("registry")
+        .get(0);
+    assert_eq!(registered, 0);
+
+    claim.release().await;
+    let out = add().await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (records, _) = read_topic_at(&bootstrap_servers(), &topic).await;
+    assert_eq!(per_hour(&pg).await, expected_per_hour(&records, i64::MAX));
+    db.drop_db().await;
+}

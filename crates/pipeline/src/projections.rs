@@ -27,7 +27,16 @@ pub async fn prepare(
         store.check_projection(def).await?;
     }
     for def in definitions {
-        match store.ensure_projection(def, group).await? {
+        let ensured = match store.ensure_projection(def, group).await {
+            // A member starts while a rebuild runs: it consumes, and says
+            // loudly which projection it did not add.
+            Err(e @ store::Error::ProjectionWaitsForRebuild { .. }) => {
+                tracing::warn!("{e}");
+                continue;
+            }
+            other => other?,
+        };
+        match ensured {
             Ensured::Attached => {}
             Ensured::Added { events } => tracing::info!(
                 projection = %def.name,

@@ -121,6 +121,12 @@ pub enum Error {
          foodpipe's fold: `foodpipe rebuild` rebuilds history from Kafka"
     )]
     UnreadableHistory(String),
+    /// A projection cannot be added while a rebuild of the schema runs.
+    #[error(
+        "projection {name} was not added: a rebuild of the schema is running ({by}); add it \
+         when the rebuild has finished (`foodpipe projection add {name}`, or restart consume)"
+    )]
+    ProjectionWaitsForRebuild { name: String, by: String },
     #[error("no projection named {0}; `foodpipe projection list` shows them")]
     ProjectionUnknown(String),
     /// A projection's apply failed on a batch.

@@ -158,7 +158,28 @@ impl Store {
         if !mine {
             return Ok(Ensured::AddedElsewhere);
         }
-        let result = self.fill_and_attach(&mut client, def, group).await;
+        // A rebuild moves history and the projections' tables between
+        // schemas: the fill and a rebuild of the schema never run at once
+        // (the rebuild's claim, held by either).
+        let claim = self
+            .claim_rebuild(
+                &schema,
+                &crate::derived_schema_name(&schema, "_rebuild")?,
+                &format!("projection add {} (pid {})", def.name, std::process::id()),
+            )
+            .await;
+        let result = match claim {
+            Ok(claim) => {
+                let result = self.fill_and_attach(&mut client, def, group).await;
+                claim.release().await;
+                result
+            }
+            Err(Error::RebuildRunning { by, .. }) => Err(Error::ProjectionWaitsForRebuild {
+                name: def.name.clone(),
+                by,
+            }),
+            Err(e) => Err(e),
+        };
         // The session lock goes with the session if this fails.
         let _ = client
             .query_one(
