@@ -627,14 +627,20 @@ pub(crate) async fn run_statements(
     offsets: Option<(i64, i64)>,
 ) -> Result<()> {
     for statement in statements {
-        tx.batch_execute(statement)
-            .await
-            .map_err(|source| Error::ProjectionFailed {
-                name: name.to_owned(),
-                statement: statement_head(statement),
-                offsets,
-                source,
-            })?;
+        let failed = |source| Error::ProjectionFailed {
+            name: name.to_owned(),
+            statement: statement_head(statement),
+            offsets,
+            source,
+        };
+        if offsets.is_some() {
+            // A batch: the statement is prepared once per connection and
+            // its plan kept, instead of planned again for every batch.
+            let stmt = tx.prepare_cached(statement).await.map_err(failed)?;
+            tx.execute(&stmt, &[]).await.map_err(failed)?;
+        } else {
+            tx.batch_execute(statement).await.map_err(failed)?;
+        }
     }
     Ok(())
 }
