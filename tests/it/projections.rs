@@ -441,8 +441,11 @@ async fn verify_names_damaged_keys_and_rebuild_swaps_one_projection() {
         .get(0);
     let restaurant: String = pg
         .query_one(
+            // One row: a restaurant has a row per day (two, when the
+            // generated events run past midnight UTC).
             "DELETE FROM restaurant_daily \
-             WHERE restaurant_id = (SELECT max(restaurant_id) FROM restaurant_daily) \
+             WHERE (restaurant_id, day) = (SELECT restaurant_id, day FROM restaurant_daily \
+                                           ORDER BY 1 DESC, 2 DESC LIMIT 1) \
              RETURNING restaurant_id",
             &[],
         )

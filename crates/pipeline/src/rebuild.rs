@@ -38,7 +38,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 
 use serde::Serialize;
-use store::{RebuildClaim, Store, StoreConfig};
+use store::{REBUILD_SHADOW_SUFFIX as SHADOW_SUFFIX, RebuildClaim, Store, StoreConfig};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -206,9 +206,6 @@ fn rebuild_identity() -> String {
     };
     format!("rebuild (host {host}, pid {pid})")
 }
-
-/// The suffix of a rebuild's shadow schema (`public_rebuild`).
-const SHADOW_SUFFIX: &str = "_rebuild";
 
 /// A rebuild stopped by a signal before its swap committed.
 #[derive(Debug, thiserror::Error)]

@@ -56,6 +56,10 @@ mod embedded {
 pub const DEFAULT_DATABASE_URL: &str =
     "postgres://kafka_user:kafka_password@localhost:5432/food_orders";
 
+/// The suffix of a rebuild's shadow schema (`public_rebuild`); its name
+/// also keys the rebuild's claim, which a projection's fill holds too.
+pub const REBUILD_SHADOW_SUFFIX: &str = "_rebuild";
+
 /// Advisory lock key taken while migrating ("foodpipe" in ASCII, truncated).
 const MIGRATION_LOCK: i64 = 0x666f_6f64_7069_7065;
 

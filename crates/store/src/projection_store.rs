@@ -143,6 +143,7 @@ impl Store {
     pub async fn add_projection(&self, def: &Definition, group: &str) -> Result<Ensured> {
         check_name(&def.name)?;
         let schema = self.schema_name().to_owned();
+        let shadow = crate::derived_schema_name(&schema, crate::REBUILD_SHADOW_SUFFIX)?;
         let fill_key = (
             crate::apply::fnv32(format!("{schema}:fill").as_bytes()),
             crate::apply::fnv32(def.name.as_bytes()),
@@ -164,7 +165,7 @@ impl Store {
         let claim = self
             .claim_rebuild(
                 &schema,
-                &crate::derived_schema_name(&schema, "_rebuild")?,
+                &shadow,
                 &format!("projection add {} (pid {})", def.name, std::process::id()),
             )
             .await;
