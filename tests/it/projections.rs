@@ -724,3 +724,56 @@ async fn a_projection_waits_for_a_running_rebuild() {
     assert_eq!(per_hour(&pg).await, expected_per_hour(&records, i64::MAX));
     db.drop_db().await;
 }
+
+/// Three members started at once on a new database, each with the same new projections: every projection ends up attached and exact (the fills take turns; none is skipped because another fill held the schema).
+#[tokio::test]
+async fn members_starting_together_add_every_projection() {
+    let topic = random_topic_name();
+    let db = TestDb::create().await;
+    produce_events(&topic, 600, 211).await;
+    let (schema, apply) = shipped("delivery_times");
+    let dir = projections_dir(&[
+        ("events_per_hour", PER_HOUR_SCHEMA, PER_HOUR_APPLY),
+        ("delivery_times", &schema, &apply),
+    ]);
+    let dir_str = dir.path().to_str().expect("utf-8");
+    let member = || {
+        let mut cmd = foodpipe(&["consume", "--until-caught-up", "--topic", &topic]);
+        cmd.env("DATABASE_URL", &db.url)
+            .env("FOODPIPE_PROJECTIONS", dir_str);
+        run_within(cmd, Duration::from_secs(90))
+    };
+    let (a, b, c) = tokio::join!(member(), member(), member());
+    for out in [a, b, c] {
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{err}");
+        assert!(!err.contains("was not added"), "{err}");
+    }
+    let pg = db.client().await;
+    let attached: Vec<String> = pg
+        .query(
+            "SELECT name FROM projections WHERE state = 'attached' ORDER BY name",
+            &[],
+        )
+        .await
+        .expect("registry")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        attached,
+        [
+            "customer_stats",
+            "delivery_times",
+            "events_per_hour",
+            "history",
+            "orders",
+            "restaurant_daily"
+        ]
+    );
+    let (records, _) = read_topic_at(&bootstrap_servers(), &topic).await;
+    assert_eq!(per_hour(&pg).await, expected_per_hour(&records, i64::MAX));
+    assert_eq!(delivery(&pg).await, expected_delivery(&records));
+    assert_db_is_fold_of_topic(&db, &topic, "order-processors").await;
+    db.drop_db().await;
+}

@@ -16,6 +16,9 @@ use crate::{Error, Result, Store};
 /// History as applied events (sql/applied_history.sql).
 const APPLIED_HISTORY: &str = include_str!("sql/applied_history.sql");
 
+/// How a projection's fill names itself when it holds the rebuild's claim.
+const FILL_CLAIM: &str = "projection add";
+
 /// Applied events filled into a new projection per transaction.
 const FILL_CHUNK: i64 = 20_000;
 
@@ -161,14 +164,25 @@ impl Store {
         }
         // A rebuild moves history and the projections' tables between
         // schemas: the fill and a rebuild of the schema never run at once
-        // (the rebuild's claim, held by either).
-        let claim = self
-            .claim_rebuild(
-                &schema,
-                &shadow,
-                &format!("projection add {} (pid {})", def.name, std::process::id()),
-            )
-            .await;
+        // (the rebuild's claim, held by either). Another projection's fill
+        // holding it is waited for: two members starting together add
+        // their new projections one after the other.
+        let claim = loop {
+            let claim = self
+                .claim_rebuild(
+                    &schema,
+                    &shadow,
+                    &format!("{FILL_CLAIM} {} (pid {})", def.name, std::process::id()),
+                )
+                .await;
+            match claim {
+                Err(Error::RebuildRunning { by, .. }) if by.starts_with(FILL_CLAIM) => {
+                    tracing::info!(projection = %def.name, "waiting for {by} to finish");
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                }
+                other => break other,
+            }
+        };
         let result = match claim {
             Ok(claim) => {
                 let result = self.fill_and_attach(&mut client, def, group).await;
