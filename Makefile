@@ -70,7 +70,9 @@ demo: up build
 	$(FOODPIPE) consume --until-caught-up --projections projections
 	$(FOODPIPE) status
 	$(FOODPIPE) projection list
-	$(FOODPIPE) asof "$$(date -u +%Y-%m-%dT%H:%M:%SZ)" --projection restaurant_daily
+	@# The generated events start now and run about an hour and a half
+	@# ahead: restaurant_daily as it was 30 minutes into the stream.
+	$(FOODPIPE) asof "$$(date -u -d '+30 min' +%Y-%m-%dT%H:%M:%SZ 2>/dev/null || date -u -v+30M +%Y-%m-%dT%H:%M:%SZ)" --projection restaurant_daily
 
 lint:
 	$(CARGO) fmt --all --check
