@@ -82,7 +82,7 @@ impl Store {
         // Each read below is a statement of its own, so it sees what the
         // batches it waited for committed (READ COMMITTED).
         if !order_ids.is_empty() {
-            let schema = self.schema.as_deref().unwrap_or("public");
+            let schema = self.schema_name();
             let (class, keys) = order_lock_keys(schema, &order_ids);
             let (attach_class, attach_key) = attach_lock_key(schema);
             let stmt = tx
@@ -355,11 +355,10 @@ fn compare_positions(records: &[SourceRecord], held: &[Held]) -> (HashSet<i64>, 
 /// rebuild's shadow does not wait for the live tables) and 32 bits of each
 /// order id. Two orders sharing 32 bits only wait for each other.
 fn order_lock_keys(schema: &str, orders: &[Uuid]) -> (i32, Vec<i32>) {
-    let fnv = fnv32;
-    let mut keys: Vec<i32> = orders.iter().map(|o| fnv(o.as_bytes())).collect();
+    let mut keys: Vec<i32> = orders.iter().map(|o| fnv32(o.as_bytes())).collect();
     keys.sort_unstable();
     keys.dedup();
-    (fnv(schema.as_bytes()), keys)
+    (fnv32(schema.as_bytes()), keys)
 }
 
 /// 32-bit FNV-1a: advisory lock keys from names and ids.

@@ -42,7 +42,8 @@ struct Registered {
 }
 
 impl Store {
-    fn schema_name(&self) -> &str {
+    /// The schema named in the config, or `public`.
+    pub(crate) fn schema_name(&self) -> &str {
         self.schema.as_deref().unwrap_or("public")
     }
 
@@ -167,6 +168,7 @@ impl Store {
         // (the rebuild's claim, held by either). Another projection's fill
         // holding it is waited for: two members starting together add
         // their new projections one after the other.
+        let mut waiting = false;
         let claim = loop {
             let claim = self
                 .claim_rebuild(
@@ -177,7 +179,10 @@ impl Store {
                 .await;
             match claim {
                 Err(Error::RebuildRunning { by, .. }) if by.starts_with(FILL_CLAIM) => {
-                    tracing::info!(projection = %def.name, "waiting for {by} to finish");
+                    if !waiting {
+                        waiting = true;
+                        tracing::info!(projection = %def.name, "waiting for {by} to finish");
+                    }
                     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
                 }
                 other => break other,
