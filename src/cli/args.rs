@@ -53,6 +53,7 @@ impl ClusterArgs {
         Ok(KafkaConfig {
             bootstrap_servers: servers,
             timeout: Duration::from_secs(self.kafka_timeout_secs),
+            request_timeout: kafka::DEFAULT_REQUEST_TIMEOUT,
             security: self.security.security()?,
         })
     }

@@ -70,6 +70,13 @@ pub(crate) struct ConsumeArgs {
     /// A member silent for this long is expired and its partitions move, e.g. 10s.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     session_timeout: Duration,
+    /// A member that reaches PostgreSQL but no broker has answered for this
+    /// long is cut off from the brokers: its partitions go to members that
+    /// reach them, and come back when the brokers answer it again (nothing
+    /// moves if every member is cut off). Also the longest a request to a
+    /// broker may go unanswered, e.g. 15s.
+    #[arg(long, default_value = "15s", value_parser = parse_broker_timeout)]
+    broker_timeout: Duration,
     /// How partitions are dealt to the group's members.
     #[arg(long, value_enum, default_value_t = AssignorArg::Range)]
     assignor: AssignorArg,
@@ -210,6 +217,22 @@ pub(crate) struct RebuildArgs {
     json: bool,
 }
 
+/// `--broker-timeout`: at least [`MIN_BROKER_TIMEOUT`], since a member
+/// that owns no partition hears from the brokers only through its probe,
+/// every two seconds.
+fn parse_broker_timeout(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d < MIN_BROKER_TIMEOUT {
+        return Err(format!(
+            "must be at least {} s: a member probes the brokers every 2 s",
+            MIN_BROKER_TIMEOUT.as_secs()
+        ));
+    }
+    Ok(d)
+}
+
+const MIN_BROKER_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// `consume`: a member of the group folding its partitions.
 pub(crate) async fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
     let config = ConsumeConfig {
@@ -231,6 +254,7 @@ pub(crate) async fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
         member_id: args.member_id,
         heartbeat_interval: args.heartbeat_interval,
         session_timeout: args.session_timeout,
+        broker_timeout: args.broker_timeout,
         assignor: match args.assignor {
             AssignorArg::Range => group::Assignor::Range,
             AssignorArg::RoundRobin => group::Assignor::RoundRobin,

@@ -22,6 +22,7 @@
 //! decision.
 
 pub mod assign;
+pub mod reach;
 pub mod rebalance;
 
 pub use assign::Assignor;

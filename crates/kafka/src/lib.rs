@@ -82,6 +82,11 @@ pub struct KafkaConfig {
     /// How long any one operation (including the first metadata request)
     /// keeps retrying before it gives up with an error.
     pub timeout: Duration,
+    /// How long one request (or a connect) may go unanswered before it
+    /// fails and its connection is closed (Kafka's `request.timeout.ms`,
+    /// 30 s by default). Without it, a broker whose packets are dropped
+    /// holds a request for as long as the kernel keeps the connection.
+    pub request_timeout: Duration,
     /// TLS and SASL; plaintext by default.
     pub security: Security,
 }
@@ -91,10 +96,14 @@ impl Default for KafkaConfig {
         Self {
             bootstrap_servers: vec!["localhost:9092".to_owned()],
             timeout: Duration::from_secs(10),
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
             security: Security::default(),
         }
     }
 }
+
+/// Kafka's default `request.timeout.ms`.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Parses a `KAFKA_BOOTSTRAP_SERVERS`-style comma list, dropping blanks.
 pub fn parse_bootstrap_list(list: &str) -> Vec<String> {
@@ -115,7 +124,8 @@ pub async fn connect(config: &KafkaConfig) -> Result<Client> {
     };
     let mut builder = ClientBuilder::new(config.bootstrap_servers.clone())
         .client_id("foodpipe")
-        .backoff_config(backoff);
+        .backoff_config(backoff)
+        .request_timeout(config.request_timeout);
     #[cfg(feature = "tls")]
     if let Some(tls) = &config.security.tls {
         builder = builder.tls_config(tls.clone());

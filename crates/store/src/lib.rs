@@ -39,7 +39,8 @@ pub use deadpool_postgres::Transaction;
 pub use error::{Error, Result};
 pub use fold::SourceRecord;
 pub use membership::{
-    GroupRow, GroupView, Lease, LeaseRow, Member, MemberRow, PartitionOwner, RebuildClaim,
+    BrokerReach, GroupRow, GroupView, Lease, LeaseRow, Member, MemberRow, PartitionOwner,
+    RebuildClaim,
 };
 pub use projection::{Definition, Kind as ProjectionKind, ProjectionRow, TableRows};
 pub use projection_store::{

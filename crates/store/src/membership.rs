@@ -16,6 +16,29 @@ pub struct GroupView {
     /// True if this heartbeat added the member (a join, or a re-join after
     /// being expired).
     pub joined: bool,
+    /// Live members that cannot reach the brokers, sorted.
+    pub cut_off: Vec<String>,
+    /// Live members the brokers have answered steadily, sorted.
+    pub answering: Vec<String>,
+}
+
+/// What a member says of its reach to the Kafka brokers in each heartbeat.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BrokerReach {
+    /// Why it counts itself cut off from the brokers, if it does.
+    pub cut_off: Option<String>,
+    /// The brokers have answered it steadily for a while.
+    pub answering: bool,
+}
+
+impl BrokerReach {
+    /// Reach as a member that has just connected sees it.
+    pub fn answering() -> Self {
+        Self {
+            cut_off: None,
+            answering: true,
+        }
+    }
 }
 
 /// One `consume` process as a member of a group.
@@ -80,6 +103,25 @@ impl Store {
         claim: bool,
         session_timeout: Duration,
     ) -> Result<GroupView> {
+        self.heartbeat_with(
+            member,
+            state,
+            claim,
+            session_timeout,
+            &BrokerReach::answering(),
+        )
+        .await
+    }
+
+    /// [`Store::heartbeat`], saying how this member reaches the brokers.
+    pub async fn heartbeat_with(
+        &self,
+        member: &Member,
+        state: &str,
+        claim: bool,
+        session_timeout: Duration,
+        reach: &BrokerReach,
+    ) -> Result<GroupView> {
         let group = member.group.as_str();
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
@@ -110,12 +152,14 @@ impl Store {
             .collect();
         let joined: Option<bool> = tx
             .query_opt(
-                "INSERT INTO group_members (group_id, member_id, host, pid, session, metrics_addr, state) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7) \
+                "INSERT INTO group_members (group_id, member_id, host, pid, session, metrics_addr, state, \
+                     cut_off, brokers_answering) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $9, $10) \
                  ON CONFLICT (group_id, member_id) DO UPDATE \
                  SET heartbeat_at = clock_timestamp(), host = EXCLUDED.host, pid = EXCLUDED.pid, \
                      session = EXCLUDED.session, metrics_addr = EXCLUDED.metrics_addr, \
-                     state = EXCLUDED.state \
+                     state = EXCLUDED.state, cut_off = EXCLUDED.cut_off, \
+                     brokers_answering = EXCLUDED.brokers_answering \
                  WHERE group_members.session IS NOT DISTINCT FROM EXCLUDED.session OR $8 \
                  RETURNING (xmax = 0)",
                 &[
@@ -127,6 +171,8 @@ impl Store {
                     &member.metrics_addr,
                     &state,
                     &claim,
+                    &reach.cut_off,
+                    &reach.answering,
                 ],
             )
             .await?
@@ -155,21 +201,27 @@ impl Store {
                 .await?
                 .get(0);
         }
-        let members = tx
+        let rows = tx
             .query(
-                "SELECT member_id FROM group_members WHERE group_id = $1 ORDER BY member_id",
+                "SELECT member_id, cut_off IS NOT NULL, brokers_answering FROM group_members \
+                 WHERE group_id = $1 ORDER BY member_id",
                 &[&group],
             )
-            .await?
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
+            .await?;
         tx.commit().await?;
+        let with = |column: usize| -> Vec<String> {
+            rows.iter()
+                .filter(|r| r.get::<_, bool>(column))
+                .map(|r| r.get(0))
+                .collect()
+        };
         Ok(GroupView {
             generation,
-            members,
+            members: rows.iter().map(|r| r.get(0)).collect(),
             expired,
             joined,
+            cut_off: with(1),
+            answering: with(2),
         })
     }
 

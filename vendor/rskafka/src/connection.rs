@@ -3,6 +3,7 @@ use std::fmt::Display;
 use std::future::Future;
 use std::ops::ControlFlow;
 use std::sync::Arc;
+use std::time::Duration;
 use thiserror::Error;
 use tokio::{io::BufStream, sync::Mutex};
 use tracing::{debug, error, info, warn};
@@ -85,6 +86,7 @@ trait ConnectionHandler {
         socks5_proxy: Option<String>,
         sasl_config: Option<SaslConfig>,
         max_message_size: usize,
+        request_timeout: Option<Duration>,
     ) -> impl Future<Output = Result<Arc<Self::R>>> + Send;
 }
 
@@ -147,6 +149,7 @@ impl ConnectionHandler for BrokerRepresentation {
         socks5_proxy: Option<String>,
         sasl_config: Option<SaslConfig>,
         max_message_size: usize,
+        request_timeout: Option<Duration>,
     ) -> Result<Arc<Self::R>> {
         let url = self.url();
         info!(
@@ -154,19 +157,41 @@ impl ConnectionHandler for BrokerRepresentation {
             url = url.as_str(),
             "Establishing new connection",
         );
-        let transport = Transport::connect(&url, tls_config, socks5_proxy)
-            .await
-            .map_err(|error| Error::Transport {
-                broker: url.to_string(),
-                error,
-            })?;
+        // foodpipe patch: with a request timeout, connecting (TCP, TLS, the
+        // version handshake and SASL) is bounded by it too; a broker whose
+        // packets are dropped would otherwise hold the connect for the
+        // kernel's SYN retries (about two minutes).
+        let connect = async {
+            let transport = Transport::connect(&url, tls_config, socks5_proxy)
+                .await
+                .map_err(|error| Error::Transport {
+                    broker: url.to_string(),
+                    error,
+                })?;
 
-        let mut messenger = Messenger::new(BufStream::new(transport), max_message_size, client_id);
-        messenger.sync_versions().await?;
-        if let Some(sasl_config) = sasl_config {
-            messenger.do_sasl(sasl_config).await?;
+            let mut messenger =
+                Messenger::new(BufStream::new(transport), max_message_size, client_id);
+            messenger.set_request_timeout(request_timeout);
+            messenger.sync_versions().await?;
+            if let Some(sasl_config) = sasl_config {
+                messenger.do_sasl(sasl_config).await?;
+            }
+            Ok(Arc::new(messenger))
+        };
+        match request_timeout {
+            None => connect.await,
+            Some(timeout) => tokio::time::timeout(timeout, connect)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(Error::Transport {
+                        broker: url.to_string(),
+                        error: crate::connection::transport::Error::IO(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            format!("no connection within {timeout:?}"),
+                        )),
+                    })
+                }),
         }
-        Ok(Arc::new(messenger))
     }
 }
 
@@ -210,6 +235,10 @@ pub struct BrokerConnector {
 
     /// Maximum message size for framing protocol.
     max_message_size: usize,
+
+    /// How long a request (or a connect) may go unanswered before its
+    /// connection is given up (foodpipe patch); `None`: for ever.
+    request_timeout: Option<Duration>,
 }
 
 impl BrokerConnector {
@@ -221,6 +250,7 @@ impl BrokerConnector {
         sasl_config: Option<SaslConfig>,
         max_message_size: usize,
         backoff_config: Arc<BackoffConfig>,
+        request_timeout: Option<Duration>,
     ) -> Self {
         Self {
             bootstrap_brokers,
@@ -233,6 +263,7 @@ impl BrokerConnector {
             socks5_proxy,
             sasl_config,
             max_message_size,
+            request_timeout,
         }
     }
 
@@ -329,6 +360,7 @@ impl BrokerConnector {
                         self.socks5_proxy.clone(),
                         self.sasl_config.clone(),
                         self.max_message_size,
+                        self.request_timeout,
                     )
                     .await?;
                 Ok(Some(connection))
@@ -443,6 +475,7 @@ impl BrokerCache for &BrokerConnector {
             self.socks5_proxy.clone(),
             self.sasl_config.clone(),
             self.max_message_size,
+            self.request_timeout,
         )
         .await?;
 
@@ -479,6 +512,7 @@ async fn connect_to_a_broker_with_retry<B>(
     socks5_proxy: Option<String>,
     sasl_config: Option<SaslConfig>,
     max_message_size: usize,
+    request_timeout: Option<Duration>,
 ) -> Result<Arc<B::R>>
 where
     B: ConnectionHandler + Send + Sync,
@@ -498,6 +532,7 @@ where
                         socks5_proxy.clone(),
                         sasl_config.clone(),
                         max_message_size,
+                        request_timeout,
                     )
                     .await;
 
@@ -809,6 +844,7 @@ mod tests {
             _socks5_proxy: Option<String>,
             _sasl_config: Option<SaslConfig>,
             _max_message_size: usize,
+            _request_timeout: Option<Duration>,
         ) -> Result<Arc<Self::R>> {
             (self.conn)()
         }
@@ -837,6 +873,7 @@ mod tests {
             Default::default(),
             Default::default(),
             Default::default(),
+            None,
         )
         .await
         .unwrap();

@@ -8,6 +8,7 @@ use std::{
         atomic::{AtomicI32, Ordering},
     },
     task::Poll,
+    time::Duration,
 };
 
 use futures::future::BoxFuture;
@@ -130,6 +131,10 @@ pub struct Messenger<RW> {
 
     /// Join handle for the background worker that fetches responses.
     join_handle: JoinHandle<()>,
+
+    /// How long a request waits for its answer before the connection is
+    /// given up (foodpipe patch); `None`: for ever.
+    request_timeout: Option<Duration>,
 }
 
 #[derive(Error, Debug)]
@@ -301,6 +306,7 @@ where
             version_ranges: HashMap::new(),
             state,
             join_handle,
+            request_timeout: None,
         }
     }
 
@@ -397,7 +403,7 @@ where
         self.send_message(buf).await?;
         cleanup_on_cancel.message_sent();
 
-        let mut response = rx.await.expect("Who closed this channel?!")?;
+        let mut response = self.await_response(rx).await?;
         let body = R::ResponseBody::read_versioned(&mut response.data, body_api_version)?;
 
         // check if we fully consumed the message, otherwise there might be a bug in our protocol code
@@ -413,6 +419,37 @@ where
         }
 
         Ok(body)
+    }
+
+    /// Sets the request timeout (foodpipe patch; see
+    /// `ClientBuilder::request_timeout`).
+    pub fn set_request_timeout(&mut self, timeout: Option<Duration>) {
+        self.request_timeout = timeout;
+    }
+
+    /// Waits for the answer to a request that was sent. Past the request
+    /// timeout the connection is poisoned: every request waiting on it
+    /// fails, and the caller (which invalidates poisoned connections)
+    /// connects again. An answer that arrives on a connection nobody waits
+    /// on any more is dropped with it; one still in flight for another
+    /// request gets the same error, as on any broken connection.
+    async fn await_response(
+        &self,
+        rx: tokio::sync::oneshot::Receiver<Result<Response, RequestError>>,
+    ) -> Result<Response, RequestError> {
+        let Some(timeout) = self.request_timeout else {
+            return rx.await.expect("Who closed this channel?!");
+        };
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(answer) => answer.expect("Who closed this channel?!"),
+            Err(_) => {
+                let error = RequestError::IO(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no answer within {timeout:?}"),
+                ));
+                Err(RequestError::Poisoned(self.state.lock().poison(error)))
+            }
+        }
     }
 
     /// The version range the broker announced for `api_key`, if any.
@@ -478,7 +515,7 @@ where
         self.send_message(buf).await?;
         cleanup_on_cancel.message_sent();
 
-        let response = rx.await.expect("Who closed this channel?!")?;
+        let response = self.await_response(rx).await?;
         let position = response.data.position() as usize;
         let mut body = response.data.into_inner();
         body.drain(..position.min(body.len()));
@@ -1182,6 +1219,36 @@ mod tests {
             .await
             .unwrap_err();
         assert_matches!(err, RequestError::Poisoned(_));
+    }
+
+    /// foodpipe patch: a request nobody answers fails after the request
+    /// timeout and poisons the connection, so the next request fails at
+    /// once (and its caller connects again) instead of waiting too.
+    #[tokio::test]
+    async fn test_request_timeout_poisons() {
+        // The simulator is kept, so the stream stays open and silent: a
+        // broker whose packets are dropped.
+        let (_sim, rx) = MessageSimulator::new();
+        let mut messenger = Messenger::new(rx, 1_000, Arc::from(DEFAULT_CLIENT_ID));
+        messenger.set_version_ranges(HashMap::from([(
+            ApiKey::ListOffsets,
+            ListOffsetsRequest::API_VERSION_RANGE,
+        )]));
+        messenger.set_request_timeout(Some(Duration::from_millis(50)));
+        let request = || ListOffsetsRequest {
+            replica_id: NORMAL_CONSUMER,
+            isolation_level: None,
+            topics: vec![],
+        };
+        let started = std::time::Instant::now();
+        let err = messenger.request(request()).await.unwrap_err();
+        assert!(started.elapsed() >= Duration::from_millis(50));
+        assert!(err.to_string().contains("no answer within 50ms"), "{err}");
+        assert_matches!(err, RequestError::Poisoned(_));
+        let started = std::time::Instant::now();
+        let err = messenger.request(request()).await.unwrap_err();
+        assert_matches!(err, RequestError::Poisoned(_));
+        assert!(started.elapsed() < Duration::from_millis(50));
     }
 
     #[tokio::test]

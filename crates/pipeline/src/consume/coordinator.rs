@@ -22,6 +22,7 @@ use store::{GroupView, LeaseRow, Member, Store, StoreConfig};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::{Id, JoinSet};
 
+use super::brokers::BrokerWatch;
 use super::dlt::DeadLetterTopic;
 use super::error::{Action, Error, Result};
 use super::fetcher::{self, Assigned, FetcherHandle};
@@ -103,8 +104,15 @@ pub(super) async fn run(
         config.session_timeout,
     ))
     .await?;
+    // Every request to a broker is bounded: a broker whose packets are
+    // dropped must not hold a fetch, a take or a metadata request for the
+    // minutes the kernel keeps a connection (see `brokers`).
+    let kafka_config = KafkaConfig {
+        request_timeout: config.broker_timeout + config.fetch_max_wait,
+        ..config.kafka.clone()
+    };
     // The cluster, for metadata and the tools' requests.
-    let client = Arc::new(kafka::connect(&config.kafka).await?);
+    let client = Arc::new(kafka::connect(&kafka_config).await?);
     // The client partition readers are made from (takes, then fetches;
     // rskafka gives each partition client a connection of its own). Both
     // retry failed requests themselves, with backoff and health saying so;
@@ -113,22 +121,23 @@ pub(super) async fn run(
     let reader_client = Arc::new(
         kafka::connect(&KafkaConfig {
             timeout: config.kafka.timeout.min(READER_RETRY_DEADLINE),
-            ..config.kafka.clone()
+            ..kafka_config.clone()
         })
         .await?,
     );
     let partitions = kafka::existing_topic_partitions(&client, &config.topic).await?;
     let status = Status::new(&config.group, &config.topic, config.stall_timeout);
+    let brokers = BrokerWatch::new(
+        &config.kafka.bootstrap_servers,
+        &config.topic,
+        config.broker_timeout,
+    );
+    let probes = tokio::spawn(brokers.clone().probe_loop(config.kafka.clone()));
 
     let metrics_addr = match config.metrics {
         MetricsListen::Off => None,
         listen => {
-            let health = health_check(
-                control.clone(),
-                Arc::clone(&client),
-                config.topic.clone(),
-                status.clone(),
-            );
+            let health = health_check(control.clone(), brokers.clone(), status.clone());
             Some(crate::observe::serve(listen, health).await?)
         }
     };
@@ -171,6 +180,7 @@ pub(super) async fn run(
         beat_store,
         member.clone(),
         status.clone(),
+        brokers.clone(),
         config.heartbeat_interval,
         config.session_timeout,
         beats_tx,
@@ -187,7 +197,8 @@ pub(super) async fn run(
     });
     let config = Arc::new(config);
     let budget = Arc::new(Semaphore::new(config.max_inflight_bytes.max(2048)));
-    let (fetcher, fetcher_task) = fetcher::spawn(Arc::clone(&config), status.clone(), budget);
+    let (fetcher, fetcher_task) =
+        fetcher::spawn(Arc::clone(&config), status.clone(), budget, brokers);
     let bars = indicatif::MultiProgress::new();
     if !config.progress {
         bars.set_draw_target(indicatif::ProgressDrawTarget::hidden());
@@ -223,6 +234,7 @@ pub(super) async fn run(
     coordinator.take_slots = Arc::new(Semaphore::new(coordinator.config.take_concurrency.max(1)));
     let outcome = coordinator.run(beats, shutdown).await;
     heartbeats.abort();
+    probes.abort();
     let summary = coordinator.finish(outcome).await;
     fetcher_task.abort();
     summary
@@ -382,10 +394,13 @@ impl Coordinator {
         } else {
             group::assign::Assignment::new()
         };
+        // Members cut off from the brokers get nothing while another
+        // member reaches them (`group::reach`).
+        let members = group::reach::eligible(&view.members, &view.cut_off, &view.answering);
         let assignment = self
             .config
             .assignor
-            .assign(&view.members, self.partitions, &previous);
+            .assign(&members, self.partitions, &previous);
         let assigned: BTreeSet<i32> = assignment
             .get(me)
             .map(|ps| ps.iter().copied().collect())
@@ -394,6 +409,7 @@ impl Coordinator {
             tracing::info!(
                 generation = view.generation,
                 members = view.members.len(),
+                cut_off = ?view.cut_off,
                 partitions = ?assigned,
                 "assignment"
             );
@@ -788,6 +804,7 @@ async fn heartbeat_loop(
     store: Store,
     member: Member,
     status: Status,
+    brokers: BrokerWatch,
     interval: std::time::Duration,
     session_timeout: std::time::Duration,
     beats: watch::Sender<Beat>,
@@ -798,9 +815,13 @@ async fn heartbeat_loop(
     let mut failing_since: Option<std::time::Instant> = None;
     loop {
         timer.tick().await;
-        let state = status.summary_line();
+        let reach = brokers.heartbeat();
+        let state = match brokers.state_prefix() {
+            Some(cut) => format!("{cut}; {}", status.summary_line()),
+            None => status.summary_line(),
+        };
         match store
-            .heartbeat(&member, &state, false, session_timeout)
+            .heartbeat_with(&member, &state, false, session_timeout, &reach)
             .await
         {
             Ok(view) => {
@@ -879,33 +900,29 @@ async fn targets(
 }
 
 /// `/healthz`: every partition makes progress (or waits for no longer than
-/// the stall timeout), the broker answers metadata for the topic, and
-/// PostgreSQL answers a query.
-fn health_check(
-    store: Store,
-    client: Arc<kafka::Client>,
-    topic: String,
-    status: Status,
-) -> crate::observe::HealthCheck {
+/// the stall timeout), a broker has answered this member lately (from what
+/// the fetcher and the probes saw, never a request of its own: the answer
+/// comes at once and names the unreachable brokers), and PostgreSQL
+/// answers a query within [`HEALTH_PG_TIMEOUT`].
+fn health_check(store: Store, brokers: BrokerWatch, status: Status) -> crate::observe::HealthCheck {
     Arc::new(move || {
         let store = store.clone();
-        let client = Arc::clone(&client);
-        let topic = topic.clone();
+        let brokers = brokers.clone();
         let status = status.clone();
         Box::pin(async move {
             let mut problems = Vec::new();
             if let Err(e) = status.verdict() {
                 problems.push(e);
             }
-            match kafka::topic_partitions(&client, &topic).await {
-                Ok(Some(_)) => {}
-                Ok(None) => problems.push(format!(
-                    "broker answers, but topic {topic:?} does not exist"
-                )),
-                Err(e) => problems.push(format!("broker: {e}")),
+            if let Err(e) = brokers.health() {
+                problems.push(e);
             }
-            if let Err(e) = store.ping().await {
-                problems.push(e.to_string());
+            match tokio::time::timeout(HEALTH_PG_TIMEOUT, store.ping()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => problems.push(e.to_string()),
+                Err(_) => problems.push(format!(
+                    "PostgreSQL: no answer within {HEALTH_PG_TIMEOUT:?}"
+                )),
             }
             if problems.is_empty() {
                 Ok(())
@@ -915,3 +932,6 @@ fn health_check(
         })
     })
 }
+
+/// How long `/healthz` waits for PostgreSQL's answer.
+const HEALTH_PG_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(1500);

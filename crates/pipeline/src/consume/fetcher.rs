@@ -48,6 +48,7 @@ use store::SourceRecord;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 
 use super::ConsumeConfig;
+use super::brokers::BrokerWatch;
 use super::status::{State, Status};
 use crate::retry::Backoff;
 
@@ -172,6 +173,7 @@ pub(crate) fn spawn(
     config: Arc<ConsumeConfig>,
     status: Status,
     budget: Arc<Semaphore>,
+    brokers: BrokerWatch,
 ) -> (FetcherHandle, tokio::task::JoinHandle<()>) {
     let (commands, rx) = mpsc::unbounded_channel();
     let room = Arc::new(Notify::new());
@@ -180,6 +182,7 @@ pub(crate) fn spawn(
         config,
         status,
         budget,
+        brokers,
         topic,
         commands: rx,
         room: Arc::clone(&room),
@@ -204,6 +207,8 @@ struct Fetcher {
     config: Arc<ConsumeConfig>,
     status: Status,
     budget: Arc<Semaphore>,
+    /// Told of every answer a broker gives a fetch round.
+    brokers: BrokerWatch,
     /// The owned partitions' leaders; one Fetch per leader a round.
     topic: TopicFetcher,
     commands: mpsc::UnboundedReceiver<Command>,
@@ -421,6 +426,13 @@ impl Fetcher {
             .topic
             .fetch_many(&requests, Some(reserve as i32), max_wait)
             .await;
+        // An answer, even an error code, is a broker reaching this member.
+        if results.iter().any(|(_, r)| {
+            r.as_ref()
+                .map_or_else(kafka::Error::broker_answered, |_| true)
+        }) {
+            self.brokers.answered();
+        }
         let mut permit = Some(permit);
         let mut progress = false;
         let alone = requests.len() == 1;
@@ -533,14 +545,20 @@ impl Fetcher {
                     tracing::warn!(partition, offset = from_offset, %error, "fetch failed; retrying in {delay:?}");
                     // Lag stays known while fetches fail: ask ListOffsets.
                     // Its answer also tells whether the broker is up.
-                    let broker_answers =
-                        match self.topic.offset(partition, kafka::OffsetAt::Latest).await {
-                            Ok(end) => {
-                                self.status.positions(partition, None, Some(end));
-                                true
-                            }
-                            Err(_) => false,
-                        };
+                    // Bounded: a broker that does not answer at all must
+                    // not hold the fetcher for a whole request timeout per
+                    // partition of the round.
+                    let asked = tokio::time::timeout(
+                        super::brokers::PROBE_TIMEOUT,
+                        self.topic.offset(partition, kafka::OffsetAt::Latest),
+                    );
+                    let broker_answers = match asked.await {
+                        Ok(Ok(end)) => {
+                            self.status.positions(partition, None, Some(end));
+                            true
+                        }
+                        _ => false,
+                    };
                     if strikes_against_partition(alone, broker_answers, &error) {
                         slot.strikes += 1;
                     }

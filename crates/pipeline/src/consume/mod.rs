@@ -30,6 +30,7 @@
 //! - [`error`]: errors whose [`Action`](error::Action) says retry,
 //!   re-take or stop.
 
+mod brokers;
 mod coordinator;
 mod dlt;
 pub mod error;
@@ -159,6 +160,11 @@ pub struct ConsumeConfig {
     pub heartbeat_interval: Duration,
     /// A member silent for this long is expired by the others.
     pub session_timeout: Duration,
+    /// A member no broker has answered for this long (while it still
+    /// reaches PostgreSQL) counts itself cut off from the brokers, and its
+    /// partitions go to members that reach them (none move when every
+    /// member is cut off). Also bounds every request to a broker.
+    pub broker_timeout: Duration,
     pub assignor: group::Assignor,
     /// With `until_caught_up`: stop each partition after its last record
     /// timestamped at or before this time (`replay --until`), found with
@@ -201,6 +207,7 @@ impl Default for ConsumeConfig {
             member_id: None,
             heartbeat_interval: Duration::from_secs(1),
             session_timeout: Duration::from_secs(10),
+            broker_timeout: Duration::from_secs(15),
             assignor: group::Assignor::Range,
             until: None,
             targets: None,

@@ -1,4 +1,5 @@
 use std::sync::Arc;
+use std::time::Duration;
 
 use thiserror::Error;
 
@@ -49,6 +50,7 @@ pub struct ClientBuilder {
     tls_config: TlsConfig,
     sasl_config: Option<SaslConfig>,
     backoff_config: Arc<BackoffConfig>,
+    request_timeout: Option<Duration>,
 }
 
 impl ClientBuilder {
@@ -62,6 +64,7 @@ impl ClientBuilder {
             tls_config: TlsConfig::default(),
             sasl_config: None,
             backoff_config: Default::default(),
+            request_timeout: None,
         }
     }
 
@@ -84,6 +87,21 @@ impl ClientBuilder {
     /// Set up backoff configuration
     pub fn backoff_config(mut self, backoff_config: BackoffConfig) -> Self {
         self.backoff_config = Arc::from(backoff_config);
+        self
+    }
+
+    /// Gives up a request that has no answer within `timeout` (foodpipe
+    /// patch; Kafka's `request.timeout.ms`): the request fails and its
+    /// connection is closed, so the next request connects again. Connecting
+    /// (TCP, TLS, the version handshake, SASL) is bounded by it too.
+    ///
+    /// A fetch waits up to its `max_wait_ms` at the broker before it is
+    /// answered: keep `timeout` well above the longest wait used. Without
+    /// this setting a request waits for ever, as before: a broker whose
+    /// packets are dropped holds every request to it until the kernel
+    /// gives the connection up (many minutes).
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = Some(timeout);
         self
     }
 
@@ -118,6 +136,7 @@ impl ClientBuilder {
             self.sasl_config,
             self.max_message_size,
             Arc::clone(&self.backoff_config),
+            self.request_timeout,
         ));
         brokers.refresh_metadata().await?;
 
