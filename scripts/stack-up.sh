@@ -166,6 +166,10 @@ ensure_tools() {
     command -v socat >/dev/null || apt_install socat
     # tmux is the real terminal the `watch` tests drive (keys in, screen out).
     command -v tmux >/dev/null || apt_install tmux
+    # iptables drops one member's packets to a broker or to PostgreSQL in
+    # the network-fault tests (tests/it/cluster.rs), by an owner rule on a
+    # group id only those tests' processes run under.
+    command -v iptables >/dev/null || apt_install iptables
 }
 
 mkdir -p "$STACK_DIR"

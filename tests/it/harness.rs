@@ -1410,3 +1410,82 @@ pub async fn shared_db() -> &'static TestDb {
     static DB: tokio::sync::OnceCell<TestDb> = tokio::sync::OnceCell::const_new();
     DB.get_or_init(TestDb::create).await
 }
+
+/// Drops the packets that processes started through it send to chosen
+/// TCP ports on loopback: a member cut off from the brokers or from
+/// PostgreSQL while everything else on the host goes on. The processes run
+/// under a group id of their own (`setpriv --regid`), and an iptables
+/// owner rule on that group id drops their packets to the port, as a
+/// firewall or a broken link would: connections hang rather than fail.
+/// Rules go when it is dropped.
+pub struct NetCut {
+    gid: u32,
+    rules: std::sync::Mutex<Vec<u16>>,
+}
+
+impl NetCut {
+    pub fn new() -> NetCut {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        NetCut {
+            gid: 40_000 + (std::process::id() % 1000) * 10 + n,
+            rules: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    /// `foodpipe args` running under this cut's group id.
+    pub fn foodpipe(&self, args: &[&str]) -> Command {
+        let std_cmd = foodpipe(args);
+        let mut cmd = Command::new("setpriv");
+        cmd.args(["--regid", &self.gid.to_string(), "--clear-groups", "--"])
+            .arg(std_cmd.as_std().get_program())
+            .args(std_cmd.as_std().get_args());
+        for (k, v) in std_cmd.as_std().get_envs() {
+            match v {
+                Some(v) => cmd.env(k, v),
+                None => cmd.env_remove(k),
+            };
+        }
+        cmd.kill_on_drop(true);
+        cmd
+    }
+
+    fn iptables(&self, op: &str, port: u16) {
+        let status = std::process::Command::new("iptables")
+            .args([op, "OUTPUT", "-o", "lo", "-p", "tcp", "--dport"])
+            .arg(port.to_string())
+            .args(["-m", "owner", "--gid-owner"])
+            .arg(self.gid.to_string())
+            .args(["-j", "DROP"])
+            .status()
+            .unwrap_or_else(|e| panic!("iptables: {e}; `make up` installs it"));
+        assert!(status.success(), "iptables {op} for port {port} failed");
+    }
+
+    /// From now on, packets to `port` are dropped.
+    pub fn cut(&self, port: u16) {
+        self.iptables("-I", port);
+        self.rules.lock().unwrap().push(port);
+    }
+
+    /// Packets flow again.
+    pub fn heal(&self) {
+        for port in std::mem::take(&mut *self.rules.lock().unwrap()) {
+            self.iptables("-D", port);
+        }
+    }
+}
+
+impl Drop for NetCut {
+    fn drop(&mut self) {
+        for port in std::mem::take(&mut *self.rules.lock().unwrap_or_else(|e| e.into_inner())) {
+            let _ = std::process::Command::new("iptables")
+                .args(["-D", "OUTPUT", "-o", "lo", "-p", "tcp", "--dport"])
+                .arg(port.to_string())
+                .args(["-m", "owner", "--gid-owner"])
+                .arg(self.gid.to_string())
+                .args(["-j", "DROP"])
+                .status();
+        }
+    }
+}

@@ -8,6 +8,7 @@
 
 mod bad_input;
 mod cli;
+mod cluster;
 mod codecs;
 mod consumer;
 mod end_to_end;

@@ -65,6 +65,13 @@ impl Check {
             fix: None,
         }
     }
+    fn warn(what: impl Into<String>, fix: impl Into<String>) -> Self {
+        Check {
+            ok: true,
+            what: what.into(),
+            fix: Some(fix.into()),
+        }
+    }
     fn fail(what: impl Into<String>, fix: impl Into<String>) -> Self {
         Check {
             ok: false,
@@ -77,9 +84,11 @@ impl Check {
 impl std::fmt::Display for Check {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match (&self.ok, &self.fix) {
-            (true, _) | (false, None) => {
-                write!(f, "{} {}", if self.ok { "ok  " } else { "FAIL" }, self.what)
-            }
+            (true, None) => write!(f, "ok   {}", self.what),
+            // Passed, but something to look at (a dead bootstrap entry
+            // while another one answers).
+            (true, Some(fix)) => write!(f, "WARN {}: {fix}", self.what),
+            (false, None) => write!(f, "FAIL {}", self.what),
             (false, Some(fix)) => write!(f, "FAIL {}: {fix}", self.what),
         }
     }
@@ -98,6 +107,9 @@ pub async fn doctor(kafka: &KafkaConfig, store: &StoreConfig, topic: &str) -> Ve
         advertised_ok = true;
         Vec::new()
     };
+    // As with Kafka's bootstrap.servers, any one entry answering is
+    // enough: a dead entry beside a live one is a warning, all dead fails.
+    let any_answered = answers.iter().any(|a| a.answer.is_ok());
     for a in &answers {
         match &a.answer {
             Ok(view) => checks.push(Check::ok(format!(
@@ -106,6 +118,10 @@ pub async fn doctor(kafka: &KafkaConfig, store: &StoreConfig, topic: &str) -> Ve
                 view.brokers.len(),
                 view.controller_id
             ))),
+            Err(e) if any_answered => checks.push(Check::warn(
+                format!("bootstrap {} did not answer ({e})", a.address),
+                "another entry answered, so clients start; remove or fix this entry in KAFKA_BOOTSTRAP_SERVERS",
+            )),
             Err(e) => checks.push(Check::fail(
                 format!("bootstrap {} did not answer ({e})", a.address),
                 "check KAFKA_BOOTSTRAP_SERVERS, and that the broker runs (`make up` starts one)",
