@@ -370,21 +370,28 @@ impl BrokerConnector {
     }
 
     /// Either the topology or the bootstrap brokers to be used as a connection
+    ///
+    /// foodpipe patch (re-bootstrap): once the topology is known, the
+    /// bootstrap entries it does not list come after it. A cluster whose
+    /// known brokers are all gone (restarted elsewhere, or a broker that
+    /// lists only itself, as each Tansu broker does) is found again
+    /// through the bootstrap list, like Kafka's
+    /// `metadata.recovery.strategy=rebootstrap`; before, the client tried
+    /// only the dead topology for ever.
     fn brokers(&self) -> Vec<BrokerRepresentation> {
-        if self.topology.is_empty() {
-            self.bootstrap_brokers
-                .iter()
-                .cloned()
-                .map(BrokerRepresentation::Bootstrap)
-                .collect()
-        } else {
-            self.topology
-                .get_brokers()
-                .iter()
-                .cloned()
-                .map(BrokerRepresentation::Topology)
-                .collect()
-        }
+        let topology = self.topology.get_brokers();
+        let known: Vec<String> = topology.iter().map(|b| b.to_string()).collect();
+        topology
+            .into_iter()
+            .map(BrokerRepresentation::Topology)
+            .chain(
+                self.bootstrap_brokers
+                    .iter()
+                    .filter(|b| !known.contains(b))
+                    .cloned()
+                    .map(BrokerRepresentation::Bootstrap),
+            )
+            .collect()
     }
 }
 
@@ -618,6 +625,40 @@ mod tests {
     use super::*;
     use crate::{build_info::DEFAULT_CLIENT_ID, protocol::api_key::ApiKey};
     use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// foodpipe patch: with a topology known, the bootstrap entries it
+    /// does not list are still tried (re-bootstrap).
+    #[test]
+    fn brokers_are_the_topology_then_the_other_bootstrap_entries() {
+        use crate::protocol::messages::MetadataResponseBroker;
+        use crate::protocol::primitives::{Int32, String_};
+        let connector = BrokerConnector::new(
+            vec!["a:9092".to_owned(), "b:9092".to_owned()],
+            Arc::from(DEFAULT_CLIENT_ID),
+            Default::default(),
+            None,
+            None,
+            1024,
+            Default::default(),
+            None,
+        );
+        let urls = |c: &BrokerConnector| c.brokers().iter().map(|b| b.url()).collect::<Vec<_>>();
+        assert_eq!(urls(&connector), ["a:9092", "b:9092"]);
+        connector.topology.update(&[MetadataResponseBroker {
+            node_id: Int32(111),
+            host: String_("a".to_owned()),
+            port: Int32(9092),
+            rack: None,
+        }]);
+        assert_eq!(urls(&connector), ["a:9092", "b:9092"]);
+        connector.topology.update(&[MetadataResponseBroker {
+            node_id: Int32(111),
+            host: String_("c".to_owned()),
+            port: Int32(9092),
+            rack: None,
+        }]);
+        assert_eq!(urls(&connector), ["c:9092", "a:9092", "b:9092"]);
+    }
 
     struct FakeBroker(Box<dyn Fn() -> Result<MetadataResponse, RequestError> + Send + Sync>);
 
