@@ -78,6 +78,8 @@ lint:
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	docker-compose -f docker-compose.yml config -q
+	docker-compose -f docker-compose.yml --profile kraft config -q
+	docker-compose -f docker-compose.yml --profile cluster config -q
 	.stack/venv/bin/hadolint Dockerfile
 	@# Dependencies no code uses (cargo-machete, installed by make up).
 	.stack/cargo/bin/cargo-machete --skip-target-dir

@@ -36,6 +36,10 @@ pub(crate) struct TopicCreateArgs {
     /// How many partitions.
     #[arg(long, default_value_t = 3, value_parser = parse_partitions, allow_negative_numbers = true)]
     partitions: u32,
+    /// On how many brokers each partition is kept (one leader, the rest
+    /// followers); at most the cluster's broker count.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(i16).range(1..))]
+    replication_factor: i16,
     /// Succeed without changing anything when the topic already exists
     /// (as kafka-topics.sh --if-not-exists), e.g. for an init container.
     #[arg(long)]
@@ -95,7 +99,14 @@ pub(crate) async fn topics(cmd: TopicsCommand) -> anyhow::Result<()> {
         }
         TopicsCommand::Create(args) => {
             let client = kafka::connect(&args.kafka.config()?).await?;
-            match kafka::topics::create(&client, &args.name, args.partitions).await {
+            match kafka::topics::create(
+                &client,
+                &args.name,
+                args.partitions,
+                args.replication_factor,
+            )
+            .await
+            {
                 Ok(info) => println!(
                     "created topic {} with {} partition(s)",
                     args.name, info.partitions

@@ -148,14 +148,19 @@ async fn read_offsets(reader: &PartitionReader) -> Result<PartitionOffsets> {
 
 /// Creates `topic` with `partitions` partitions; [`Error::TopicExists`]
 /// (with its partition count) if it exists already.
-pub async fn create(client: &Client, topic: &str, partitions: u32) -> Result<TopicInfo> {
+pub async fn create(
+    client: &Client,
+    topic: &str,
+    partitions: u32,
+    replication_factor: i16,
+) -> Result<TopicInfo> {
     if let Some(existing) = topic_partitions(client, topic).await? {
         return Err(Error::TopicExists {
             topic: topic.to_owned(),
             partitions: existing,
         });
     }
-    ensure_topic(client, topic, partitions).await
+    ensure_replicated(client, topic, partitions, replication_factor).await
 }
 
 /// Deletes `topic`, which must exist ([`Error::UnknownTopic`]).
@@ -221,6 +226,19 @@ pub struct TopicInfo {
 /// Creates `topic` with `partitions` partitions unless it exists; an
 /// existing topic keeps its own partition count, which is returned.
 pub async fn ensure_topic(client: &Client, topic: &str, partitions: u32) -> Result<TopicInfo> {
+    // Replication factor 1: the local broker is a single node. A real
+    // cluster's operators create production topics themselves (`topics
+    // create --replication-factor 3`).
+    ensure_replicated(client, topic, partitions, 1).await
+}
+
+/// [`ensure_topic`] with each partition on `replication_factor` brokers.
+async fn ensure_replicated(
+    client: &Client,
+    topic: &str,
+    partitions: u32,
+    replication_factor: i16,
+) -> Result<TopicInfo> {
     if let Some(existing) = topic_partitions(client, topic).await? {
         return Ok(TopicInfo {
             partitions: existing,
@@ -230,10 +248,13 @@ pub async fn ensure_topic(client: &Client, topic: &str, partitions: u32) -> Resu
     let controller = client
         .controller_client()
         .map_err(|source| Error::Metadata { source })?;
-    // Replication factor 1: the local broker is a single node. A real
-    // cluster's operators create production topics themselves.
     let created = controller
-        .create_topic(topic, partitions as i32, 1, ADMIN_TIMEOUT_MS)
+        .create_topic(
+            topic,
+            partitions as i32,
+            replication_factor,
+            ADMIN_TIMEOUT_MS,
+        )
         .await;
     match created {
         Ok(()) => {}
