@@ -32,6 +32,17 @@ schedule applies N faults one after another, each of these kinds:
   dry_run_join    `foodpipe rebuild --dry-run` with a member killed and
                   restarted (joining again) while it runs; it must succeed
                   (exit 0, or 1 naming keys that differ: a verification)
+  broker_cut      a member's packets to the broker dropped for 20 s (past
+                  --broker-timeout, 15 s), then let through: it is cut off
+                  and its partitions move to the others, then come back
+  pg_cut          a member's packets to PostgreSQL dropped for 15 s (past
+                  the session timeout): the others expire it and take its
+                  partitions; healed, it rejoins
+
+The two cuts drop packets with an iptables owner rule on a group id of
+the member's own (each member runs under `setpriv --regid`), on the
+broker's port or 5432 on loopback only; the rules go when the fault ends
+or the run stops.
 
 Then the producer is interrupted (its JSON summary gives the acknowledged
 count), the members catch up to the log end and are stopped with SIGTERM,
@@ -109,7 +120,13 @@ WEIGHTS = {
     "keyless": 2,
     "rebuild_paused": 1,
     "dry_run_join": 1,
+    "broker_cut": 2,
+    "pg_cut": 2,
 }
+# Each member runs under its own group id, for the cuts' iptables rules.
+MEMBER_GID_BASE = 47000
+BROKER_CUT_S = 20
+PG_CUT_S = 15
 # The lifecycle step of each event type, for the keyless orders' check.
 RANK = {"OrderCreated": 0, "OrderPaid": 1, "OrderShipped": 2, "OrderDelivered": 3,
         "OrderCancelled": 3}
@@ -207,8 +224,38 @@ class Storm:
 
     def start_member(self, i: int) -> None:
         log = open(os.path.join(self.dir, f"member-{i}.log"), "ab")
-        self.members[i] = subprocess.Popen([self.binary, "consume"], env=self.env,
-                                           stdout=log, stderr=log)
+        self.members[i] = subprocess.Popen(
+            ["setpriv", "--regid", str(MEMBER_GID_BASE + i), "--clear-groups", "--",
+             self.binary, "consume"], env=self.env, stdout=log, stderr=log)
+
+    def iptables(self, op: str, i: int, port: int) -> None:
+        subprocess.run(["iptables", op, "OUTPUT", "-o", "lo", "-p", "tcp", "--dport", str(port),
+                        "-m", "owner", "--gid-owner", str(MEMBER_GID_BASE + i), "-j", "DROP"],
+                       check=True)
+
+    def cut(self, i: int, port: int, seconds: int) -> None:
+        self.iptables("-I", i, port)
+        try:
+            time.sleep(seconds)
+        finally:
+            self.iptables("-D", i, port)
+
+    def clear_cuts(self) -> None:
+        """Removes any cut rule a stopped run left behind."""
+        for i in range(MEMBERS):
+            for port in (self.port, 5432):
+                rule = ["OUTPUT", "-o", "lo", "-p", "tcp", "--dport", str(port), "-m", "owner",
+                        "--gid-owner", str(MEMBER_GID_BASE + i), "-j", "DROP"]
+                while subprocess.run(["iptables", "-D", *rule], stderr=subprocess.DEVNULL).returncode == 0:
+                    pass
+
+    def broker_cut(self, i: int) -> str:
+        self.cut(i, self.port, BROKER_CUT_S)
+        return f"member {i} (pid {self.members[i].pid}) cut off from the broker for {BROKER_CUT_S} s"
+
+    def pg_cut(self, i: int) -> str:
+        self.cut(i, 5432, PG_CUT_S)
+        return f"member {i} (pid {self.members[i].pid}) cut off from PostgreSQL for {PG_CUT_S} s"
 
     def check_members(self) -> None:
         for i, m in enumerate(self.members):
@@ -669,6 +716,7 @@ def main() -> int:
             if p is not None and p.poll() is None:
                 p.kill()
                 p.wait()
+        storm.clear_cuts()
 
 
 def storm_and_check(storm: Storm, plan: list, rng: random.Random) -> int:

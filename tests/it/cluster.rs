@@ -34,8 +34,15 @@ fn member(
     cmd.env("KAFKA_BOOTSTRAP_SERVERS", &broker.address)
         .env("DATABASE_URL", db_url)
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        .stderr(log_file(topic, id));
     cmd.spawn().expect("member starts")
+}
+
+/// A member's log, kept under the test's target directory to read after a
+/// failure (a pipe nobody reads would fill up and block the member).
+fn log_file(topic: &str, id: &str) -> std::fs::File {
+    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{topic}-{id}.log"));
+    std::fs::File::create(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 /// `produce` at `rate` events/s for `seconds` to `topic` on `broker`, in the background.
@@ -121,6 +128,7 @@ async fn a_member_cut_off_from_the_brokers_gives_its_partitions_up() {
     let broker = PrivateBroker::start().await;
     let topic = random_topic_name();
     let db = TestDb::create().await;
+    create_topic_at(&broker.address, &topic, 6).await;
     produce_events_at(&broker.address, &topic, 3_000, 2101).await;
     let cut = NetCut::new();
     let a = member(&broker, &topic, &db.url, "m-a", None);
@@ -262,6 +270,7 @@ async fn a_member_cut_off_from_postgresql_is_expired() {
     let broker = PrivateBroker::start().await;
     let topic = random_topic_name();
     let db = TestDb::create().await;
+    create_topic_at(&broker.address, &topic, 6).await;
     produce_events_at(&broker.address, &topic, 3_000, 2121).await;
     // By address, so the cut (IPv4) is the only way to the database.
     let url = db_url_with_host(&db.url, "127.0.0.1");
@@ -357,6 +366,14 @@ async fn partitions_added_under_running_members_are_consumed() {
     produce_events_at(&broker.address, &topic, 600, 2141).await;
     let a = member(&broker, &topic, &db.url, "m-a", None);
     let b = member(&broker, &topic, &db.url, "m-b", None);
+    wait_owners(
+        &db,
+        &topic,
+        Duration::from_secs(60),
+        "one partition each",
+        |o| balanced(o, 2, 1),
+    )
+    .await;
     wait_caught_up_at(&broker.address, &db, &topic, Duration::from_secs(60)).await;
 
     send_delete_topic(&broker, &topic).await;
@@ -391,11 +408,11 @@ async fn partitions_added_under_running_members_are_consumed() {
         .client()
         .await
         .query_one(
-            "SELECT count(*) FROM history WHERE event_id = ANY($1)",
+            "SELECT count(*) FROM order_events WHERE event_id = ANY($1)",
             &[&ids],
         )
         .await
-        .expect("history")
+        .expect("order_events")
         .get(0);
     assert_eq!(applied, 800, "every record of the recreated topic applied");
     let (_, stopped) = epochs_and_stops(&db, &topic).await;

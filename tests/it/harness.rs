@@ -1465,12 +1465,12 @@ impl NetCut {
     /// From now on, packets to `port` are dropped.
     pub fn cut(&self, port: u16) {
         self.iptables("-I", port);
-        self.rules.lock().unwrap().push(port);
+        self.rules.lock().unwrap_or_else(|e| e.into_inner()).push(port);
     }
 
     /// Packets flow again.
     pub fn heal(&self) {
-        for port in std::mem::take(&mut *self.rules.lock().unwrap()) {
+        for port in std::mem::take(&mut *self.rules.lock().unwrap_or_else(|e| e.into_inner())) {
             self.iptables("-D", port);
         }
     }

@@ -329,26 +329,27 @@ async fn probe(kafka: &KafkaConfig, address: &str, topic: &str) -> Result<bool, 
         ..kafka.clone()
     };
     let asked = async {
-        let client = kafka::connect(&config).await.map_err(|e| e.to_string())?;
+        let client = kafka::connect(&config).await.map_err(|e| cause(&e))?;
         kafka::topic_partitions(&client, topic)
             .await
             .map(|n| n.is_some())
-            .map_err(|e| e.to_string())
+            .map_err(|e| cause(&e))
     };
     match tokio::time::timeout(PROBE_TIMEOUT, asked).await {
-        Ok(outcome) => outcome.map_err(|e| short(&e)),
+        Ok(outcome) => outcome,
         Err(_) => Err(format!("no answer within {PROBE_TIMEOUT:?}")),
     }
 }
 
-/// The last part of a nested error message: what actually went wrong.
-fn short(message: &str) -> String {
-    message
-        .rsplit(": ")
-        .next()
-        .unwrap_or(message)
-        .trim()
-        .to_owned()
+/// What actually went wrong: the innermost error of the chain (e.g.
+/// "Connection refused (os error 111)"), not the layers of retrying
+/// around it.
+fn cause(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut inner = error;
+    while let Some(source) = inner.source() {
+        inner = source;
+    }
+    inner.to_string()
 }
 
 #[cfg(test)]
@@ -405,13 +406,13 @@ mod tests {
         let watch = BrokerWatch::new(&["b:9092".to_owned()], "t", Duration::from_secs(15));
         watch.probed("b:9092", Err("no answer within 2s".to_owned()));
         watch.lock().last_answer -= Duration::from_secs(6);
-        let health = watch.health().unwrap_err();
+        let health = watch.health().expect_err("unhealthy");
         assert!(health.contains("b:9092 (no answer within 2s)"), "{health}");
         assert!(!health.contains("cut off"), "{health}");
         watch.lock().last_answer -= Duration::from_secs(10);
         let cut = watch.heartbeat().cut_off.expect("cut off");
         assert!(cut.contains("b:9092 (no answer within 2s)"), "{cut}");
-        assert!(watch.health().unwrap_err().contains("cut off"));
+        assert!(watch.health().expect_err("unhealthy").contains("cut off"));
     }
 
     /// A broker that answers but has no such topic makes health fail saying so.
@@ -422,7 +423,7 @@ mod tests {
         assert!(
             watch
                 .health()
-                .unwrap_err()
+                .expect_err("unhealthy")
                 .contains("\"orders\" does not exist")
         );
         watch.probed("b:9092", Ok(true));

@@ -603,15 +603,33 @@ impl PartitionClient {
             });
         }
 
+        // foodpipe patch: a partition missing from the metadata is one
+        // added to the topic after the metadata was cached (or not known to
+        // this broker yet). The cache is dropped and the error is
+        // UnknownTopicOrPartition, which callers retry, instead of an
+        // invalid response that no retry could fix: before, a consumer
+        // never reached the new partitions of a topic it already knew.
         let partition = topic
             .partitions
             .iter()
             .find(|p| p.partition_index.0 == self.partition)
             .ok_or_else(|| {
-                Error::InvalidResponse(format!(
-                    "Could not find metadata for partition {} in topic \"{}\"",
-                    self.partition, self.topic
-                ))
+                if let Some(r#gen) = r#gen {
+                    self.brokers.invalidate_metadata_cache(
+                        "partition client: partition not in the metadata",
+                        r#gen,
+                    );
+                }
+                Error::ServerError {
+                    protocol_error: ProtocolError::UnknownTopicOrPartition,
+                    error_message: Some(format!(
+                        "Could not find metadata for partition {} in topic \"{}\"",
+                        self.partition, self.topic
+                    )),
+                    request: RequestContext::Partition(self.topic.clone(), self.partition),
+                    response: None,
+                    is_virtual: true,
+                }
             })?;
 
         if let Some(e) = partition.error {
