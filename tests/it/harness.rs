@@ -1465,7 +1465,10 @@ impl NetCut {
     /// From now on, packets to `port` are dropped.
     pub fn cut(&self, port: u16) {
         self.iptables("-I", port);
-        self.rules.lock().unwrap_or_else(|e| e.into_inner()).push(port);
+        self.rules
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(port);
     }
 
     /// Packets flow again.
