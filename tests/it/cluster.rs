@@ -420,3 +420,121 @@ async fn partitions_added_under_running_members_are_consumed() {
     stop_all(vec![a, b]).await;
     db.drop_db().await;
 }
+
+/// Stored offsets of every partition of `topic`.
+async fn stored(db: &TestDb, topic: &str) -> BTreeMap<i32, i64> {
+    crate::harness::stored_offsets(db, GROUP, topic).await
+}
+
+/// How long until every partition of `topic` stores a higher offset than
+/// now (under a producer), failing after 60 s.
+async fn progress_after(db: &TestDb, topic: &str, what: &str) -> Duration {
+    let before = stored(db, topic).await;
+    let since = Instant::now();
+    loop {
+        let now = stored(db, topic).await;
+        if before
+            .iter()
+            .all(|(p, o)| now.get(p).is_some_and(|n| n > o))
+        {
+            return since.elapsed();
+        }
+        assert!(
+            since.elapsed() < Duration::from_secs(60),
+            "partitions without progress 60 s after {what}: {before:?} -> {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Three brokers over one store, three default members given all three as the bootstrap list, a producer at 1,000 events/s: one broker killed and started again, then two of the three at once (clients that knew only those find the third through the bootstrap list), then all three restarted one by one (a rolling restart). Every partition makes progress again after each kill; afterwards lag reaches 0 within 30 s of the last restart, no partition stopped, and the database equals an independent fold of the topic.
+#[tokio::test]
+async fn three_brokers_survive_a_kill_and_a_rolling_restart() {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("cluster-{}", random_topic_name()));
+    std::fs::create_dir_all(&dir).expect("store dir");
+    let mut brokers = Vec::new();
+    for _ in 0..3 {
+        brokers.push(PrivateBroker::start_sharing(&dir).await);
+    }
+    let list = brokers
+        .iter()
+        .map(|b| b.address.clone())
+        .collect::<Vec<_>>()
+        .join(",");
+    let topic = random_topic_name();
+    let db = TestDb::create().await;
+    create_topic_at(&brokers[0].address, &topic, 6).await;
+    let start = |id: &str| {
+        let mut cmd = foodpipe(&["consume", "--topic", &topic, "--member-id", id]);
+        cmd.env("KAFKA_BOOTSTRAP_SERVERS", &list)
+            .env("DATABASE_URL", &db.url)
+            .stdout(Stdio::piped())
+            .stderr(log_file(&topic, id));
+        cmd.spawn().expect("member starts")
+    };
+    let members = vec![start("m-a"), start("m-b"), start("m-c")];
+    wait_owners(
+        &db,
+        &topic,
+        Duration::from_secs(60),
+        "two partitions each",
+        |o| balanced(o, 3, 2),
+    )
+    .await;
+    let mut load = foodpipe(&[
+        "produce",
+        "--topic",
+        &topic,
+        "--rate",
+        "1000",
+        "--duration",
+        "32s",
+        "--json",
+    ]);
+    load.env("KAFKA_BOOTSTRAP_SERVERS", &list)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let load = load.spawn().expect("producer starts");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+
+    // One broker dies: every partition must make progress again.
+    brokers[0].kill().await;
+    let recovered = progress_after(&db, &topic, "a broker died").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    brokers[0].start_again().await;
+
+    // Two of three die: every client that knew only one of them must find
+    // the third through the bootstrap list.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    brokers[0].kill().await;
+    brokers[1].kill().await;
+    let recovered_two = progress_after(&db, &topic, "two brokers died").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    brokers[0].start_again().await;
+    brokers[1].start_again().await;
+
+    // A rolling restart: each broker in turn.
+    for broker in &mut brokers {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        broker.restart().await;
+    }
+    let last_restart = Instant::now();
+    let out = load.wait_with_output().await.expect("producer ends");
+    assert!(
+        out.status.success(),
+        "producer: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let left = Duration::from_secs(30).saturating_sub(last_restart.elapsed());
+    wait_caught_up_at(&brokers[1].address, &db, &topic, left).await;
+    eprintln!(
+        "three brokers: every partition progressed {recovered:?} after a broker died, {recovered_two:?} after two died; lag 0 {:?} after the last restart",
+        last_restart.elapsed()
+    );
+    let (_, stopped) = epochs_and_stops(&db, &topic).await;
+    assert!(stopped.is_empty(), "stopped partitions: {stopped:?}");
+    stop_all(members).await;
+    assert_db_is_fold_of_topic_at(&brokers[1].address, &db, &topic, GROUP).await;
+    db.drop_db().await;
+}

@@ -520,6 +520,8 @@ pub struct PrivateBroker {
     /// More `tansu broker` flags, e.g. `--authentication`.
     extra_args: Vec<String>,
     dir: std::path::PathBuf,
+    /// Removed on drop unless shared with other brokers.
+    owns_dir: bool,
     child: Option<tokio::process::Child>,
 }
 
@@ -545,19 +547,77 @@ impl PrivateBroker {
             address,
             extra_args: Vec::new(),
             dir,
+            owns_dir: true,
             child: None,
         };
         broker.spawn().await;
         broker
     }
 
+    /// One of several brokers over one store: a broker on a port of its
+    /// own whose sqlite store is `dir`'s, shared with the others started
+    /// there (Tansu 0.6.0's brokers keep no state of their own, so brokers
+    /// over one store are one cluster; each lists only itself, as node 111,
+    /// in Metadata). Start them one after another: the first creates the
+    /// store's tables.
+    pub async fn start_sharing(dir: &std::path::Path) -> PrivateBroker {
+        let port = free_port();
+        let address = format!("127.0.0.1:{port}");
+        let mut broker = PrivateBroker {
+            advertised: format!("tcp://{address}"),
+            address,
+            extra_args: Vec::new(),
+            dir: dir.to_owned(),
+            owns_dir: false,
+            child: None,
+        };
+        broker.spawn().await;
+        broker
+    }
+
+    /// Its log: `tansu.log` in its directory, or `tansu-PORT.log` in a
+    /// shared one.
+    fn log(&self) -> std::path::PathBuf {
+        if self.owns_dir {
+            self.dir.join("tansu.log")
+        } else {
+            let port = self.address.rsplit(':').next().unwrap_or("0");
+            self.dir.join(format!("tansu-{port}.log"))
+        }
+    }
+
+    /// Starts a killed broker again on its port and store.
+    pub async fn start_again(&mut self) {
+        self.spawn().await;
+    }
+
     async fn spawn(&mut self) {
+        // A broker sharing a store may die at start when another holds the
+        // store's write lock (Tansu 0.6.0 unwraps "database is locked" in
+        // its broker registration): start it again, a few times.
+        let attempts = if self.owns_dir { 1 } else { 5 };
+        for attempt in 1..=attempts {
+            self.spawn_once();
+            let limit = if attempt == attempts { 30 } else { 6 };
+            if self.answers_within(Duration::from_secs(limit)).await {
+                return;
+            }
+            self.kill().await;
+        }
+        panic!(
+            "private Tansu on {} did not answer within 30 s; see {}",
+            self.address,
+            self.log().display()
+        );
+    }
+
+    fn spawn_once(&mut self) {
         let tansu = which_tansu();
         let url = format!("tcp://{}", self.address);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.dir.join("tansu.log"))
+            .open(self.log())
             .expect("broker log");
         // Relative sqlite path: Tansu 0.6.0 doubles an absolute one.
         let child = Command::new(&tansu)
@@ -576,7 +636,10 @@ impl PrivateBroker {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", tansu.display()));
         self.child = Some(child);
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    }
+
+    async fn answers_within(&self, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
         loop {
             // Answering metadata is "up", whatever address it advertises;
             // a broker that wants SASL first is up once it accepts.
@@ -588,14 +651,11 @@ impl PrivateBroker {
                     .is_ok()
             };
             if up {
-                return;
+                return true;
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "private Tansu on {} did not answer within 30 s; see {}",
-                self.address,
-                self.dir.join("tansu.log").display()
-            );
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
@@ -636,7 +696,9 @@ impl Drop for PrivateBroker {
         if let Some(child) = self.child.as_mut() {
             let _ = child.start_kill();
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if self.owns_dir {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 
