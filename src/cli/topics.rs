@@ -40,6 +40,10 @@ pub(crate) struct TopicCreateArgs {
     /// followers); at most the cluster's broker count.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(i16).range(1..))]
     replication_factor: i16,
+    /// A topic config, NAME=VALUE, e.g. cleanup.policy=compact or
+    /// retention.ms=604800000 (repeat for several).
+    #[arg(long = "config", value_name = "NAME=VALUE", value_parser = kafka::topic_configs::parse_config)]
+    configs: Vec<kafka::topic_configs::Config>,
     /// Succeed without changing anything when the topic already exists
     /// (as kafka-topics.sh --if-not-exists), e.g. for an init container.
     #[arg(long)]
@@ -96,6 +100,29 @@ pub(crate) async fn topics(cmd: TopicsCommand) -> anyhow::Result<()> {
         TopicsCommand::Describe(args) => {
             let client = kafka::connect(&args.kafka.config()?).await?;
             print!("{}", kafka::topics::describe(&client, &args.name).await?);
+            // Its configs (cleanup.policy, retention.ms, ...), as set on
+            // the topic; a broker without DescribeConfigs says so.
+            match kafka::topic_configs::describe_configs(&client, &args.name).await {
+                Ok(configs) => {
+                    let (heading, entries) = if configs.set.is_empty() {
+                        (
+                            "configs (the broker calls these defaults):",
+                            configs.defaults,
+                        )
+                    } else {
+                        ("configs set on the topic:", configs.set)
+                    };
+                    if entries.is_empty() {
+                        println!("configs: none reported");
+                    } else {
+                        println!("{heading}");
+                        for (name, value) in entries {
+                            println!("  {name}={value}");
+                        }
+                    }
+                }
+                Err(e) => println!("configs: not shown ({e})"),
+            }
         }
         TopicsCommand::Create(args) => {
             let client = kafka::connect(&args.kafka.config()?).await?;
@@ -104,6 +131,7 @@ pub(crate) async fn topics(cmd: TopicsCommand) -> anyhow::Result<()> {
                 &args.name,
                 args.partitions,
                 args.replication_factor,
+                &args.configs,
             )
             .await
             {

@@ -522,6 +522,8 @@ pub struct PrivateBroker {
     dir: std::path::PathBuf,
     /// Removed on drop unless shared with other brokers.
     owns_dir: bool,
+    /// The sqlite storage URL's query, e.g. `?maintenance_interval=1s`.
+    storage_query: String,
     child: Option<tokio::process::Child>,
 }
 
@@ -548,6 +550,7 @@ impl PrivateBroker {
             extra_args: Vec::new(),
             dir,
             owns_dir: true,
+            storage_query: String::new(),
             child: None,
         };
         broker.spawn().await;
@@ -569,8 +572,19 @@ impl PrivateBroker {
             extra_args: Vec::new(),
             dir: dir.to_owned(),
             owns_dir: false,
+            storage_query: String::new(),
             child: None,
         };
+        broker.spawn().await;
+        broker
+    }
+
+    /// A broker whose store runs its maintenance (retention, compaction)
+    /// every `interval`, e.g. `1s`.
+    pub async fn start_maintaining(interval: &str) -> PrivateBroker {
+        let mut broker = Self::start().await;
+        broker.kill().await;
+        broker.storage_query = format!("?maintenance_interval={interval}");
         broker.spawn().await;
         broker
     }
@@ -621,7 +635,11 @@ impl PrivateBroker {
             .expect("broker log");
         // Relative sqlite path: Tansu 0.6.0 doubles an absolute one.
         let child = Command::new(&tansu)
-            .args(["broker", "--storage-engine", "sqlite://tansu.db"])
+            .args([
+                "broker",
+                "--storage-engine",
+                &format!("sqlite://tansu.db{}", self.storage_query),
+            ])
             .args([
                 "--listener-url",
                 &url,

@@ -19,6 +19,7 @@ mod mirror;
 mod partitioner;
 mod producer;
 mod projections;
+mod retention;
 mod runtime;
 mod safety;
 #[cfg(all(feature = "tls", feature = "sasl"))]

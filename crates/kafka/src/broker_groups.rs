@@ -314,7 +314,7 @@ impl BrokerGroups {
 }
 
 /// One request at the highest version of `versions` the broker supports.
-async fn call<Req: Request>(
+pub(crate) async fn call<Req: Request>(
     broker: &RawBroker,
     operation: &'static str,
     group: &str,
@@ -382,14 +382,23 @@ async fn call_versioned<Req: Request, R: std::borrow::Borrow<Req>>(
     Ok((used, response))
 }
 
-fn code_name(code: i16) -> String {
+/// What a request was about, for its error: `group "g"`, or the text of
+/// another subject given as `=topic "t"` (see `topic_configs`).
+fn subject(group: &str) -> String {
+    match group.strip_prefix('=') {
+        Some(other) => other.to_owned(),
+        None => format!("group {group:?}"),
+    }
+}
+
+pub(crate) fn code_name(code: i16) -> String {
     match ProtocolError::new(code) {
         Some(ProtocolError::Unknown(_)) | None => format!("error code {code}"),
         Some(e) => format!("{e:?} ({code})"),
     }
 }
 
-fn group_error(
+pub(crate) fn group_error(
     operation: &'static str,
     group: &str,
     cause: String,
@@ -397,7 +406,7 @@ fn group_error(
 ) -> Error {
     Error::BrokerGroup {
         operation,
-        group: group.to_owned(),
+        group: subject(group),
         cause,
         code,
         client: None,
@@ -407,7 +416,7 @@ fn group_error(
 fn client_error(operation: &'static str, group: &str, e: rskafka::client::error::Error) -> Error {
     Error::BrokerGroup {
         operation,
-        group: group.to_owned(),
+        group: subject(group),
         cause: e.to_string(),
         code: None,
         client: Some(Arc::new(e)),

@@ -70,9 +70,10 @@ pub enum Error {
         last_offset: Option<i64>,
         cause: String,
     },
-    /// A request about a consumer group to the broker (the offset mirror,
-    /// `group describe`, `group list`).
-    #[error("{operation} for group {group:?} failed: {cause}")]
+    /// A request rskafka does not model, about a consumer group (the
+    /// offset mirror, `group describe`, `group list`) or a topic's
+    /// configuration; `group` names what it was about, e.g. `group "g"`.
+    #[error("{operation} for {group} failed: {cause}")]
     BrokerGroup {
         operation: &'static str,
         group: String,

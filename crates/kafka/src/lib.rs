@@ -32,6 +32,7 @@ mod producer;
 mod reader;
 pub mod record_batch;
 mod security;
+pub mod topic_configs;
 pub mod topics;
 
 use std::time::Duration;

@@ -153,6 +153,7 @@ pub async fn create(
     topic: &str,
     partitions: u32,
     replication_factor: i16,
+    configs: &[crate::topic_configs::Config],
 ) -> Result<TopicInfo> {
     if let Some(existing) = topic_partitions(client, topic).await? {
         return Err(Error::TopicExists {
@@ -160,7 +161,18 @@ pub async fn create(
             partitions: existing,
         });
     }
-    ensure_replicated(client, topic, partitions, replication_factor).await
+    if configs.is_empty() {
+        return ensure_replicated(client, topic, partitions, replication_factor).await;
+    }
+    crate::topic_configs::create_with_configs(
+        client,
+        topic,
+        partitions,
+        replication_factor,
+        configs,
+    )
+    .await?;
+    shown(client, topic).await
 }
 
 /// Deletes `topic`, which must exist ([`Error::UnknownTopic`]).
@@ -270,7 +282,12 @@ async fn ensure_replicated(
             });
         }
     }
-    // Metadata may lag creation by a moment; wait until it shows.
+    shown(client, topic).await
+}
+
+/// Waits until the metadata shows a topic just created (it may lag the
+/// creation by a moment).
+async fn shown(client: &Client, topic: &str) -> Result<TopicInfo> {
     for _ in 0..50 {
         if let Some(n) = topic_partitions(client, topic).await? {
             return Ok(TopicInfo {

@@ -1,0 +1,217 @@
+//! Retention and compaction for real: a private Tansu whose store runs its
+//! maintenance every second deletes records past a topic's `retention.ms`
+//! (by record timestamp) and compacts `cleanup.policy=compact` topics.
+
+use std::time::{Duration, Instant};
+
+use crate::harness::{
+    PrivateBroker, TestDb, foodpipe, log_ends_at, random_topic_name, run_ok, stored_offsets,
+};
+
+const GROUP: &str = "order-processors";
+
+fn at(broker: &PrivateBroker, db: &TestDb, args: &[&str]) -> tokio::process::Command {
+    let mut cmd = foodpipe(args);
+    cmd.env("KAFKA_BOOTSTRAP_SERVERS", &broker.address)
+        .env("DATABASE_URL", &db.url);
+    cmd
+}
+
+/// `generate | send`: `count` events with `seed`, stamped now.
+async fn send_generated(broker: &PrivateBroker, db: &TestDb, topic: &str, count: u32, seed: u64) {
+    let lines = run_ok(at(
+        broker,
+        db,
+        &[
+            "generate",
+            "--count",
+            &count.to_string(),
+            "--seed",
+            &seed.to_string(),
+        ],
+    ))
+    .await;
+    send(broker, db, topic, lines.as_bytes()).await;
+}
+
+/// `send` of `KEY<TAB>VALUE` lines to `topic`.
+async fn send(broker: &PrivateBroker, db: &TestDb, topic: &str, lines: &[u8]) {
+    use tokio::io::AsyncWriteExt;
+    let mut cmd = at(broker, db, &["send", "--topic", topic, "--quiet"]);
+    cmd.stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().expect("send starts");
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin.write_all(lines).await.expect("lines written");
+    drop(stdin);
+    let out = child.wait_with_output().await.expect("send ends");
+    assert!(
+        out.status.success(),
+        "send: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Partition 0's earliest and latest offsets, from `topics describe`.
+async fn offsets(broker: &PrivateBroker, db: &TestDb, topic: &str) -> (i64, i64) {
+    let out = run_ok(at(broker, db, &["topics", "describe", topic])).await;
+    out.lines()
+        .find_map(|l| {
+            let cols: Vec<i64> = l.split_whitespace().map_while(|c| c.parse().ok()).collect();
+            (cols.len() == 4 && cols[0] == 0).then(|| (cols[1], cols[2]))
+        })
+        .unwrap_or_else(|| panic!("partition 0 in:\n{out}"))
+}
+
+/// A group whose stored offset fell below the earliest offset the broker still has (retention deleted the records past `retention.ms`): the next take records the gap in `offset_gaps` (reason retention, the stored and earliest offsets) and goes on from `--offset-reset` (earliest), folding what is left; `topics describe` shows the topic's configs.
+#[tokio::test]
+async fn retention_below_the_stored_offset_is_a_recorded_gap() {
+    let broker = PrivateBroker::start_maintaining("1s").await;
+    let db = TestDb::create().await;
+    let topic = random_topic_name();
+    run_ok(at(
+        &broker,
+        &db,
+        &[
+            "topics",
+            "create",
+            &topic,
+            "--partitions",
+            "1",
+            "--config",
+            "cleanup.policy=delete",
+            "--config",
+            "retention.ms=8000",
+        ],
+    ))
+    .await;
+    let described = run_ok(at(&broker, &db, &["topics", "describe", &topic])).await;
+    assert!(described.contains("cleanup.policy=delete"), "{described}");
+    assert!(described.contains("retention.ms=8000"), "{described}");
+
+    // `send` stamps records with the time they are sent (`produce` uses
+    // each event's own time, up to an hour and a half ahead).
+    send_generated(&broker, &db, &topic, 300, 2201).await;
+    run_ok(at(
+        &broker,
+        &db,
+        &["consume", "--until-caught-up", "--topic", &topic],
+    ))
+    .await;
+    // The group goes back to offset 100; then retention removes all 300.
+    run_ok(at(
+        &broker,
+        &db,
+        &[
+            "group",
+            "reset",
+            "--topic",
+            &topic,
+            "--to-offset",
+            "100",
+            "--execute",
+        ],
+    ))
+    .await;
+    // Tansu 0.6.0 answers ListOffsets with 0 and 0 for a partition whose
+    // records all expired (Kafka keeps the log end), so "gone" is no
+    // records left; the next records then start at 300.
+    let since = Instant::now();
+    loop {
+        let (first, end) = offsets(&broker, &db, &topic).await;
+        if first >= 300 || first == end {
+            break;
+        }
+        assert!(
+            since.elapsed() < Duration::from_secs(60),
+            "retention did not remove the records within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    send_generated(&broker, &db, &topic, 50, 2202).await;
+    run_ok(at(
+        &broker,
+        &db,
+        &["consume", "--until-caught-up", "--topic", &topic],
+    ))
+    .await;
+
+    let pg = db.client().await;
+    let gap = pg
+        .query_one(
+            "SELECT reason, stored_offset, earliest, reset_to FROM offset_gaps \
+             WHERE topic = $1 AND partition = 0",
+            &[&topic],
+        )
+        .await
+        .expect("one gap recorded");
+    let (reason, stored, earliest_then, reset_to): (String, i64, i64, i64) =
+        (gap.get(0), gap.get(1), gap.get(2), gap.get(3));
+    assert_eq!(reason, "retention");
+    assert_eq!(stored, 100);
+    assert!(earliest_then >= 300, "earliest {earliest_then}");
+    assert_eq!(reset_to, earliest_then, "--offset-reset earliest");
+    let ends = log_ends_at(&broker.address, &topic).await;
+    assert_eq!(stored_offsets(&db, GROUP, &topic).await, ends);
+    db.drop_db().await;
+}
+
+/// A `cleanup.policy=compact` topic: `topics describe` shows the policy, and the store's maintenance keeps only the last record of each key, so the earliest offsets move while the newest record per key stays.
+#[tokio::test]
+async fn a_compacted_topic_keeps_the_last_record_of_each_key() {
+    let broker = PrivateBroker::start_maintaining("1s").await;
+    let db = TestDb::create().await;
+    let topic = random_topic_name();
+    run_ok(at(
+        &broker,
+        &db,
+        &[
+            "topics",
+            "create",
+            &topic,
+            "--partitions",
+            "1",
+            "--config",
+            "cleanup.policy=compact",
+        ],
+    ))
+    .await;
+    let described = run_ok(at(&broker, &db, &["topics", "describe", &topic])).await;
+    assert!(described.contains("cleanup.policy=compact"), "{described}");
+    // Three versions of two keys, as `send` reads them: KEY<TAB>VALUE.
+    send(
+        &broker,
+        &db,
+        &topic,
+        b"k1\tv1\nk2\tv1\nk1\tv2\nk2\tv2\nk1\tv3\nk2\tv3\n",
+    )
+    .await;
+    let since = Instant::now();
+    loop {
+        let (first, _) = offsets(&broker, &db, &topic).await;
+        if first > 0 {
+            break;
+        }
+        assert!(
+            since.elapsed() < Duration::from_secs(60),
+            "nothing compacted within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let (records, _) = crate::harness::read_topic_raw_at(&broker.address, &topic).await;
+    let mut last = std::collections::BTreeMap::new();
+    for r in &records {
+        last.insert(r.key.clone(), r.value.clone());
+    }
+    assert_eq!(
+        last.get(&Some(b"k1".to_vec())),
+        Some(&Some(b"v3".to_vec())),
+        "{records:?}"
+    );
+    assert!(
+        records.len() < 6,
+        "compaction removed older versions: {records:?}"
+    );
+    db.drop_db().await;
+}
