@@ -13,7 +13,7 @@
 #                and report.json (about 10 minutes; never part of make test)
 #   make chaos   a seeded fault storm (CHAOS_SEED, CHAOS_FAULTS) on a private Tansu
 #                and the local PostgreSQL, then an independent librdkafka fold check
-#                (about 7 minutes; never part of make test)
+#                (about 10 minutes; never part of make test)
 #   make bench-micro     the criterion benchmarks (partitioner, decoding)
 #   make bench-produce   foodpipe's producer vs librdkafka, same fresh broker and
 #                        events, per codec (BENCH_CODECS=none,lz4,zstd)
@@ -114,7 +114,7 @@ bench: up build
 # The storm's broker, topic and database stay up for checking; make down
 # stops that broker (target/chaos/tansu.pid).
 CHAOS_SEED ?=
-CHAOS_FAULTS ?= 32
+CHAOS_FAULTS ?= 40
 chaos: up build
 	.stack/venv/bin/python scripts/chaos.py $(FOODPIPE) --faults $(CHAOS_FAULTS) \
 		$(if $(CHAOS_SEED),--seed $(CHAOS_SEED))

@@ -685,7 +685,7 @@ def main() -> int:
     parser.add_argument("binary")
     parser.add_argument("--seed", type=int, default=None,
                         help="seed of the schedule (default: random, printed first)")
-    parser.add_argument("--faults", type=int, default=32)
+    parser.add_argument("--faults", type=int, default=40)
     parser.add_argument("--rate", type=int, default=200, help="events/s of the producer")
     parser.add_argument("--recheck", action="store_true",
                         help="only check again the run of --seed, still up, against its topic")
