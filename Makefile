@@ -11,7 +11,7 @@
 #   make bench   every headline figure in one run, foodpipe beside librdkafka
 #                and psql \copy on a fresh private Tansu: target/bench/report.md
 #                and report.json (about 10 minutes; never part of make test)
-#   make chaos   a seeded fault storm (CHAOS_SEED, CHAOS_FAULTS) on a private Tansu
+#   make chaos   a seeded fault storm (CHAOS_SEED, CHAOS_FAULTS) on three private Tansu brokers
 #                and the local PostgreSQL, then an independent librdkafka fold check
 #                (about 10 minutes; never part of make test)
 #   make bench-micro     the criterion benchmarks (partitioner, decoding)

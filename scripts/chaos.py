@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""`make chaos`: a fault storm on a private Tansu and the local PostgreSQL,
+"""`make chaos`: a fault storm on three private Tansu brokers (one cluster:
+one store) and the local PostgreSQL,
 then an independent check that the database is the fold of the topic.
 
 Usage: chaos.py FOODPIPE_BINARY [--seed S] [--faults N] [--rate R]
@@ -15,8 +16,8 @@ schedule applies N faults one after another, each of these kinds:
   pg_terminate    pg_terminate_backend of every backend of chaos_S
   pg_restart      `pg_ctlcluster 15 main restart` (the machine's SHARED
                   server: exactly once per run), waiting until it answers
-  broker_kill     SIGKILL of the private Tansu, restarted on the same port
-                  and store
+  broker_kill     SIGKILL of one of the three brokers, restarted on the same
+                  port and store 2 s later (the others go on)
   rebuild         `foodpipe rebuild` under load; it must succeed
   reset_refused   `group reset --to-earliest --execute` while members are
                   live: it must fail and no stored offset may move back
@@ -32,7 +33,7 @@ schedule applies N faults one after another, each of these kinds:
   dry_run_join    `foodpipe rebuild --dry-run` with a member killed and
                   restarted (joining again) while it runs; it must succeed
                   (exit 0, or 1 naming keys that differ: a verification)
-  broker_cut      a member's packets to the broker dropped for 20 s (past
+  broker_cut      a member's packets to every broker dropped for 20 s (past
                   --broker-timeout, 15 s), then let through: it is cut off
                   and its partitions move to the others, then come back
   pg_cut          a member's packets to PostgreSQL dropped for 15 s (past
@@ -64,8 +65,8 @@ they are checked by what holds for them: each of their events is in
 history or in dead letters, exactly once; each order's view row is the
 furthest step of its history; and their dead letters are counted apart
 from the poison. Exits 1 otherwise.
-The topic, the database and the broker stay up afterwards (its pid is in
-target/chaos/tansu.pid, which `make down` reads); the last line is:
+The topic, the database and the brokers stay up afterwards (their pids are
+in target/chaos/tansu.pid, which `make down` reads); the last line is:
 
   chaos: seed S, N faults (K kinds), lost 0, duplicated 0, stalled 0; topic T, database D, bootstrap B
 """
@@ -95,6 +96,9 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition  # noqa: 
 
 PARTITIONS = 6
 MEMBERS = 3
+# Brokers over one sqlite store: Tansu's brokers keep no state of their
+# own, so they are one cluster; the members get all three as bootstrap list.
+BROKERS = 3
 GROUP = "order-processors"
 # consume's default --session-timeout; a zombie sleeps past it.
 SESSION_TIMEOUT_S = 10
@@ -144,20 +148,24 @@ def schedule(rng: random.Random, faults: int) -> list:
 
 
 def stop_previous_broker() -> None:
-    """A run's broker stays up for checking; the next run stops it first."""
+    """A run's brokers stay up for checking; the next run stops them first."""
     try:
         with open(PID_FILE) as f:
-            pid = int(f.read().strip())
-        with open(f"/proc/{pid}/comm") as f:
-            if f.read().strip() != "tansu":
-                return
+            pids = [int(line) for line in f.read().split()]
     except (OSError, ValueError):
         return
-    os.kill(pid, signal.SIGTERM)
-    for _ in range(50):
-        if not os.path.exists(f"/proc/{pid}"):
-            break
-        time.sleep(0.2)
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/comm") as f:
+                if f.read().strip() != "tansu":
+                    continue
+        except OSError:
+            continue
+        os.kill(pid, signal.SIGTERM)
+        for _ in range(50):
+            if not os.path.exists(f"/proc/{pid}"):
+                break
+            time.sleep(0.2)
     print(f"stopped the previous chaos broker (pid {pid})", flush=True)
 
 
@@ -185,8 +193,12 @@ class Storm:
         if bootstrap is None:
             shutil.rmtree(self.dir, ignore_errors=True)
             os.makedirs(self.dir)
-            self.broker, bootstrap = bench_produce.start_tansu(self.dir, detached=True)
-            self.port = int(bootstrap.rsplit(":", 1)[1])
+            self.brokers, self.ports = [], []
+            for _ in range(BROKERS):
+                broker, port = self.start_broker(0)
+                self.brokers.append(broker)
+                self.ports.append(port)
+            bootstrap = ",".join(f"127.0.0.1:{p}" for p in self.ports)
             self.save_pid()
             psql(bench_consume.ADMIN_URL, "-c", f"DROP DATABASE IF EXISTS {self.database} WITH (FORCE)")
             psql(bench_consume.ADMIN_URL, "-c", f"CREATE DATABASE {self.database}")
@@ -200,7 +212,25 @@ class Storm:
 
     def save_pid(self) -> None:
         with open(PID_FILE, "w") as f:
-            f.write(f"{self.broker.pid}\n")
+            f.write("".join(f"{b.pid}\n" for b in self.brokers))
+
+    def start_broker(self, port: int):
+        """One broker over the run's store, answering metadata; a start the
+        store's write lock killed (Tansu 0.6.0 unwraps "database is locked"
+        while registering) is tried again."""
+        for _ in range(5):
+            proc, address = bench_produce.start_tansu(self.dir, port=port, detached=True)
+            port = int(address.rsplit(":", 1)[1])
+            deadline = time.monotonic() + 6
+            while time.monotonic() < deadline:
+                ping = subprocess.run([self.binary, "cluster", "--bootstrap-servers", address,
+                                       "--kafka-timeout-secs", "2"], capture_output=True)
+                if ping.returncode == 0 and proc.poll() is None:
+                    return proc, port
+                time.sleep(0.3)
+            proc.kill()
+            proc.wait()
+        raise SystemExit(f"tansu on port {port} did not answer after 5 starts")
 
     def fail(self, message: str) -> None:
         self.failures.append(message)
@@ -233,28 +263,30 @@ class Storm:
                         "-m", "owner", "--gid-owner", str(MEMBER_GID_BASE + i), "-j", "DROP"],
                        check=True)
 
-    def cut(self, i: int, port: int, seconds: int) -> None:
-        self.iptables("-I", i, port)
+    def cut(self, i: int, ports: list, seconds: int) -> None:
+        for port in ports:
+            self.iptables("-I", i, port)
         try:
             time.sleep(seconds)
         finally:
-            self.iptables("-D", i, port)
+            for port in ports:
+                self.iptables("-D", i, port)
 
     def clear_cuts(self) -> None:
         """Removes any cut rule a stopped run left behind."""
         for i in range(MEMBERS):
-            for port in (self.port, 5432):
+            for port in (*self.ports, 5432):
                 rule = ["OUTPUT", "-o", "lo", "-p", "tcp", "--dport", str(port), "-m", "owner",
                         "--gid-owner", str(MEMBER_GID_BASE + i), "-j", "DROP"]
                 while subprocess.run(["iptables", "-D", *rule], stderr=subprocess.DEVNULL).returncode == 0:
                     pass
 
     def broker_cut(self, i: int) -> str:
-        self.cut(i, self.port, BROKER_CUT_S)
-        return f"member {i} (pid {self.members[i].pid}) cut off from the broker for {BROKER_CUT_S} s"
+        self.cut(i, self.ports, BROKER_CUT_S)
+        return f"member {i} (pid {self.members[i].pid}) cut off from the brokers for {BROKER_CUT_S} s"
 
     def pg_cut(self, i: int) -> str:
-        self.cut(i, 5432, PG_CUT_S)
+        self.cut(i, [5432], PG_CUT_S)
         return f"member {i} (pid {self.members[i].pid}) cut off from PostgreSQL for {PG_CUT_S} s"
 
     def check_members(self) -> None:
@@ -360,15 +392,17 @@ class Storm:
             time.sleep(0.2)
         return self.restarted
 
-    def broker_kill(self, _: int) -> str:
-        old = self.broker.pid
-        self.broker.kill()
-        self.broker.wait()
+    def broker_kill(self, i: int) -> str:
+        b = i % BROKERS
+        old = self.brokers[b].pid
+        self.brokers[b].kill()
+        self.brokers[b].wait()
         down = 2.0
         time.sleep(down)
-        self.broker, _ = bench_produce.start_tansu(self.dir, port=self.port, detached=True)
+        self.brokers[b], _ = self.start_broker(self.ports[b])
         self.save_pid()
-        return f"broker (pid {old}) killed, down {down:.0f} s, restarted as pid {self.broker.pid}"
+        return (f"broker {b} of {BROKERS} (port {self.ports[b]}, pid {old}) killed, down {down:.0f} s, "
+                f"restarted as pid {self.brokers[b].pid}")
 
     def rebuild(self, _: int) -> str:
         started = time.monotonic()
@@ -704,7 +738,7 @@ def main() -> int:
     os.makedirs("target/chaos", exist_ok=True)
     stop_previous_broker()
     storm = Storm(os.path.abspath(args.binary), seed, args.rate)
-    storm.log(f"broker {storm.bootstrap} (pid {storm.broker.pid}), topic {storm.topic}, "
+    storm.log(f"brokers {storm.bootstrap} (pids {[b.pid for b in storm.brokers]}), topic {storm.topic}, "
               f"database {storm.database}, {len(plan)} faults")
     try:
         return storm_and_check(storm, plan, rng)

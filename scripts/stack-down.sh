@@ -20,9 +20,13 @@ fi
 rm -f "$PID_FILE"
 
 CHAOS_PID_FILE="$ROOT/target/chaos/tansu.pid"
-if [ -f "$CHAOS_PID_FILE" ] && [ "$(cat "/proc/$(cat "$CHAOS_PID_FILE")/comm" 2>/dev/null)" = tansu ]; then
-    pid="$(cat "$CHAOS_PID_FILE")"
-    kill "$pid"
-    echo "make down: stopped the make chaos Tansu (pid $pid); its data stays in target/chaos"
+if [ -f "$CHAOS_PID_FILE" ]; then
+    # One pid per line: make chaos runs three brokers over one store.
+    while read -r pid; do
+        if [ -n "$pid" ] && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = tansu ]; then
+            kill "$pid"
+            echo "make down: stopped a make chaos Tansu (pid $pid); its data stays in target/chaos"
+        fi
+    done < "$CHAOS_PID_FILE"
 fi
 rm -f "$CHAOS_PID_FILE"
