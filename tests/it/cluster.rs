@@ -116,6 +116,41 @@ async fn epochs_and_stops(db: &TestDb, topic: &str) -> (BTreeMap<i32, i64>, Vec<
     )
 }
 
+/// Stops `members` (each must exit 0), checks that no partition is held
+/// stopped and that the database is a fold of the topic, and drops it.
+async fn finish(broker: &str, db: TestDb, topic: &str, members: Vec<tokio::process::Child>) {
+    stop_all(members).await;
+    let (_, stopped) = epochs_and_stops(&db, topic).await;
+    assert!(stopped.is_empty(), "stopped partitions: {stopped:?}");
+    assert_db_is_fold_of_topic_at(broker, &db, topic, GROUP).await;
+    db.drop_db().await;
+}
+
+/// Members m-a, m-b and m-c of `topic` (m-c under `cut`), once they own
+/// two of its six partitions each.
+async fn three_members(
+    broker: &PrivateBroker,
+    db: &TestDb,
+    url: &str,
+    topic: &str,
+    cut: &NetCut,
+) -> Vec<tokio::process::Child> {
+    let members = vec![
+        member(broker, topic, url, "m-a", None),
+        member(broker, topic, url, "m-b", None),
+        member(broker, topic, url, "m-c", Some(cut)),
+    ];
+    wait_owners(
+        db,
+        topic,
+        Duration::from_secs(60),
+        "two partitions each",
+        |o| balanced(o, 3, 2),
+    )
+    .await;
+    members
+}
+
 fn balanced(o: &BTreeMap<i32, Option<String>>, members: usize, each: usize) -> bool {
     o.len() == members * each
         && counts(o).len() == members
@@ -125,23 +160,14 @@ fn balanced(o: &BTreeMap<i32, Option<String>>, members: usize, each: usize) -> b
 /// Three default members on six partitions; one member's packets to the broker are dropped while it still heartbeats to PostgreSQL. Within seconds its /healthz answers 503 naming the broker (each answer within two seconds); its partitions go to the other two and lag reaches 0 within 60 s of the cut, under a producer; when the cut heals it takes its share back; the database equals a fold of the topic.
 #[tokio::test]
 async fn a_member_cut_off_from_the_brokers_gives_its_partitions_up() {
+    let _heavy = crate::harness::heavy().await;
     let broker = PrivateBroker::start().await;
     let topic = random_topic_name();
     let db = TestDb::create().await;
     create_topic_at(&broker.address, &topic, 6).await;
     produce_events_at(&broker.address, &topic, 3_000, 2101).await;
     let cut = NetCut::new();
-    let a = member(&broker, &topic, &db.url, "m-a", None);
-    let b = member(&broker, &topic, &db.url, "m-b", None);
-    let c = member(&broker, &topic, &db.url, "m-c", Some(&cut));
-    wait_owners(
-        &db,
-        &topic,
-        Duration::from_secs(60),
-        "two partitions each",
-        |o| balanced(o, 3, 2),
-    )
-    .await;
+    let members = three_members(&broker, &db, &db.url, &topic, &cut).await;
     let (metrics, cut_off, _) = member_row(&db, "m-c").await;
     let metrics = metrics.expect("m-c serves /healthz");
     assert_eq!(cut_off, None, "not cut off before the cut");
@@ -201,16 +227,13 @@ async fn a_member_cut_off_from_the_brokers_gives_its_partitions_up() {
     assert_eq!(member_row(&db, "m-c").await.1, None, "no longer cut off");
     produce_events_at(&broker.address, &topic, 1_000, 2102).await;
     wait_caught_up_at(&broker.address, &db, &topic, Duration::from_secs(60)).await;
-    stop_all(vec![a, b, c]).await;
-    let (_, stopped) = epochs_and_stops(&db, &topic).await;
-    assert!(stopped.is_empty(), "stopped partitions: {stopped:?}");
-    assert_db_is_fold_of_topic_at(&broker.address, &db, &topic, GROUP).await;
-    db.drop_db().await;
+    finish(&broker.address, db, &topic, members).await;
 }
 
 /// Every member cut off from the brokers for 30 s, under a producer: both say they are cut off, yet no partition moves or stops (each lease's epoch goes up at most once), and after the cut heals lag reaches 0 and the database equals a fold of the topic.
 #[tokio::test]
 async fn every_member_cut_off_moves_nothing() {
+    let _heavy = crate::harness::heavy().await;
     let broker = PrivateBroker::start().await;
     let topic = random_topic_name();
     let db = TestDb::create().await;
@@ -259,14 +282,13 @@ async fn every_member_cut_off_moves_nothing() {
             "partition {p}: epoch {epoch} -> {now}, leases churned"
         );
     }
-    stop_all(vec![a, b]).await;
-    assert_db_is_fold_of_topic_at(&broker.address, &db, &topic, GROUP).await;
-    db.drop_db().await;
+    finish(&broker.address, db, &topic, vec![a, b]).await;
 }
 
 /// Regression: a member cut off from PostgreSQL (it still reaches the broker) is expired after the session timeout; its partitions move to the others and lag reaches 0 within 60 s of the cut; healed, it rejoins; the database equals a fold of the topic.
 #[tokio::test]
 async fn a_member_cut_off_from_postgresql_is_expired() {
+    let _heavy = crate::harness::heavy().await;
     let broker = PrivateBroker::start().await;
     let topic = random_topic_name();
     let db = TestDb::create().await;
@@ -275,17 +297,7 @@ async fn a_member_cut_off_from_postgresql_is_expired() {
     // By address, so the cut (IPv4) is the only way to the database.
     let url = db_url_with_host(&db.url, "127.0.0.1");
     let cut = NetCut::new();
-    let a = member(&broker, &topic, &url, "m-a", None);
-    let b = member(&broker, &topic, &url, "m-b", None);
-    let c = member(&broker, &topic, &url, "m-c", Some(&cut));
-    wait_owners(
-        &db,
-        &topic,
-        Duration::from_secs(60),
-        "two partitions each",
-        |o| balanced(o, 3, 2),
-    )
-    .await;
+    let members = three_members(&broker, &db, &url, &topic, &cut).await;
     let load = producer(&broker, &topic, 200, 15);
     tokio::time::sleep(Duration::from_secs(2)).await;
     cut.cut(5432);
@@ -308,9 +320,7 @@ async fn a_member_cut_off_from_postgresql_is_expired() {
     .await;
     produce_events_at(&broker.address, &topic, 500, 2122).await;
     wait_caught_up_at(&broker.address, &db, &topic, Duration::from_secs(60)).await;
-    stop_all(vec![a, b, c]).await;
-    assert_db_is_fold_of_topic_at(&broker.address, &db, &topic, GROUP).await;
-    db.drop_db().await;
+    finish(&broker.address, db, &topic, members).await;
 }
 
 /// A bootstrap list whose first two entries are dead (nothing listens there): produce and consume start and work, and `doctor` names each dead entry as a warning while it passes (any one entry answering is enough, as with Kafka's bootstrap.servers).
@@ -359,6 +369,7 @@ async fn dead_bootstrap_entries_are_passed_over_and_named() {
 /// A topic deleted and recreated with more partitions under two running default members (the broker restarted after the delete, as Tansu 0.6.0 needs): the members notice the new partition count, take the new partitions, and every record of the new topic reaches history; no partition stops.
 #[tokio::test]
 async fn partitions_added_under_running_members_are_consumed() {
+    let _heavy = crate::harness::heavy().await;
     let mut broker = PrivateBroker::start().await;
     let topic = random_topic_name();
     let db = TestDb::create().await;
@@ -450,6 +461,7 @@ async fn progress_after(db: &TestDb, topic: &str, what: &str) -> Duration {
 /// Three brokers over one store, three default members given all three as the bootstrap list, a producer at 1,000 events/s: one broker killed and started again, then two of the three at once (clients that knew only those find the third through the bootstrap list), then all three restarted one by one (a rolling restart). Every partition makes progress again after each kill; afterwards lag reaches 0 within 30 s of the last restart, no partition stopped, and the database equals an independent fold of the topic.
 #[tokio::test]
 async fn three_brokers_survive_a_kill_and_a_rolling_restart() {
+    let _heavy = crate::harness::heavy().await;
     let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
         .join(format!("cluster-{}", random_topic_name()));
     std::fs::create_dir_all(&dir).expect("store dir");
@@ -532,9 +544,5 @@ async fn three_brokers_survive_a_kill_and_a_rolling_restart() {
         "three brokers: every partition progressed {recovered:?} after a broker died, {recovered_two:?} after two died; lag 0 {:?} after the last restart",
         last_restart.elapsed()
     );
-    let (_, stopped) = epochs_and_stops(&db, &topic).await;
-    assert!(stopped.is_empty(), "stopped partitions: {stopped:?}");
-    stop_all(members).await;
-    assert_db_is_fold_of_topic_at(&brokers[1].address, &db, &topic, GROUP).await;
-    db.drop_db().await;
+    finish(&brokers[1].address, db, &topic, members).await;
 }

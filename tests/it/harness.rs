@@ -1572,3 +1572,12 @@ impl Drop for NetCut {
         }
     }
 }
+
+/// Held by the tests that load the machine most (three members and a
+/// producer under faults, 400 partitions), so that no two of them run at
+/// once: on two cores, two of them side by side slow each other past their
+/// own limits. Hold it for the whole test: `let _heavy = heavy().await;`.
+pub async fn heavy() -> tokio::sync::MutexGuard<'static, ()> {
+    static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    HEAVY.lock().await
+}

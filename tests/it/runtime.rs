@@ -132,6 +132,7 @@ async fn until_caught_up_after_a_crash_waits_for_the_whole_group() {
 /// 400 partitions, three members started together: within a minute every partition has exactly one owner, a live member, with lag 0; no partition is left without an owner; and the database is the fold of the topic.
 #[tokio::test]
 async fn four_hundred_partitions_three_members() {
+    let _heavy = crate::harness::heavy().await;
     let topic = random_topic_name();
     let db = TestDb::create().await;
     produce_events_to(&topic, 20_000, 73, 400).await;

@@ -8,7 +8,8 @@
 //!   answered (records or an error code: the broker is there), and a probe
 //!   sent every [`PROBE_INTERVAL`] to each bootstrap address (a fresh
 //!   connection and a Metadata request for the topic, bounded by
-//!   [`PROBE_TIMEOUT`], so it also covers a member that owns nothing);
+//!   [`PROBE_TIMEOUT`], so it also covers a member that owns nothing;
+//!   only every [`PROBE_WHILE_FETCHING`] while fetches are answered);
 //! - *silent*: no broker answered for [`SILENT_AFTER`]: `/healthz` answers
 //!   503 naming the unreachable brokers, at once, from what the probes saw
 //!   (it never waits on a broker itself);
@@ -40,6 +41,11 @@ pub(crate) const SILENT_AFTER: Duration = Duration::from_secs(5);
 pub(crate) const STEADY_AFTER: Duration = Duration::from_secs(5);
 /// A condition that lasts is logged again this often.
 const LOG_EVERY: Duration = Duration::from_secs(60);
+/// While fetches are answered, the probes (a connection and two Metadata
+/// requests for every topic each, as rskafka builds a client) are sent
+/// only this often: enough to keep `foodpipe_broker_up` and the topic
+/// check current.
+const PROBE_WHILE_FETCHING: Duration = Duration::from_secs(20);
 
 /// How a member reaches the brokers, judged at one moment.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,6 +90,8 @@ struct Probe {
 #[derive(Debug)]
 struct Inner {
     last_answer: Instant,
+    /// The last answer to a fetch round.
+    last_fetch: Option<Instant>,
     streak_since: Instant,
     probes: BTreeMap<String, Probe>,
     /// What was last logged about reach, and when.
@@ -113,6 +121,7 @@ impl BrokerWatch {
         Self {
             inner: Arc::new(Mutex::new(Inner {
                 last_answer: now,
+                last_fetch: None,
                 streak_since: now,
                 probes: bootstrap
                     .iter()
@@ -127,6 +136,22 @@ impl BrokerWatch {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A broker answered a fetch round of this member.
+    pub(crate) fn fetch_answered(&self) {
+        self.lock().last_fetch = Some(Instant::now());
+        self.answered();
+    }
+
+    /// Whether the probes can wait: a fetch was answered within the
+    /// probe interval and the last probe is recent enough.
+    fn probe_can_wait(&self, last_probe: Instant) -> bool {
+        let fetching = self
+            .lock()
+            .last_fetch
+            .is_some_and(|t| t.elapsed() < PROBE_INTERVAL);
+        fetching && last_probe.elapsed() < PROBE_WHILE_FETCHING
     }
 
     /// A broker answered this member (a fetch, a probe).
@@ -300,8 +325,14 @@ impl BrokerWatch {
         let addresses: Vec<String> = self.lock().probes.keys().cloned().collect();
         let mut timer = tokio::time::interval(PROBE_INTERVAL);
         timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_probe: Option<Instant> = None;
         loop {
             timer.tick().await;
+            if last_probe.is_some_and(|t| self.probe_can_wait(t)) {
+                self.log_reach();
+                continue;
+            }
+            last_probe = Some(Instant::now());
             let mut probes = tokio::task::JoinSet::new();
             for address in &addresses {
                 let (kafka, topic, address) = (kafka.clone(), self.topic.clone(), address.clone());

@@ -431,7 +431,7 @@ impl Fetcher {
             r.as_ref()
                 .map_or_else(kafka::Error::broker_answered, |_| true)
         }) {
-            self.brokers.answered();
+            self.brokers.fetch_answered();
         }
         let mut permit = Some(permit);
         let mut progress = false;
