@@ -312,8 +312,14 @@ pub fn foodpipe(args: &[&str]) -> Command {
 
 /// `foodpipe send` of raw bytes (lines of `KEY<TAB>VALUE`) to `topic`.
 pub async fn send_lines(topic: &str, input: &[u8]) {
+    send_lines_at(&bootstrap_servers(), topic, input).await;
+}
+
+/// Like [`send_lines`], to the broker at `bootstrap`.
+pub async fn send_lines_at(bootstrap: &str, topic: &str, input: &[u8]) {
     use tokio::io::AsyncWriteExt;
     let mut cmd = foodpipe(&["send", "--topic", topic, "--partitions", "3", "--quiet"]);
+    cmd.env("KAFKA_BOOTSTRAP_SERVERS", bootstrap);
     cmd.stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());

@@ -5,7 +5,8 @@
 use std::time::{Duration, Instant};
 
 use crate::harness::{
-    PrivateBroker, TestDb, foodpipe, log_ends_at, random_topic_name, run_ok, stored_offsets,
+    PrivateBroker, TestDb, foodpipe, log_ends_at, random_topic_name, run_ok, send_lines_at,
+    stored_offsets,
 };
 
 const GROUP: &str = "order-processors";
@@ -31,26 +32,7 @@ async fn send_generated(broker: &PrivateBroker, db: &TestDb, topic: &str, count:
         ],
     ))
     .await;
-    send(broker, db, topic, lines.as_bytes()).await;
-}
-
-/// `send` of `KEY<TAB>VALUE` lines to `topic`.
-async fn send(broker: &PrivateBroker, db: &TestDb, topic: &str, lines: &[u8]) {
-    use tokio::io::AsyncWriteExt;
-    let mut cmd = at(broker, db, &["send", "--topic", topic, "--quiet"]);
-    cmd.stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    let mut child = cmd.spawn().expect("send starts");
-    let mut stdin = child.stdin.take().expect("stdin");
-    stdin.write_all(lines).await.expect("lines written");
-    drop(stdin);
-    let out = child.wait_with_output().await.expect("send ends");
-    assert!(
-        out.status.success(),
-        "send: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    send_lines_at(&broker.address, topic, lines.as_bytes()).await;
 }
 
 /// Partition 0's earliest and latest offsets, from `topics describe`.
@@ -180,9 +162,8 @@ async fn a_compacted_topic_keeps_the_last_record_of_each_key() {
     let described = run_ok(at(&broker, &db, &["topics", "describe", &topic])).await;
     assert!(described.contains("cleanup.policy=compact"), "{described}");
     // Three versions of two keys, as `send` reads them: KEY<TAB>VALUE.
-    send(
-        &broker,
-        &db,
+    send_lines_at(
+        &broker.address,
         &topic,
         b"k1\tv1\nk2\tv1\nk1\tv2\nk2\tv2\nk1\tv3\nk2\tv3\n",
     )

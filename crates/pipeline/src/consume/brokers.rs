@@ -215,10 +215,11 @@ impl BrokerWatch {
     /// `/healthz`'s part: `Err` names the brokers this member cannot
     /// reach, or the missing topic. Never waits on a broker.
     pub(crate) fn health(&self) -> Result<(), String> {
-        match self.reach() {
+        let reach = self.reach();
+        match reach {
             Reach::Answering { .. } => {}
             Reach::Silent { for_ } | Reach::CutOff { for_ } => {
-                let cut = if matches!(self.reach(), Reach::CutOff { .. }) {
+                let cut = if matches!(reach, Reach::CutOff { .. }) {
                     "; cut off: its partitions go to members that reach the brokers"
                 } else {
                     ""
