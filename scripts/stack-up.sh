@@ -78,8 +78,9 @@ install_tansu() {
     if command -v tansu >/dev/null; then return; fi
     say "installing Tansu $TANSU_VERSION from crates.io (about 10 minutes on 2 cores, once)"
     # --locked: it does not compile against newer dependencies.
-    # libsql: its durable sqlite storage engine.
-    cargo install tansu --locked --version "$TANSU_VERSION" --features libsql \
+    # libsql: its durable sqlite storage engine; dynostore: its memory://
+    # engine (per process, for benchmarks that keep the broker out of the way).
+    cargo install tansu --locked --version "$TANSU_VERSION" --features libsql,dynostore \
         >"$STACK_DIR/tansu-install.log" 2>&1 \
         || { tail -n 30 "$STACK_DIR/tansu-install.log" >&2; die "cargo install tansu failed"; }
 }

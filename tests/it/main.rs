@@ -20,6 +20,7 @@ mod partitioner;
 mod producer;
 mod projections;
 mod retention;
+mod round_trips;
 mod runtime;
 mod safety;
 #[cfg(all(feature = "tls", feature = "sasl"))]

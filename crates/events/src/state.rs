@@ -148,22 +148,36 @@ impl OrderState {
                 event_type,
                 order_id: event.order_id,
             }),
-            (Some(_), EventBody::OrderCreated(_)) => Err(TransitionError::AlreadyCreated {
+            (Some(current), _) => {
+                let mut next = current.clone();
+                next.advance(event)?;
+                Ok(next)
+            }
+        }
+    }
+
+    /// Applies `event` to this existing order in place (its items and
+    /// names are not copied), or says why the machine refuses it, leaving
+    /// the state as it was. The fold steps each order this way, event
+    /// after event.
+    pub fn advance(&mut self, event: &OrderEvent) -> Result<(), TransitionError> {
+        if let EventBody::OrderCreated(_) = event.body {
+            return Err(TransitionError::AlreadyCreated {
                 order_id: event.order_id,
+            });
+        }
+        match self.status.next(&event.body) {
+            Some(status) => {
+                self.status = status;
+                self.updated_at = event.occurred_at;
+                self.last_event_id = event.event_id;
+                Ok(())
+            }
+            None => Err(TransitionError::Forbidden {
+                event_type: event.body.event_type(),
+                order_id: event.order_id,
+                from: self.status.as_str(),
             }),
-            (Some(current), body) => match current.status.next(body) {
-                Some(status) => Ok(OrderState {
-                    status,
-                    updated_at: event.occurred_at,
-                    last_event_id: event.event_id,
-                    ..current.clone()
-                }),
-                None => Err(TransitionError::Forbidden {
-                    event_type,
-                    order_id: event.order_id,
-                    from: current.status.as_str(),
-                }),
-            },
         }
     }
 }

@@ -151,11 +151,17 @@ pub fn plan(
             });
             continue;
         }
-        match OrderState::apply(existing.map(|c| &c.state), event) {
-            Ok(state) => {
-                if changed_set.insert(event.order_id) {
-                    changed.push(event.order_id);
+        // In place: an order's items and names are not copied per event.
+        let applied = match current.get_mut(&event.order_id) {
+            Some(c) => c.state.advance(event).map(|()| {
+                if c.source_topic != source.topic {
+                    source.topic.clone_into(&mut c.source_topic);
                 }
+                c.source_partition = source.partition;
+                c.source_incarnation = source.incarnation;
+                c.source_offset = record.offset;
+            }),
+            None => OrderState::apply(None, event).map(|state| {
                 current.insert(
                     event.order_id,
                     Current {
@@ -166,9 +172,16 @@ pub fn plan(
                         source_offset: record.offset,
                     },
                 );
+            }),
+        };
+        match applied {
+            Ok(()) => {
+                if changed_set.insert(event.order_id) {
+                    changed.push(event.order_id);
+                }
                 plan.history.push(index);
             }
-            Err(e) => plan.dead_letters.push(match existing {
+            Err(e) => plan.dead_letters.push(match current.get(&event.order_id) {
                 // The order got past this event's step through records of
                 // another partition (or another log of this one): the
                 // event is behind the order, met late, not a step the

@@ -694,7 +694,7 @@ impl std::fmt::Display for Migrated {
 /// Records `gap` in `offset_gaps`, inside the transaction that moved the
 /// stored offset.
 pub(crate) async fn insert_gap(
-    tx: &deadpool_postgres::Transaction<'_>,
+    tx: &impl deadpool_postgres::GenericClient,
     gap: &Gap<'_>,
 ) -> Result<()> {
     let stmt = tx

@@ -301,7 +301,7 @@ impl Store {
     /// the registry, inside `tx` (a batch's transaction).
     pub(crate) async fn load_attached(
         &self,
-        tx: &deadpool_postgres::Transaction<'_>,
+        tx: &impl deadpool_postgres::GenericClient,
     ) -> Result<Attached> {
         let rows = tx
             .query(

@@ -56,8 +56,11 @@ use crate::retry::Backoff;
 /// ListOffsets for it, before the partition is given up as broken.
 pub(crate) const STRIKES: u32 = 3;
 
-/// A fetched, decoded batch on its way to its partition's worker, holding
-/// its share of the byte budget until it is committed.
+/// A fetched batch on its way to its partition's worker, holding its share
+/// of the byte budget until it is committed. Its records are decoded by
+/// the worker ([`Fetched::decode`]), not here: the fetcher is one task for
+/// every partition, the workers are a task each, spread over the runtime's
+/// threads, and each decodes its own batches in order.
 #[derive(Debug)]
 pub(crate) struct Fetched {
     /// The offset it was fetched from: the worker's stored offset.
@@ -65,9 +68,24 @@ pub(crate) struct Fetched {
     /// The offset to store once it is applied.
     pub next_offset: i64,
     pub high_watermark: i64,
+    /// The records as fetched, not decoded yet.
+    pub fetched: Vec<kafka::RecordAndOffset>,
+    /// The records decoded (or made here, for a batch skipped as corrupt).
     pub records: Vec<SourceRecord>,
     pub started: Instant,
     pub _permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Fetched {
+    /// Decodes the fetched records (JSON, validation) into `records`.
+    pub(crate) fn decode(&mut self, max_record_bytes: usize) {
+        let fetched = std::mem::take(&mut self.fetched);
+        self.records.extend(
+            fetched
+                .into_iter()
+                .map(|r| super::decode(r, max_record_bytes)),
+        );
+    }
 }
 
 /// What the fetcher hands a worker.
@@ -506,17 +524,14 @@ impl Fetcher {
                     });
                     // The last batch of a round takes what is left whole.
                     let share = share.or_else(|| permit.take());
-                    let records: Vec<SourceRecord> = records
-                        .into_iter()
-                        .map(|r| super::decode(r, self.config.max_record_bytes))
-                        .collect();
                     // A round that brought only markers (or aborted
                     // records) still moves the stored offset past them.
                     let batch = Fetched {
                         from_offset,
                         next_offset,
                         high_watermark,
-                        records,
+                        fetched: records,
+                        records: Vec::new(),
                         started,
                         _permit: share,
                     };
@@ -682,6 +697,7 @@ fn corrupt_delivery(
                 from_offset: at.from_offset,
                 next_offset,
                 high_watermark: at.high_watermark.max(next_offset),
+                fetched: Vec::new(),
                 records: vec![record],
                 started: Instant::now(),
                 _permit: None,

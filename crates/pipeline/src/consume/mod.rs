@@ -341,7 +341,8 @@ fn decode(record: kafka::RecordAndOffset, max_record_bytes: usize) -> SourceReco
     SourceRecord {
         offset,
         timestamp: record.timestamp,
-        headers: kafka::record_headers(&record),
+        // Moved, not copied: only a dead letter stores them.
+        headers: record.headers.into_iter().collect(),
         key: record.key,
         value: record.value,
         event,

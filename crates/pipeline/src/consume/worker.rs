@@ -123,7 +123,10 @@ impl Worker {
             };
             self.room.notify_one();
             let fetched = match delivery {
-                Delivery::Batch(f) => f,
+                Delivery::Batch(mut f) => {
+                    f.decode(self.config.max_record_bytes);
+                    f
+                }
                 Delivery::Failed(e) => {
                     let error = Error::Kafka(e);
                     return match error.action() {
