@@ -310,6 +310,10 @@ async fn send_batch(
             (p.record, rest)
         })
         .unzip();
+    // The request is built once, from the records themselves (no copy of
+    // the batch), and sent again as it is on a retry (vendored rskafka,
+    // patch item 9).
+    let request = client.prepare_produce(records, config.compression);
     // The batch's deadline is its oldest record's.
     let deadline = batch
         .first()
@@ -323,8 +327,7 @@ async fn send_batch(
                 config.delivery_timeout
             ));
         }
-        // rskafka takes the records by value; a retry needs them again.
-        match client.produce(records.clone(), config.compression).await {
+        match client.produce_prepared(&request).await {
             Ok(_offsets) => break Ok(()),
             Err(e) => {
                 attempt += 1;

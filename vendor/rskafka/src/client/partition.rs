@@ -279,9 +279,39 @@ impl PartitionClient {
         if records.is_empty() {
             return Ok(vec![]);
         }
+        self.produce_prepared(&self.prepare_produce(records, compression))
+            .await
+    }
 
+    /// Builds the produce request for `records` once, to send with
+    /// [`produce_prepared`](Self::produce_prepared) as often as the caller
+    /// retries: a caller that retries past this client's own backoff
+    /// deadline keeps the request instead of a copy of its records.
+    pub fn prepare_produce(&self, records: Vec<Record>, compression: Compression) -> PreparedProduce {
         let n = records.len() as i64;
-        let request = &build_produce_request(self.partition, &self.topic, records, compression);
+        let request = (n > 0)
+            .then(|| build_produce_request(self.partition, &self.topic, records, compression));
+        PreparedProduce {
+            topic: self.topic.clone(),
+            partition: self.partition,
+            n,
+            request,
+        }
+    }
+
+    /// Sends a request built by [`prepare_produce`](Self::prepare_produce)
+    /// of a client of the same partition, with this client's retries.
+    pub async fn produce_prepared(&self, prepared: &PreparedProduce) -> Result<Vec<i64>> {
+        let Some(request) = &prepared.request else {
+            return Ok(vec![]);
+        };
+        if (prepared.topic.as_str(), prepared.partition) != (self.topic.as_str(), self.partition) {
+            return Err(Error::InvalidResponse(format!(
+                "a produce request built for {}/{} sent through the client of {}/{}",
+                prepared.topic, prepared.partition, self.topic, self.partition
+            )));
+        }
+        let n = prepared.n;
 
         maybe_retry(
             &self.backoff_config,
@@ -294,7 +324,7 @@ impl PartitionClient {
                     .await
                     .map_err(|e| ErrorOrThrottle::Error((e, None)))?;
                 let response = broker
-                    .request(&request)
+                    .request(request)
                     .await
                     .map_err(|e| ErrorOrThrottle::Error((e.into(), Some(r#gen))))?;
                 maybe_throttle(response.throttle_time_ms)?;
@@ -894,6 +924,28 @@ where
         })
         .await
         .map_err(Error::RetryFailed)?
+}
+
+/// A produce request built once ([`PartitionClient::prepare_produce`]),
+/// sent as often as needed ([`PartitionClient::produce_prepared`]).
+#[derive(Debug)]
+pub struct PreparedProduce {
+    topic: String,
+    partition: i32,
+    n: i64,
+    request: Option<ProduceRequest>,
+}
+
+impl PreparedProduce {
+    /// How many records it holds.
+    pub fn len(&self) -> usize {
+        self.n as usize
+    }
+
+    /// Whether it holds no record (sending it sends nothing).
+    pub fn is_empty(&self) -> bool {
+        self.n == 0
+    }
 }
 
 fn build_produce_request(
