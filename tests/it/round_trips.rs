@@ -81,7 +81,8 @@ async fn relay(client: TcpStream, server: TcpStream, turns: Arc<Mutex<Turns>>) {
 /// duplicate and dead-letters a malformed record costs two round trips to
 /// PostgreSQL once the connection has prepared its statements (the issue's
 /// bound is three; before pipelining it was seven, eight with dead letters).
-/// A batch of markers only (no records) costs two as well.
+/// So does a batch with a SQL projection attached, and a batch of markers
+/// only (no records).
 #[tokio::test]
 async fn a_batch_costs_two_round_trips() {
     let db = TestDb::create().await;
@@ -145,11 +146,54 @@ async fn a_batch_costs_two_round_trips() {
         "a batch of 200 records with history, view and dead-letter writes"
     );
 
+    // With a SQL projection attached (the repository's delivery_times),
+    // its statements go with the writes: still two, once the store has
+    // seen it attached and the connection has prepared its statements.
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("projections");
+    for def in store::projection::load_dir(&dir).expect("the repository's projections") {
+        store
+            .add_projection(&def, "g")
+            .await
+            .expect("add the projection");
+    }
+    let more: Vec<OrderEvent> =
+        events::generator::Generator::new(events::generator::GeneratorConfig {
+            seed: 77,
+            ..Default::default()
+        })
+        .take(200)
+        .collect();
+    let mut later = harness::source_records(&more);
+    for (i, r) in later.iter_mut().enumerate() {
+        r.offset = 400 + i as i64;
+    }
+    let at = |from: usize, to: usize| store::Batch {
+        from_offset: 400 + from as i64,
+        next_offset: 400 + to as i64,
+        records: &later[from..to],
+        ..apply(0, 0)
+    };
+    store.apply_batch(&at(0, 100)).await.expect("batch 3");
+    relay.reset();
+    let applied = store.apply_batch(&at(100, 200)).await.expect("batch 4");
+    assert!(
+        applied
+            .projection_times
+            .iter()
+            .any(|(name, _)| name == "delivery_times"),
+        "{applied:?}"
+    );
+    assert_eq!(
+        relay.round_trips(),
+        2,
+        "a batch with a SQL projection attached"
+    );
+
     relay.reset();
     store
         .apply_batch(&store::Batch {
-            from_offset: 400,
-            next_offset: 402,
+            from_offset: 600,
+            next_offset: 602,
             records: &[],
             ..apply(0, 0)
         })
@@ -165,13 +209,13 @@ async fn a_batch_costs_two_round_trips() {
     };
     assert_eq!(
         count("SELECT count(*) FROM order_events").await,
-        398,
-        "400 records, one duplicate, one dead letter"
+        598,
+        "600 records, one duplicate, one dead letter"
     );
     assert_eq!(count("SELECT count(*) FROM dead_letters").await, 1);
     assert_eq!(
         count("SELECT next_offset FROM consumer_offsets WHERE group_id = 'g'").await,
-        402
+        602
     );
     drop(store);
     db.drop_db().await;
