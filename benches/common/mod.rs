@@ -174,3 +174,174 @@ pub async fn fold_range(
     }
     (started.elapsed().as_secs_f64(), times)
 }
+
+/// One Fetch answer of one partition as `scripts/bench_capture.py` wrote
+/// it: the partition fields and the raw `records` bytes, as Tansu sent them.
+#[derive(Debug)]
+pub struct Captured {
+    pub partition: i32,
+    pub fetch_offset: i64,
+    pub high_watermark: i64,
+    pub last_stable_offset: i64,
+    pub aborted: Vec<(i64, i64)>,
+    pub records: Vec<u8>,
+}
+
+/// Reads a capture file (format in `scripts/bench_capture.py`).
+pub fn load_capture(path: &str) -> Vec<Captured> {
+    let data = std::fs::read(path).unwrap_or_else(|e| panic!("read {path}: {e}"));
+    assert!(data.starts_with(b"FPCAP1"), "{path} is not a capture");
+    let mut at = 6;
+    let mut take = |n: usize| -> Option<Vec<u8>> {
+        let s = data.get(at..at + n)?.to_vec();
+        at += n;
+        Some(s)
+    };
+    let i32_at = |b: Option<Vec<u8>>| i32::from_be_bytes(b.expect("whole").try_into().expect("4"));
+    let i64_at = |b: Option<Vec<u8>>| i64::from_be_bytes(b.expect("whole").try_into().expect("8"));
+    let mut out = Vec::new();
+    while let Some(p) = take(4) {
+        let partition = i32_at(Some(p));
+        let fetch_offset = i64_at(take(8));
+        let high_watermark = i64_at(take(8));
+        let last_stable_offset = i64_at(take(8));
+        let aborted = (0..i32_at(take(4)))
+            .map(|_| (i64_at(take(8)), i64_at(take(8))))
+            .collect();
+        let len = i32_at(take(4)) as usize;
+        let records = take(len).expect("whole records");
+        out.push(Captured {
+            partition,
+            fetch_offset,
+            high_watermark,
+            last_stable_offset,
+            aborted,
+            records,
+        });
+    }
+    out
+}
+
+/// What `consume` does with one partition's Fetch answer, minus the
+/// socket: rskafka's `decode_record_batches` (CRC, decompression, records;
+/// as its `extract_fetch_detailed`), `kafka::read_committed`, then each
+/// record turned into a `SourceRecord` by [`consume_decode`]. Returns
+/// (from offset, next offset, records).
+pub fn decode_answer(c: &Captured, max_record_bytes: usize) -> (i64, i64, Vec<SourceRecord>) {
+    let (batches, corrupt) = kafka::decode_record_batches(&c.records);
+    assert!(corrupt.is_none(), "a captured batch does not decode");
+    let detailed = kafka::FetchDetailed {
+        batches,
+        corrupt,
+        high_watermark: c.high_watermark,
+        last_stable_offset: Some(c.last_stable_offset),
+        aborted_transactions: c
+            .aborted
+            .iter()
+            .map(|&(producer_id, first_offset)| kafka::AbortedTransaction {
+                producer_id,
+                first_offset,
+            })
+            .collect(),
+    };
+    let fetched = kafka::read_committed(c.fetch_offset, detailed);
+    let records = fetched
+        .records
+        .into_iter()
+        .map(|r| consume_decode(r, max_record_bytes))
+        .collect();
+    (c.fetch_offset, fetched.next_offset, records)
+}
+
+/// A line-for-line copy of `pipeline::consume`'s private `decode` (the
+/// fetcher maps every fetched record through it): keep the two alike.
+pub fn consume_decode(record: kafka::RecordAndOffset, max_record_bytes: usize) -> SourceRecord {
+    let kafka::RecordAndOffset { record, offset } = record;
+    let event = match &record.value {
+        Some(v) if v.len() > max_record_bytes => Err(events::DecodeError::new(
+            events::ErrorKind::Oversize,
+            format!(
+                "value of {} bytes exceeds --max-record-bytes {max_record_bytes}",
+                v.len()
+            ),
+        )),
+        value => events::decode(value.as_deref()),
+    };
+    SourceRecord {
+        offset,
+        timestamp: record.timestamp,
+        headers: kafka::record_headers(&record),
+        key: record.key,
+        value: record.value,
+        event,
+    }
+}
+
+/// The broker-free fold: `answers` (in capture order) decoded on one task,
+/// as `consume`'s fetcher decodes, handed to one writer per partition
+/// through a channel of one batch (one applied, one waiting: consume's
+/// read-ahead), applied with `Store::apply_batch`. Returns (seconds, events).
+pub async fn replay(
+    store: &Store,
+    answers: std::sync::Arc<Vec<Captured>>,
+    max_record_bytes: usize,
+) -> (f64, usize) {
+    let mut partitions: Vec<i32> = answers.iter().map(|a| a.partition).collect();
+    partitions.sort_unstable();
+    partitions.dedup();
+    for &p in &partitions {
+        store
+            .init_offset("bench", "bench", p, 0)
+            .await
+            .expect("offset row");
+    }
+    // Round by round, as the fetcher's rounds take every busy partition:
+    // the i-th answer of each partition, then the (i+1)-th.
+    let mut order: Vec<(usize, usize)> = Vec::new();
+    let mut seen = std::collections::BTreeMap::<i32, usize>::new();
+    for (i, a) in answers.iter().enumerate() {
+        let n = seen.entry(a.partition).or_default();
+        order.push((*n, i));
+        *n += 1;
+    }
+    order.sort_unstable();
+
+    let started = Instant::now();
+    let mut senders = std::collections::BTreeMap::new();
+    let mut writers = Vec::new();
+    for &p in &partitions {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<(i64, i64, Vec<SourceRecord>)>(1);
+        senders.insert(p, tx);
+        let store = store.clone();
+        writers.push(tokio::spawn(async move {
+            let mut events = 0usize;
+            while let Some((from, next, records)) = rx.recv().await {
+                let batch = Batch {
+                    group: "bench",
+                    topic: "bench",
+                    partition: p,
+                    from_offset: from,
+                    next_offset: next,
+                    records: &records,
+                    incarnation: 0,
+                    lease: None,
+                };
+                events += store.apply_batch(&batch).await.expect("apply").events;
+            }
+            events
+        }));
+    }
+    let decoder = tokio::spawn(async move {
+        for (_, i) in order {
+            let a = &answers[i];
+            let decoded = decode_answer(a, max_record_bytes);
+            senders[&a.partition].send(decoded).await.expect("writer");
+        }
+    });
+    decoder.await.expect("decoder");
+    let mut events = 0;
+    for w in writers {
+        events += w.await.expect("writer");
+    }
+    (started.elapsed().as_secs_f64(), events)
+}
