@@ -9,8 +9,10 @@
 #   make musl    one static musl binary, as the Dockerfile builds it
 #   make test-rskafka   the vendored, patched rskafka's own unit tests
 #   make bench   every headline figure in one run, foodpipe beside librdkafka
-#                and psql \copy on a fresh private Tansu: target/bench/report.md
-#                and report.json (about 10 minutes; never part of make test)
+#                and psql \copy on fresh private Tansu brokers (sqlite and
+#                memory://), a broker-free fold of captured fetch answers and a
+#                BENCH_BACKLOG-event growth run: target/bench/report.md and
+#                report.json (never part of make test)
 #   make chaos   a seeded fault storm (CHAOS_SEED, CHAOS_FAULTS) on three private Tansu brokers
 #                and the local PostgreSQL, then an independent librdkafka fold check
 #                (about 10 minutes; never part of make test)
@@ -108,8 +110,12 @@ test-rskafka:
 	scripts/test_vendored_rskafka.sh
 
 BENCH_EVENTS ?= 200000
+# The growth row's backlog, folded by one member on a memory:// Tansu
+# (0 skips it).
+BENCH_BACKLOG ?= 10000000
 bench: up build
-	.stack/venv/bin/python scripts/bench.py $(FOODPIPE) --events $(BENCH_EVENTS) --out target/bench
+	.stack/venv/bin/python scripts/bench.py $(FOODPIPE) --events $(BENCH_EVENTS) \
+		--growth $(BENCH_BACKLOG) --out target/bench
 
 # The storm's broker, topic and database stay up for checking; make down
 # stops that broker (target/chaos/tansu.pid).

@@ -6,6 +6,7 @@ Usage:
   bench_consume.py memory     FOODPIPE_BINARY [--events N ...] [--partitions P]
   bench_consume.py rebalance  FOODPIPE_BINARY [--partitions P ...] [--events N]
   bench_consume.py partitions FOODPIPE_BINARY [--partitions P ...] [--events N]
+  bench_consume.py growth     FOODPIPE_BINARY [--events N]
 
 sink:   produces N events to a fresh topic, folds them with
         `foodpipe consume --until-caught-up` into a fresh database (wall
@@ -24,6 +25,10 @@ rebalance: for each P, produces N events to a fresh topic of P partitions,
 partitions: the same N events folded by one `consume --until-caught-up`
         from a topic of each P partitions; events/s, each against the
         first P given.
+growth: a backlog of N events (default 10,000,000) on 3 partitions folded
+        by one `consume` until its stored offsets reach N: events/s over the first and the
+        last million (the stored offsets sampled every 0.25 s), and the
+        peak RSS.
 """
 
 import argparse
@@ -79,6 +84,42 @@ def consume(binary: str, topic: str, url: str) -> tuple[float, int]:
     return seconds, peak
 
 
+def consume_to(binary: str, topic: str, url: str, total: int) -> tuple[float, int]:
+    """Runs `consume` (no --until-caught-up) until the stored offsets add
+    up to `total`, polled every 0.1 s; returns (seconds from start to
+    there, peak RSS in KiB) and stops it.
+
+    For Tansu's memory:// engine, whose ListOffsets answers the last
+    batch's base offset + 1 for the log end (0.6.0; Fetch's high watermark
+    is right), so `--until-caught-up` stops one batch short per partition."""
+    env = {**os.environ, "DATABASE_URL": url, "FOODPIPE_METRICS_ADDR": "off"}
+    started = time.perf_counter()
+    child = subprocess.Popen([binary, "consume", "--topic", topic], env=env,
+                             stdout=subprocess.DEVNULL)
+    peak, polled = 0, 0.0
+    try:
+        while True:
+            if child.poll() is not None:
+                raise SystemExit(f"consume exited with status {child.returncode}")
+            peak = max(peak, vm_hwm_kib(child.pid))
+            now = time.perf_counter()
+            if now - polled >= 0.1:
+                polled = now
+                if stored_offsets(url) >= total:
+                    return time.perf_counter() - started, peak
+            time.sleep(0.02)
+    finally:
+        child.terminate()
+        child.wait()
+
+
+def stored_offsets(url: str) -> int:
+    """The sum of the stored next offsets (0 before consume made the tables)."""
+    if not tables_exist(url):
+        return 0
+    return int(psql(url, "-c", "SELECT coalesce(sum(next_offset), 0) FROM consumer_offsets"))
+
+
 def vm_hwm_kib(pid: int) -> int:
     """The process's peak resident set in KiB (0 once it is gone)."""
     try:
@@ -110,14 +151,17 @@ def sink(binary: str, events: int) -> None:
     print(f"| foodpipe consume (history + view + offsets, from Kafka) | {fp:,.0f} | {fp / cp:.2f}x |")
 
 
-def fold_vs_copy(binary: str, topic: str, events: int, during=None) -> dict:
+def fold_vs_copy(binary: str, topic: str, events: int, during=None, poll=False) -> dict:
     """Folds `topic` (N events) into a fresh database with `consume
-    --until-caught-up`, then `psql \\copy`s the resulting history rows into
-    a copy of order_events; rows/s of each. `during(fn)` wraps the fold
-    (the bench driver measures the broker's CPU around it)."""
+    --until-caught-up` (with `poll`, `consume` until its stored offsets
+    reach N: see consume_to), then `psql \\copy`s the resulting history
+    rows into a copy of order_events; rows/s of each. `during(fn)` wraps
+    the fold (the bench driver measures the broker's CPU around it)."""
     name, url = fresh_db("sink")
     try:
-        secs, _ = (during or (lambda fn: fn()))(lambda: consume(binary, topic, url))
+        run = (lambda: consume_to(binary, topic, url, events)) if poll else (
+            lambda: consume(binary, topic, url))
+        secs, _ = (during or (lambda fn: fn()))(run)
         rows = int(psql(url, "-c", "SELECT count(*) FROM order_events"))
         assert rows == events, f"history has {rows} rows, expected {events}"
         with tempfile.TemporaryDirectory() as tmp:
@@ -235,9 +279,64 @@ def partitions_throughput(binary: str, counts: list, events: int) -> None:
             psql(ADMIN_URL, "-c", f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
+def growth(binary: str, events: int, topic: str | None = None, partitions: int = 3) -> dict:
+    """Folds a backlog of `events` (produced first to a fresh topic unless
+    `topic` already holds it) with one `consume` (see consume_to); returns
+    events/s over the first and last million (a tenth of the backlog if
+    that is less), peak RSS in KiB and the seconds of each part."""
+    segment = min(1_000_000, events // 10)
+    produced = 0.0
+    if topic is None:
+        topic = f"bench-growth-{events}-{int(time.time())}"
+        started = time.perf_counter()
+        produce(binary, topic, events, partitions)
+        produced = time.perf_counter() - started
+    name, url = fresh_db("growth")
+    env = {**os.environ, "DATABASE_URL": url, "FOODPIPE_METRICS_ADDR": "off"}
+    try:
+        started = time.perf_counter()
+        # Not --until-caught-up: see consume_to.
+        child = subprocess.Popen([binary, "consume", "--topic", topic],
+                                 env=env, stdout=subprocess.DEVNULL)
+        peak, samples, polled = 0, [], 0.0
+        try:
+            while True:
+                if child.poll() is not None:
+                    raise SystemExit(f"consume exited with status {child.returncode}")
+                peak = max(peak, vm_hwm_kib(child.pid))
+                now = time.perf_counter()
+                if now - polled >= 0.25:
+                    polled = now
+                    applied = stored_offsets(url)
+                    samples.append((time.perf_counter(), applied))
+                    if applied >= events:
+                        break
+                time.sleep(0.02)
+        finally:
+            child.terminate()
+            child.wait()
+        seconds = time.perf_counter() - started
+        rows = int(psql(url, "-c", "SELECT count(*) FROM order_events"))
+        assert rows == events, f"history has {rows} rows, expected {events}"
+    finally:
+        psql(ADMIN_URL, "-c", f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+    def rate(lo: int, hi: int) -> float:
+        # From the first sample at or past lo to the first at or past hi.
+        t0, a0 = next((t, a) for t, a in samples if a >= lo)
+        t1, a1 = next((t, a) for t, a in samples if a >= hi)
+        return (a1 - a0) / max(t1 - t0, 1e-9)
+
+    first_seen = next(a for _, a in samples if a > 0)
+    return {"events": events, "segment": segment, "produce_secs": produced,
+            "fold_secs": seconds, "peak_kib": peak,
+            "first": rate(first_seen, first_seen + segment),
+            "last": rate(events - segment, events)}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("mode", choices=["sink", "memory", "rebalance", "partitions"])
+    parser.add_argument("mode", choices=["sink", "memory", "rebalance", "partitions", "growth"])
     parser.add_argument("binary")
     parser.add_argument("--events", type=int, action="append")
     parser.add_argument("--partitions", type=int, action="append")
@@ -248,6 +347,12 @@ def main() -> int:
         memory(args.binary, args.events or [100_000, 1_000_000], (args.partitions or [3])[0])
     elif args.mode == "rebalance":
         rebalance(args.binary, args.partitions or [6, 100, 400, 1000], (args.events or [20_000])[0])
+    elif args.mode == "growth":
+        g = growth(args.binary, (args.events or [10_000_000])[0])
+        print(f"{g['events']:,} events: produced in {g['produce_secs']:.0f} s, folded in "
+              f"{g['fold_secs']:.0f} s; first {g['segment']:,}: {g['first']:,.0f} events/s, last "
+              f"{g['segment']:,}: {g['last']:,.0f} events/s ({g['last'] / g['first']:.2f}x); "
+              f"peak RSS {g['peak_kib'] / 1024:.1f} MiB")
     else:
         partitions_throughput(args.binary, args.partitions or [3, 400], (args.events or [200_000])[0])
     return 0

@@ -43,6 +43,9 @@ from confluent_kafka.admin import AdminClient, NewTopic
 LINGER_MS = 5
 BATCH_BYTES = 1_000_000
 PARTITIONS = 3
+# Tansu's storage URL per engine. A relative sqlite path: Tansu 0.6.0
+# doubles an absolute one.
+STORAGE = {"sqlite": "sqlite://tansu.db", "memory": "memory://tansu/"}
 
 
 def create_topic(bootstrap: str, topic: str) -> None:
@@ -51,19 +54,20 @@ def create_topic(bootstrap: str, topic: str) -> None:
         future.result(30)
 
 
-def start_tansu(workdir: str, port: int = 0, detached: bool = False):
+def start_tansu(workdir: str, port: int = 0, detached: bool = False, engine: str = "sqlite"):
     """A Tansu of our own on `port` (0: a free one) with its sqlite store in
-    `workdir` (reused if there); returns (process, bootstrap). A detached
-    broker has its own session, so it outlives the script and its terminal."""
+    `workdir` (reused if there), or with engine="memory" its memory://
+    store (Tansu's `dynostore` feature; the process's memory, gone when it
+    stops); returns (process, bootstrap). A detached broker has its own
+    session, so it outlives the script and its terminal."""
     if not port:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
     url = f"tcp://127.0.0.1:{port}"
     log = open(os.path.join(workdir, "tansu.log"), "ab")
-    # A relative sqlite path: Tansu 0.6.0 doubles an absolute one.
     proc = subprocess.Popen(
-        ["tansu", "broker", "--storage-engine", "sqlite://tansu.db",
+        ["tansu", "broker", "--storage-engine", STORAGE[engine],
          "--listener-url", url, "--advertised-listener-url", url],
         cwd=workdir, stdout=log, stderr=log, start_new_session=detached)
     deadline = time.time() + 30
