@@ -17,6 +17,7 @@
 
 mod apply;
 mod asof;
+pub mod bulk;
 mod error;
 pub mod fold;
 pub mod headers;

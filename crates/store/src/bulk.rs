@@ -1,0 +1,519 @@
+//! Bulk writing for `rebuild` (issue 22): a fresh shadow schema's history,
+//! dead letters, orders view and offsets written with binary COPY, the
+//! fold done in memory by [`fold::plan`] (the very function every live
+//! batch runs), the indexes and constraints built once at the end.
+//!
+//! 1. [`Store::bulk_fill`] takes the indexes and constraints (primary
+//!    keys, unique keys, plain indexes) off `order_events`, `orders` and
+//!    `dead_letters`, remembering their definitions, and makes the three
+//!    tables UNLOGGED: no WAL while they fill, and a crash empties them
+//!    (the rebuild starts over; nothing live was touched).
+//! 2. [`BulkFill::apply`] folds one fetched batch of a partition, as
+//!    `Store::apply_batch` would, against state kept in memory instead of
+//!    read back from the tables: the orders' current states (one entry per
+//!    order) and the event ids seen (history, and dead letters that
+//!    decoded). History and dead-letter rows go out at once on COPY
+//!    streams of their own connections, a COPY statement (a commit) per
+//!    [`COPY_CHUNK`] rows.
+//! 3. [`BulkFill::finish`] ends the streams, COPYs the orders' final
+//!    states and writes each partition's offset row (next offset, the
+//!    fingerprint of its last record), then per table, concurrently: SET
+//!    LOGGED, the constraints and indexes made again from their
+//!    definitions, ANALYZE.
+//!
+//! Exactness: the live fold reads, for each batch, the states of the
+//! orders it touches and which of its event ids history or dead letters
+//! hold; here both come from memory, which holds exactly what those tables
+//! would (nothing else writes to a fresh shadow). A fresh shadow has no row
+//! at any position, so no re-read dead letter and no position clash; every
+//! partition is in incarnation 0, as a first take makes it.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::pin::Pin;
+
+use bytes::BytesMut;
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
+use uuid::Uuid;
+
+use crate::fold::{self, Current, SourceRecord};
+use crate::{Result, Store};
+
+/// The tables a bulk fill writes row by row; they lose their indexes and
+/// constraints while it runs.
+const TABLES: [&str; 3] = ["order_events", "orders", "dead_letters"];
+
+/// Rows per COPY statement of history or dead letters: each commits, so a
+/// shadow's progress is visible (and a statement's memory on the server
+/// stays small).
+pub const COPY_CHUNK: u64 = 10_000;
+
+const HISTORY_COPY: &str = "COPY order_events (event_id, order_id, customer_id, event_type, \
+     schema_version, payload, occurred_at, kafka_topic, kafka_partition, kafka_incarnation, \
+     kafka_offset, kafka_timestamp) FROM STDIN (FORMAT binary)";
+const HISTORY_TYPES: [Type; 12] = [
+    Type::UUID,
+    Type::UUID,
+    Type::TEXT,
+    Type::TEXT,
+    Type::INT4,
+    Type::JSONB,
+    Type::TIMESTAMPTZ,
+    Type::TEXT,
+    Type::INT4,
+    Type::INT4,
+    Type::INT8,
+    Type::TIMESTAMPTZ,
+];
+const DEAD_LETTER_COPY: &str = "COPY dead_letters (group_id, topic, partition, \
+     kafka_incarnation, kafka_offset, kafka_timestamp, key, value, error_kind, error, headers, \
+     event_id) FROM STDIN (FORMAT binary)";
+const DEAD_LETTER_TYPES: [Type; 12] = [
+    Type::TEXT,
+    Type::TEXT,
+    Type::INT4,
+    Type::INT4,
+    Type::INT8,
+    Type::TIMESTAMPTZ,
+    Type::BYTEA,
+    Type::BYTEA,
+    Type::TEXT,
+    Type::TEXT,
+    Type::JSONB,
+    Type::UUID,
+];
+const ORDERS_COPY: &str = "COPY orders (order_id, customer_id, restaurant_id, status, items, \
+     total_cents, created_at, updated_at, last_event_id, source_topic, source_partition, \
+     source_incarnation, source_offset) FROM STDIN (FORMAT binary)";
+const ORDERS_TYPES: [Type; 13] = [
+    Type::UUID,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::JSONB,
+    Type::INT8,
+    Type::TIMESTAMPTZ,
+    Type::TIMESTAMPTZ,
+    Type::UUID,
+    Type::TEXT,
+    Type::INT4,
+    Type::INT4,
+    Type::INT8,
+];
+
+/// The incarnation of every partition of a fresh fold (a first take's).
+const INCARNATION: i32 = 0;
+
+/// JSON text sent as `jsonb` in binary COPY: version 1, then the text, as
+/// it was on the topic (the live insert casts the same text).
+#[derive(Debug)]
+struct RawJsonb<'a>(&'a [u8]);
+
+impl ToSql for RawJsonb<'_> {
+    fn to_sql(
+        &self,
+        _ty: &Type,
+        out: &mut BytesMut,
+    ) -> std::result::Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        out.extend_from_slice(&[1]);
+        out.extend_from_slice(self.0);
+        Ok(IsNull::No)
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        *ty == Type::JSONB
+    }
+
+    to_sql_checked!();
+}
+
+/// One table's COPY, on a connection of its own, a statement per
+/// [`COPY_CHUNK`] rows.
+struct CopyStream {
+    client: deadpool_postgres::Object,
+    statement: &'static str,
+    types: &'static [Type],
+    writer: Option<Pin<Box<BinaryCopyInWriter>>>,
+    rows: u64,
+}
+
+impl CopyStream {
+    fn new(
+        client: deadpool_postgres::Object,
+        statement: &'static str,
+        types: &'static [Type],
+    ) -> Self {
+        Self {
+            client,
+            statement,
+            types,
+            writer: None,
+            rows: 0,
+        }
+    }
+
+    async fn write(&mut self, row: &[&(dyn ToSql + Sync)]) -> Result<()> {
+        let writer = match &mut self.writer {
+            Some(w) => w,
+            None => {
+                let sink = self.client.copy_in(self.statement).await?;
+                self.writer
+                    .insert(Box::pin(BinaryCopyInWriter::new(sink, self.types)))
+            }
+        };
+        writer.as_mut().write(row).await?;
+        self.rows += 1;
+        if self.rows.is_multiple_of(COPY_CHUNK) {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Ends the COPY under way, if any: its rows commit.
+    async fn flush(&mut self) -> Result<()> {
+        if let Some(mut writer) = self.writer.take() {
+            writer.as_mut().finish().await?;
+        }
+        Ok(())
+    }
+}
+
+/// A partition's position in a bulk fill.
+#[derive(Debug, Clone, Copy)]
+struct Position {
+    next_offset: i64,
+    /// (offset, fingerprint) of the last record folded, as a commit stores it.
+    fingerprint: Option<(i64, i64)>,
+}
+
+/// What a bulk fill wrote.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BulkReport {
+    /// History rows.
+    pub events: u64,
+    pub dead_letters: u64,
+    pub duplicates: u64,
+    /// View rows: one per order.
+    pub orders: u64,
+}
+
+/// A bulk fill under way; see the module's documentation.
+pub struct BulkFill {
+    store: Store,
+    group: String,
+    topic: String,
+    /// Every order's state after the records folded so far.
+    orders: HashMap<Uuid, Current>,
+    /// Event ids in history or (decoded) in dead letters.
+    known: HashSet<Uuid>,
+    history: CopyStream,
+    dead_letters: CopyStream,
+    positions: BTreeMap<i32, Position>,
+    /// Per table, the statements that give it back its constraints and
+    /// indexes.
+    deferred: Vec<(&'static str, Vec<String>)>,
+    report: BulkReport,
+}
+
+impl std::fmt::Debug for BulkFill {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BulkFill")
+            .field("group", &self.group)
+            .field("topic", &self.topic)
+            .field("orders", &self.orders.len())
+            .field("report", &self.report)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Starts a bulk fill of this store's schema for `group` on `topic`.
+    /// The schema must be freshly migrated, with nothing else writing to
+    /// it until [`BulkFill::finish`]: `rebuild`'s shadow. Its three
+    /// written tables lose their indexes and constraints and become
+    /// UNLOGGED here; `finish` gives them back.
+    pub async fn bulk_fill(&self, group: &str, topic: &str) -> Result<BulkFill> {
+        let schema = self.schema_name().to_owned();
+        let client = self.client().await?;
+        let mut deferred = Vec::new();
+        for table in TABLES {
+            let mut make_again = Vec::new();
+            let mut drop = Vec::new();
+            // Plain indexes first (they go before, and come after, the
+            // constraints), then primary and unique keys.
+            for row in client
+                .query(
+                    "SELECT i.indexrelid::regclass::text, pg_get_indexdef(i.indexrelid) \
+                     FROM pg_index i JOIN pg_class t ON t.oid = i.indrelid \
+                     JOIN pg_namespace n ON n.oid = t.relnamespace \
+                     WHERE n.nspname = $1 AND t.relname = $2 AND NOT EXISTS ( \
+                         SELECT 1 FROM pg_constraint c \
+                         WHERE c.conindid = i.indexrelid AND c.conrelid = i.indrelid) \
+                     ORDER BY 1",
+                    &[&schema, &table],
+                )
+                .await?
+            {
+                let (name, definition): (String, String) = (row.get(0), row.get(1));
+                drop.push(format!("DROP INDEX {name}"));
+                make_again.push(definition);
+            }
+            let mut constraints = Vec::new();
+            for row in client
+                .query(
+                    "SELECT c.conname::text, pg_get_constraintdef(c.oid) \
+                     FROM pg_constraint c JOIN pg_class t ON t.oid = c.conrelid \
+                     JOIN pg_namespace n ON n.oid = t.relnamespace \
+                     WHERE n.nspname = $1 AND t.relname = $2 AND c.contype IN ('p', 'u') \
+                     ORDER BY c.contype, c.conname",
+                    &[&schema, &table],
+                )
+                .await?
+            {
+                let (name, definition): (String, String) = (row.get(0), row.get(1));
+                let name = crate::quote_identifier(&name);
+                drop.push(format!(
+                    "ALTER TABLE {schema}.{table} DROP CONSTRAINT {name}"
+                ));
+                constraints.push(format!(
+                    "ALTER TABLE {schema}.{table} ADD CONSTRAINT {name} {definition}"
+                ));
+            }
+            constraints.append(&mut make_again);
+            drop.push(format!("ALTER TABLE {schema}.{table} SET UNLOGGED"));
+            client.batch_execute(&drop.join(";\n")).await?;
+            deferred.push((table, constraints));
+        }
+        let history = CopyStream::new(self.client().await?, HISTORY_COPY, &HISTORY_TYPES);
+        let dead_letters =
+            CopyStream::new(self.client().await?, DEAD_LETTER_COPY, &DEAD_LETTER_TYPES);
+        Ok(BulkFill {
+            store: self.clone(),
+            group: group.to_owned(),
+            topic: topic.to_owned(),
+            orders: HashMap::new(),
+            known: HashSet::new(),
+            history,
+            dead_letters,
+            positions: BTreeMap::new(),
+            deferred,
+            report: BulkReport::default(),
+        })
+    }
+}
+
+impl BulkFill {
+    /// Where `partition` starts (the earliest offset, as a first take
+    /// stores it). A partition given no batch keeps this as its offset.
+    pub fn start_partition(&mut self, partition: i32, offset: i64) {
+        self.positions.entry(partition).or_insert(Position {
+            next_offset: offset,
+            fingerprint: None,
+        });
+    }
+
+    /// The next offset of each partition so far.
+    pub fn offsets(&self) -> BTreeMap<i32, i64> {
+        self.positions
+            .iter()
+            .map(|(p, pos)| (*p, pos.next_offset))
+            .collect()
+    }
+
+    /// What was written so far (orders: those known so far).
+    pub fn report(&self) -> BulkReport {
+        BulkReport {
+            orders: self.orders.len() as u64,
+            ..self.report.clone()
+        }
+    }
+
+    /// Folds one fetched batch of `partition` (records in offset order,
+    /// from its current position) and moves the partition to
+    /// `next_offset`, as one committed live batch would.
+    pub async fn apply(
+        &mut self,
+        partition: i32,
+        records: &[SourceRecord],
+        next_offset: i64,
+    ) -> Result<()> {
+        let source = fold::Source {
+            topic: &self.topic,
+            partition,
+            incarnation: INCARNATION,
+        };
+        let mut current: HashMap<Uuid, Current> = HashMap::new();
+        for record in records {
+            if let Ok(e) = &record.event
+                && !current.contains_key(&e.order_id)
+                && let Some(c) = self.orders.get(&e.order_id)
+            {
+                current.insert(e.order_id, c.clone());
+            }
+        }
+        let plan = fold::plan(source, records, &self.known, current);
+        for &i in &plan.history {
+            let record = &records[i];
+            let Ok(event) = &record.event else { continue };
+            self.known.insert(event.event_id);
+            let payload = record.value.as_deref().unwrap_or(b"{}");
+            self.history
+                .write(&[
+                    &event.event_id,
+                    &event.order_id,
+                    &event.customer_id.as_str(),
+                    &event.body.event_type(),
+                    &(event.schema_version as i32),
+                    &RawJsonb(payload),
+                    &event.occurred_at,
+                    &self.topic.as_str(),
+                    &partition,
+                    &INCARNATION,
+                    &record.offset,
+                    &record.timestamp,
+                ])
+                .await?;
+        }
+        for d in &plan.dead_letters {
+            let record = &records[d.index];
+            let event_id = record.event.as_ref().ok().map(|e| e.event_id);
+            if let Some(id) = event_id {
+                self.known.insert(id);
+            }
+            tracing::debug!(partition, offset = record.offset, kind = d.kind, error = %d.message, "dead letter");
+            self.dead_letters
+                .write(&[
+                    &self.group.as_str(),
+                    &self.topic.as_str(),
+                    &partition,
+                    &INCARNATION,
+                    &record.offset,
+                    &record.timestamp,
+                    &record.key.as_deref(),
+                    &record.value.as_deref(),
+                    &d.kind,
+                    &d.message.as_str(),
+                    &crate::headers::to_json(&record.headers),
+                    &event_id,
+                ])
+                .await?;
+        }
+        self.report.events += plan.history.len() as u64;
+        self.report.dead_letters += plan.dead_letters.len() as u64;
+        self.report.duplicates += plan.duplicates as u64;
+        for c in plan.view {
+            self.orders.insert(c.state.order_id, c);
+        }
+        let position = self.positions.entry(partition).or_insert(Position {
+            next_offset,
+            fingerprint: None,
+        });
+        position.next_offset = next_offset;
+        if let Some(last) = records.last() {
+            position.fingerprint = Some((
+                last.offset,
+                fold::fingerprint(last.timestamp, last.key.as_deref(), last.value.as_deref()),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Ends the fill: the streams' last rows, the orders view, the offset
+    /// rows, then each table logged again with its constraints and indexes.
+    pub async fn finish(mut self) -> Result<BulkReport> {
+        self.history.flush().await?;
+        self.dead_letters.flush().await?;
+        let mut orders = CopyStream::new(self.store.client().await?, ORDERS_COPY, &ORDERS_TYPES);
+        let count = self.orders.len() as u64;
+        for c in std::mem::take(&mut self.orders).into_values() {
+            let s = &c.state;
+            let items = serde_json::to_string(&s.items).unwrap_or_else(|_| "[]".to_owned());
+            orders
+                .write(&[
+                    &s.order_id,
+                    &s.customer_id.as_str(),
+                    &s.restaurant_id.as_str(),
+                    &s.status.as_str(),
+                    &RawJsonb(items.as_bytes()),
+                    &s.total_cents,
+                    &s.created_at,
+                    &s.updated_at,
+                    &s.last_event_id,
+                    &c.source_topic.as_str(),
+                    &c.source_partition,
+                    &c.source_incarnation,
+                    &c.source_offset,
+                ])
+                .await?;
+        }
+        orders.flush().await?;
+        self.report.orders = count;
+        drop(orders);
+        // The known ids are not needed any more; free them before the
+        // index builds.
+        self.known = HashSet::new();
+
+        let partitions: Vec<i32> = self.positions.keys().copied().collect();
+        let next: Vec<i64> = self.positions.values().map(|p| p.next_offset).collect();
+        let fingerprint: Vec<Option<i64>> = self
+            .positions
+            .values()
+            .map(|p| p.fingerprint.map(|f| f.1))
+            .collect();
+        let fingerprint_offset: Vec<Option<i64>> = self
+            .positions
+            .values()
+            .map(|p| p.fingerprint.map(|f| f.0))
+            .collect();
+        self.history
+            .client
+            .execute(
+                "INSERT INTO consumer_offsets (group_id, topic, partition, next_offset, \
+                     incarnation, last_fingerprint, fingerprint_offset) \
+                 SELECT $1, $2, p, n, $3, f, o \
+                 FROM unnest($4::int4[], $5::int8[], $6::int8[], $7::int8[]) AS x(p, n, f, o)",
+                &[
+                    &self.group,
+                    &self.topic,
+                    &INCARNATION,
+                    &partitions,
+                    &next,
+                    &fingerprint,
+                    &fingerprint_offset,
+                ],
+            )
+            .await?;
+
+        // Per table, on a connection each: logged first (its rewrite would
+        // otherwise build every index a second time), then the keys and
+        // indexes, then statistics for the planner.
+        let schema = self.store.schema_name().to_owned();
+        let mut builds = tokio::task::JoinSet::new();
+        for (table, statements) in std::mem::take(&mut self.deferred) {
+            let store = self.store.clone();
+            let schema = schema.clone();
+            builds.spawn(async move {
+                let client = store.client().await?;
+                let mut script = vec![
+                    "SET maintenance_work_mem = '256MB'".to_owned(),
+                    format!("ALTER TABLE {schema}.{table} SET LOGGED"),
+                ];
+                script.extend(statements);
+                script.push(format!("ANALYZE {schema}.{table}"));
+                script.push("RESET maintenance_work_mem".to_owned());
+                let started = std::time::Instant::now();
+                client.batch_execute(&script.join(";\n")).await?;
+                tracing::info!(
+                    table,
+                    seconds = started.elapsed().as_secs_f64(),
+                    "logged, indexed and analyzed"
+                );
+                Result::<()>::Ok(())
+            });
+        }
+        while let Some(result) = builds.join_next().await {
+            result.map_err(|e| crate::Error::Migrate(format!("an index build failed: {e}")))??;
+        }
+        Ok(self.report)
+    }
+}
