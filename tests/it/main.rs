@@ -19,6 +19,7 @@ mod mirror;
 mod partitioner;
 mod producer;
 mod projections;
+mod rebuild;
 mod retention;
 mod round_trips;
 mod runtime;

@@ -2,9 +2,12 @@
 //! the live consumers keep running.
 //!
 //! 1. Read the live group's offsets, then fold the topic from its earliest
-//!    offset up to them into a fresh shadow schema (`<schema>_rebuild`),
-//!    as a consumer group of its own there. The shadow is never ahead of
-//!    the live view, so the two can be compared record for record.
+//!    offset up to them into a fresh shadow schema (`<schema>_rebuild`):
+//!    in bulk ([`bulk`]: binary COPY into unlogged tables without indexes,
+//!    the fold in memory, indexes built once), then through the consumer
+//!    path, as a group of its own there, for whatever the bulk fill
+//!    stopped short of. The shadow is never ahead of the live view, so the
+//!    two can be compared record for record.
 //! 2. Fence the live group (`Store::fence_group`): no member takes a
 //!    lease while the fence stands, and every lease epoch is bumped, so a
 //!    live commit under way is refused by its own epoch check. The live
@@ -16,7 +19,7 @@
 //!    last event differ) and, unless this is a dry run, replace the live
 //!    history, view, dead letters and offsets with the shadow's in one
 //!    transaction, moving tables between schemas rather than copying rows
-//!    ([`swap_tables`]: locks held for a few catalog changes, bounded by
+//!    (`swap::swap_tables`: locks held for a few catalog changes, bounded by
 //!    `lock_timeout`, and rolled back by the server if the rebuild stops
 //!    with the transaction open). Lift the fence; live consumers take
 //!    their partitions again within a heartbeat and go on from the
