@@ -25,6 +25,8 @@
 #   make bench-memory    peak RSS of consume with a 100k and a 1M backlog
 #   make bench-partitions  three members on 6/100/400/1000 partitions: time to
 #                        owned and lag 0; events/s by partition count
+#   make bench-rebuild   `rebuild` (bulk fill) vs the live fold of the same
+#                        REBUILD_EVENTS events on a private Tansu: events/s, ratio
 
 SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
@@ -34,7 +36,7 @@ CARGO ?= cargo
 DEMO_EVENTS ?= 5000
 FOODPIPE := ./target/release/foodpipe
 
-.PHONY: help up down build static musl demo test test-rskafka lint no-c bench chaos bench-micro bench-produce bench-sink bench-projections bench-memory bench-partitions clean
+.PHONY: help up down build static musl demo test test-rskafka lint no-c bench chaos bench-micro bench-produce bench-sink bench-projections bench-memory bench-partitions bench-rebuild clean
 
 help:
 	@sed -n 's/^#   //p' Makefile
@@ -149,6 +151,13 @@ bench-memory: up build
 bench-partitions: up build
 	python3 scripts/bench_consume.py rebalance $(FOODPIPE)
 	python3 scripts/bench_consume.py partitions $(FOODPIPE) --partitions 3 --partitions 400 --partitions 1000
+
+# REBUILD_ENGINE: the private Tansu's store, memory (memory://, the broker
+# out of the way) or sqlite.
+REBUILD_EVENTS ?= 1000000
+REBUILD_ENGINE ?= memory
+bench-rebuild: up build
+	python3 scripts/bench_rebuild.py $(FOODPIPE) --events $(REBUILD_EVENTS) --engine $(REBUILD_ENGINE)
 
 clean: down
 	$(CARGO) clean
