@@ -6,7 +6,7 @@
 //! one Fetch for all partitions of a leader, 1 MiB per partition
 //! (`--fetch-max-bytes`), no wait while records remain; every record of
 //! every answer turned into a `SourceRecord` as `consume` does
-//! (`common::consume_decode`), then dropped. From offset 0 to the log end
+//! (`pipeline::consume::decode`), then dropped. From offset 0 to the log end
 //! (ListOffsets at the start, or the answers' high watermark if higher).
 //!
 //! `BENCH_BOOTSTRAP=host:port BENCH_TOPIC=topic cargo bench --bench drain`;
@@ -86,7 +86,7 @@ fn main() {
                 at[i] = at[i].max(fetched.next_offset);
                 ends[i].1 = ends[i].1.max(fetched.high_watermark);
                 for r in fetched.records {
-                    std::hint::black_box(common::consume_decode(r, MAX_RECORD_BYTES));
+                    std::hint::black_box(pipeline::consume::decode(r, MAX_RECORD_BYTES));
                     records += 1;
                 }
             }

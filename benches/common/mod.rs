@@ -225,9 +225,20 @@ pub fn load_capture(path: &str) -> Vec<Captured> {
 /// What `consume` does with one partition's Fetch answer, minus the
 /// socket: rskafka's `decode_record_batches` (CRC, decompression, records;
 /// as its `extract_fetch_detailed`), `kafka::read_committed`, then each
-/// record turned into a `SourceRecord` by [`consume_decode`]. Returns
+/// record turned into a `SourceRecord` by `pipeline::consume::decode`. Returns
 /// (from offset, next offset, records).
 pub fn decode_answer(c: &Captured, max_record_bytes: usize) -> (i64, i64, Vec<SourceRecord>) {
+    let (from, next, fetched) = read_answer(c);
+    let records = fetched
+        .into_iter()
+        .map(|r| pipeline::consume::decode(r, max_record_bytes))
+        .collect();
+    (from, next, records)
+}
+
+/// The fetcher's half of [`decode_answer`]: the records as fetched, not
+/// decoded yet (consume's workers decode them).
+pub fn read_answer(c: &Captured) -> (i64, i64, Vec<kafka::RecordAndOffset>) {
     let (batches, corrupt) = kafka::decode_record_batches(&c.records);
     assert!(corrupt.is_none(), "a captured batch does not decode");
     let detailed = kafka::FetchDetailed {
@@ -245,42 +256,15 @@ pub fn decode_answer(c: &Captured, max_record_bytes: usize) -> (i64, i64, Vec<So
             .collect(),
     };
     let fetched = kafka::read_committed(c.fetch_offset, detailed);
-    let records = fetched
-        .records
-        .into_iter()
-        .map(|r| consume_decode(r, max_record_bytes))
-        .collect();
-    (c.fetch_offset, fetched.next_offset, records)
+    (c.fetch_offset, fetched.next_offset, fetched.records)
 }
 
-/// A line-for-line copy of `pipeline::consume`'s private `decode` (the
-/// fetcher maps every fetched record through it): keep the two alike.
-pub fn consume_decode(record: kafka::RecordAndOffset, max_record_bytes: usize) -> SourceRecord {
-    let kafka::RecordAndOffset { record, offset } = record;
-    let event = match &record.value {
-        Some(v) if v.len() > max_record_bytes => Err(events::DecodeError::new(
-            events::ErrorKind::Oversize,
-            format!(
-                "value of {} bytes exceeds --max-record-bytes {max_record_bytes}",
-                v.len()
-            ),
-        )),
-        value => events::decode(value.as_deref()),
-    };
-    SourceRecord {
-        offset,
-        timestamp: record.timestamp,
-        headers: kafka::record_headers(&record),
-        key: record.key,
-        value: record.value,
-        event,
-    }
-}
-
-/// The broker-free fold: `answers` (in capture order) decoded on one task,
-/// as `consume`'s fetcher decodes, handed to one writer per partition
-/// through a channel of one batch (one applied, one waiting: consume's
-/// read-ahead), applied with `Store::apply_batch`. Returns (seconds, events).
+/// The broker-free fold: `answers` (in capture order) read on one task, as
+/// `consume`'s fetcher reads them (batches, CRC, decompression), handed to
+/// one writer per partition through a channel of one batch (one applied,
+/// one waiting: consume's read-ahead), which decodes its records, as
+/// consume's workers do, and applies them with `Store::apply_batch`.
+/// Returns (seconds, events).
 pub async fn replay(
     store: &Store,
     answers: std::sync::Arc<Vec<Captured>>,
@@ -310,12 +294,16 @@ pub async fn replay(
     let mut senders = std::collections::BTreeMap::new();
     let mut writers = Vec::new();
     for &p in &partitions {
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<(i64, i64, Vec<SourceRecord>)>(1);
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<(i64, i64, Vec<kafka::RecordAndOffset>)>(1);
         senders.insert(p, tx);
         let store = store.clone();
         writers.push(tokio::spawn(async move {
             let mut events = 0usize;
-            while let Some((from, next, records)) = rx.recv().await {
+            while let Some((from, next, fetched)) = rx.recv().await {
+                let records: Vec<SourceRecord> = fetched
+                    .into_iter()
+                    .map(|r| pipeline::consume::decode(r, max_record_bytes))
+                    .collect();
                 let batch = Batch {
                     group: "bench",
                     topic: "bench",
@@ -334,8 +322,10 @@ pub async fn replay(
     let decoder = tokio::spawn(async move {
         for (_, i) in order {
             let a = &answers[i];
-            let decoded = decode_answer(a, max_record_bytes);
-            senders[&a.partition].send(decoded).await.expect("writer");
+            senders[&a.partition]
+                .send(read_answer(a))
+                .await
+                .expect("writer");
         }
     });
     decoder.await.expect("decoder");

@@ -325,8 +325,10 @@ pub async fn run(
     coordinator::run(config, shutdown).await
 }
 
-/// Turns a fetched record into a [`SourceRecord`], decoding its value.
-fn decode(record: kafka::RecordAndOffset, max_record_bytes: usize) -> SourceRecord {
+/// Turns a fetched record into a [`SourceRecord`], decoding its value: what
+/// each partition's worker does with every record it is handed (public for
+/// the benchmarks, which replay captured fetch answers through it).
+pub fn decode(record: kafka::RecordAndOffset, max_record_bytes: usize) -> SourceRecord {
     let kafka::RecordAndOffset { record, offset } = record;
     let event = match &record.value {
         Some(v) if v.len() > max_record_bytes => Err(DecodeError::new(

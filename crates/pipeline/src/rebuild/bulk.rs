@@ -16,7 +16,6 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use events::{DecodeError, ErrorKind};
 use kafka::{OffsetAt, PartitionReader};
 use store::{SourceRecord, Store, StoreConfig};
 use tokio::sync::mpsc;
@@ -217,7 +216,7 @@ async fn fetch_partition(
             .records
             .into_iter()
             .filter(|r| r.offset < target)
-            .map(|r| decode(r, config.max_record_bytes))
+            .map(|r| crate::consume::decode(r, config.max_record_bytes))
             .collect();
         let batch = Fetched {
             partition,
@@ -230,30 +229,4 @@ async fn fetch_partition(
         offset = next_offset;
     }
     None
-}
-
-/// A fetched record as a [`SourceRecord`], decoded exactly as the
-/// consumer's fetcher decodes it (`consume::decode`, which is private to
-/// the consumer).
-fn decode(record: kafka::RecordAndOffset, max_record_bytes: usize) -> SourceRecord {
-    let kafka::RecordAndOffset { record, offset } = record;
-    let event = match &record.value {
-        Some(v) if v.len() > max_record_bytes => Err(DecodeError::new(
-            ErrorKind::Oversize,
-            format!(
-                "value of {} bytes exceeds --max-record-bytes {max_record_bytes}",
-                v.len()
-            ),
-        )),
-        value => events::decode(value.as_deref()),
-    };
-    SourceRecord {
-        offset,
-        timestamp: record.timestamp,
-        // Moved, not copied: only a dead letter stores them.
-        headers: record.headers.into_iter().collect(),
-        key: record.key,
-        value: record.value,
-        event,
-    }
 }
