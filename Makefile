@@ -157,7 +157,7 @@ bench-partitions: up build
 REBUILD_EVENTS ?= 1000000
 REBUILD_ENGINE ?= memory
 bench-rebuild: up build
-	python3 scripts/bench_rebuild.py $(FOODPIPE) --events $(REBUILD_EVENTS) --engine $(REBUILD_ENGINE)
+	.stack/venv/bin/python scripts/bench_rebuild.py $(FOODPIPE) --events $(REBUILD_EVENTS) --engine $(REBUILD_ENGINE)
 
 clean: down
 	$(CARGO) clean

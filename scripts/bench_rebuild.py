@@ -21,57 +21,16 @@ Usage: bench_rebuild.py FOODPIPE_BINARY [--events N] [--partitions P]
 import argparse
 import os
 import re
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 
-ADMIN_URL = os.environ.get(
-    "FOODPIPE_TEST_DATABASE_URL",
-    "postgres://kafka_user:kafka_password@127.0.0.1:5432/food_orders",
-)
-# A relative sqlite path: Tansu 0.6.0 doubles an absolute one.
-STORAGE = {"sqlite": "sqlite://tansu.db", "memory": "memory://tansu/"}
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-
-def psql(url: str, *args: str) -> str:
-    return subprocess.run(["psql", url, "-v", "ON_ERROR_STOP=1", "-qtA", *args],
-                          check=True, capture_output=True, text=True).stdout
-
-
-def start_tansu(workdir: str, engine: str):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    url = f"tcp://127.0.0.1:{port}"
-    log = open(os.path.join(workdir, "tansu.log"), "ab")
-    proc = subprocess.Popen(
-        ["tansu", "broker", "--storage-engine", STORAGE[engine],
-         "--listener-url", url, "--advertised-listener-url", url],
-        cwd=workdir, stdout=log, stderr=log)
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                time.sleep(0.5)
-                return proc, f"127.0.0.1:{port}"
-        except OSError:
-            time.sleep(0.2)
-    proc.kill()
-    raise SystemExit(f"tansu did not listen on {port} within 30 s")
-
-
-def vm_hwm_kib(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
+from bench_consume import ADMIN_URL, psql, vm_hwm_kib  # noqa: E402
+from bench_produce import start_tansu  # noqa: E402
 
 
 def timed(cmd: list, env: dict) -> dict:
@@ -123,7 +82,7 @@ def main() -> int:
     url = f"{ADMIN_URL.rsplit('/', 1)[0]}/{name}"
     topic = f"bench-rebuild-{int(time.time())}"
     with tempfile.TemporaryDirectory() as tmp:
-        broker, bootstrap = start_tansu(tmp, args.engine)
+        broker, bootstrap = start_tansu(tmp, engine=args.engine)
         psql(ADMIN_URL, "-c", f"CREATE DATABASE {name}")
         env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "DATABASE_URL": url,
                "FOODPIPE_METRICS_ADDR": "off"}
