@@ -37,6 +37,10 @@ const MIN_FETCH_BYTES: i32 = 2 * 1024 * 1024;
 /// partition is left to the consumer path, which waits as it always does.
 const EMPTY_FETCHES: u32 = 20;
 
+/// Transient fetch failures in a row before the consumer path takes the
+/// partition over (with its strikes, `/healthz` and `group describe`).
+const FAILED_FETCHES: u32 = 10;
+
 /// Why the bulk fill cannot be used; `None`: it can.
 pub(super) fn unusable(config: &ConsumeConfig, shadow: &str) -> Option<String> {
     if config.offset_reset != OffsetReset::Earliest {
@@ -176,10 +180,19 @@ async fn fetch_partition(
     let max_bytes = config.fetch_max_bytes.max(MIN_FETCH_BYTES);
     let mut backoff = Backoff::new(config.max_backoff);
     let mut empty = 0;
+    let mut failures = 0;
     while offset < target {
         let fetched = match reader.fetch(offset, max_bytes, Duration::ZERO).await {
             Ok(f) => f,
             Err(e) if e.kind() == kafka::ErrorKind::Transient => {
+                // Not for ever: the consumer path, which `/healthz` and
+                // `group describe` show, takes over a partition that keeps
+                // failing.
+                failures += 1;
+                if failures >= FAILED_FETCHES {
+                    let why = format!("{failures} fetches in a row failed: {e}");
+                    return Some((partition, offset, why));
+                }
                 let delay = backoff.next_delay();
                 tracing::warn!(partition, offset, error = %e, "fetch failed; retrying in {delay:?}");
                 tokio::time::sleep(delay).await;
@@ -188,6 +201,7 @@ async fn fetch_partition(
             Err(e) => return Some((partition, offset, e.to_string())),
         };
         backoff = Backoff::new(config.max_backoff);
+        failures = 0;
         // Past whole batches (markers and aborted records included), never
         // past the target, as the consumer's fetcher does.
         let next_offset = fetched.next_offset.min(target);
