@@ -164,14 +164,22 @@ impl BrokerWatch {
         inner.last_answer = now;
     }
 
+    /// Judges this member's reach now, and sets `foodpipe_member_cut_off`
+    /// to agree: whatever reads the judgement (the heartbeat row,
+    /// `/healthz`) never runs ahead of the gauge.
     pub(crate) fn reach(&self) -> Reach {
-        let inner = self.lock();
-        judge(
-            inner.last_answer,
-            inner.streak_since,
-            Instant::now(),
-            self.broker_timeout,
-        )
+        let reach = {
+            let inner = self.lock();
+            judge(
+                inner.last_answer,
+                inner.streak_since,
+                Instant::now(),
+                self.broker_timeout,
+            )
+        };
+        let cut_off = matches!(reach, Reach::CutOff { .. });
+        metrics::gauge!("foodpipe_member_cut_off").set(f64::from(cut_off));
+        reach
     }
 
     /// The unreachable brokers as the probes saw them, e.g.
@@ -278,8 +286,7 @@ impl BrokerWatch {
         metrics::gauge!("foodpipe_broker_up", "broker" => address.to_owned()).set(f64::from(up));
     }
 
-    /// Logs a change of reach (and a lasting one every [`LOG_EVERY`]),
-    /// and sets the member's gauge.
+    /// Logs a change of reach (and a lasting one every [`LOG_EVERY`]).
     fn log_reach(&self) {
         let reach = self.reach();
         let kind = match reach {
@@ -287,7 +294,6 @@ impl BrokerWatch {
             Reach::Silent { .. } => ReachKind::Silent,
             Reach::CutOff { .. } => ReachKind::CutOff,
         };
-        metrics::gauge!("foodpipe_member_cut_off").set(f64::from(kind == ReachKind::CutOff));
         let now = Instant::now();
         let due = {
             let mut inner = self.lock();
