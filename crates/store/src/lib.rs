@@ -18,6 +18,7 @@
 mod apply;
 mod asof;
 pub mod bulk;
+mod compare;
 mod error;
 pub mod fold;
 pub mod headers;
@@ -35,6 +36,7 @@ use tokio_postgres::config::Host;
 
 pub use apply::{Applied, Batch};
 pub use asof::{OrderAsOf, OrdersAsOf};
+pub use compare::{BOOKKEEPING_COLUMNS, KeyDifference, compare_tables};
 /// A transaction on a pooled connection (`rebuild`'s swap runs in one).
 pub use deadpool_postgres::Transaction;
 pub use error::{Error, Result};
@@ -44,9 +46,7 @@ pub use membership::{
     RebuildClaim,
 };
 pub use projection::{Definition, Kind as ProjectionKind, ProjectionRow, TableRows};
-pub use projection_store::{
-    BOOKKEEPING_COLUMNS, Ensured, KeyDifference, compare_tables, quote as quote_identifier,
-};
+pub use projection_store::{Ensured, quote as quote_identifier};
 pub use report::{DeadLetterList, DeadLetterRow, GapRow, Gaps, StatusReport};
 
 mod embedded {
