@@ -30,7 +30,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from bench_consume import ADMIN_URL, psql, vm_hwm_kib  # noqa: E402
-from bench_produce import start_tansu  # noqa: E402
+from bench_produce import STORAGE, start_tansu  # noqa: E402
 
 
 def timed(cmd: list, env: dict) -> dict:
