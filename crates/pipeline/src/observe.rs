@@ -19,6 +19,12 @@
 //! | `foodpipe_batch_seconds` | histogram | fetch-to-commit time of a batch |
 //! | `foodpipe_projection_apply_seconds` | histogram | time a batch spent in one projection's apply (`projection`; no `partition` label) |
 //! | `foodpipe_partition_state` | gauge | 1 for the partition's current `state` (taking, waiting, running, retrying, stopped, done), 0 for the others |
+//! | `foodpipe_offset_mirror_drift` | gauge | stored offset − the offset last mirrored to the broker, at the last mirror round (`consume::mirror`) |
+//!
+//! Per member, labelled with `group` and `topic` only ([`GroupMetrics`]):
+//! `foodpipe_rebalances_total` (times this member's assignment changed,
+//! its first one included) and `foodpipe_partitions_taken_total` (leases
+//! this member took and started a worker on).
 //!
 //! Gauges of a partition this member no longer owns stop being updated and
 //! disappear from `/metrics` after [`GAUGE_IDLE`], so two members never
@@ -163,6 +169,35 @@ pub(crate) async fn serve(
     Ok(bound)
 }
 
+/// The member's counters of group movement: how often its assignment
+/// changed and how many partitions it took. Both are registered at 0 when
+/// the member starts, so a rate over them has a series from the start.
+#[derive(Debug, Clone)]
+pub(crate) struct GroupMetrics {
+    labels: [(&'static str, String); 2],
+}
+
+impl GroupMetrics {
+    pub(crate) fn new(group: &str, topic: &str) -> Self {
+        let metrics = Self {
+            labels: [("group", group.to_owned()), ("topic", topic.to_owned())],
+        };
+        metrics::counter!("foodpipe_rebalances_total", &metrics.labels).increment(0);
+        metrics::counter!("foodpipe_partitions_taken_total", &metrics.labels).increment(0);
+        metrics
+    }
+
+    /// The assignor gave this member a different set of partitions.
+    pub(crate) fn rebalanced(&self) {
+        metrics::counter!("foodpipe_rebalances_total", &self.labels).increment(1);
+    }
+
+    /// This member took a partition's lease and started its worker.
+    pub(crate) fn partition_taken(&self) {
+        metrics::counter!("foodpipe_partitions_taken_total", &self.labels).increment(1);
+    }
+}
+
 /// Labels of one partition's metrics.
 #[derive(Debug, Clone)]
 pub(crate) struct PartitionMetrics {
@@ -185,6 +220,19 @@ impl PartitionMetrics {
         metrics::gauge!("foodpipe_high_watermark", &self.labels).set(high_watermark as f64);
         metrics::gauge!("foodpipe_lag", &self.labels)
             .set((high_watermark - committed).max(0) as f64);
+    }
+
+    /// Registers the partition's counters at 0 when a worker starts, so
+    /// that the first batch's records and dead letters show in a rate (a
+    /// counter first seen at 1 counts as no increase).
+    pub(crate) fn start_counters(&self) {
+        for name in [
+            "foodpipe_records_applied_total",
+            "foodpipe_dead_letters_total",
+            "foodpipe_duplicates_total",
+        ] {
+            metrics::counter!(name, &self.labels).increment(0);
+        }
     }
 
     pub(crate) fn batch(&self, applied: &store::Applied, seconds: f64) {

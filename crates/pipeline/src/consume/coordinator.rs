@@ -203,9 +203,11 @@ pub(super) async fn run(
     if !config.progress {
         bars.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
+    let group_metrics = crate::observe::GroupMetrics::new(&config.group, &config.topic);
     let mut coordinator = Coordinator {
         config,
         member,
+        group_metrics,
         control,
         data,
         client,
@@ -266,6 +268,8 @@ enum Outcome {
 struct Coordinator {
     config: Arc<ConsumeConfig>,
     member: Member,
+    /// `foodpipe_rebalances_total`, `foodpipe_partitions_taken_total`.
+    group_metrics: crate::observe::GroupMetrics,
     /// Heartbeats, leases, takes and releases.
     control: Store,
     /// Batch commits.
@@ -406,6 +410,7 @@ impl Coordinator {
             .map(|ps| ps.iter().copied().collect())
             .unwrap_or_default();
         if assigned != self.assigned {
+            self.group_metrics.rebalanced();
             tracing::info!(
                 generation = view.generation,
                 members = view.members.len(),
@@ -564,6 +569,7 @@ impl Coordinator {
             offset = start.next_offset,
             "took partition"
         );
+        self.group_metrics.partition_taken();
         let target = self
             .targets
             .as_ref()

@@ -6,7 +6,8 @@
 //! reads what workers committed, never the other way round, and nothing
 //! reads the broker's copy back into the fold. It runs in a task of its
 //! own and is told things by message, so a broker that does not answer
-//! slows nothing; a failure is counted (`foodpipe_offset_mirror_errors_total`)
+//! slows nothing; a failure is counted (`foodpipe_offset_mirror_errors_total`;
+//! `foodpipe_offset_mirror_drift` says how far the copy trails)
 //! and logged, at most once a minute.
 
 use std::collections::BTreeMap;
@@ -113,10 +114,12 @@ impl Task {
                     let refresh = ticks.is_multiple_of(REFRESH_EVERY);
                     let owned = self.status.committed_offsets();
                     let due: Vec<(i32, i64)> = owned
-                        .into_iter()
+                        .iter()
+                        .copied()
                         .filter(|(p, o)| refresh || self.mirrored.get(p) != Some(o))
                         .collect();
                     self.commit(due).await;
+                    self.export_drift(&owned);
                 }
                 message = rx.recv() => match message {
                     Some(Message::Released(p, offset)) => self.commit(vec![(p, offset)]).await,
@@ -130,6 +133,26 @@ impl Task {
                     }
                     None => return,
                 },
+            }
+        }
+    }
+
+    /// Sets `foodpipe_offset_mirror_drift` for each owned partition: its
+    /// stored offset minus the offset this member last mirrored (0 after a
+    /// round that committed it). A partition this member has not mirrored
+    /// yet has no drift to show; a mirror failing from the start is seen
+    /// in `foodpipe_offset_mirror_errors_total`. Set every round, so the
+    /// gauge of a partition that left this member expires with its others.
+    fn export_drift(&self, owned: &[(i32, i64)]) {
+        for (partition, stored) in owned {
+            if let Some(mirrored) = self.mirrored.get(partition) {
+                metrics::gauge!(
+                    "foodpipe_offset_mirror_drift",
+                    "group" => self.group.clone(),
+                    "topic" => self.topic.clone(),
+                    "partition" => partition.to_string()
+                )
+                .set((stored - mirrored) as f64);
             }
         }
     }

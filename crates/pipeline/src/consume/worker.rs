@@ -103,6 +103,7 @@ impl Worker {
     async fn work(&mut self, summary: &mut PartitionSummary) -> Exit {
         let partition = self.partition;
         let metrics = PartitionMetrics::new(&self.config.group, &self.config.topic, partition);
+        metrics.start_counters();
         let mut committed = self.start.next_offset;
         // One warning per tenure about keys; every one is counted.
         let mut warned_about_keys = false;
