@@ -8,6 +8,7 @@
 #   make static  one statically linked binary (glibc, crt-static), no C compiled
 #   make musl    one static musl binary, as the Dockerfile builds it
 #   make test-rskafka   the vendored, patched rskafka's own unit tests
+#   make promtool       the Prometheus alerting rules' unit tests (promtool)
 #   make bench   every headline figure in one run, foodpipe beside librdkafka
 #                and psql \copy on fresh private Tansu brokers (sqlite and
 #                memory://), a broker-free fold of captured fetch answers and a
@@ -36,7 +37,7 @@ CARGO ?= cargo
 DEMO_EVENTS ?= 5000
 FOODPIPE := ./target/release/foodpipe
 
-.PHONY: help up down build static musl demo test test-rskafka lint no-c bench chaos bench-micro bench-produce bench-sink bench-projections bench-memory bench-partitions bench-rebuild clean
+.PHONY: help up down build static musl demo test test-rskafka promtool lint no-c bench chaos bench-micro bench-produce bench-sink bench-projections bench-memory bench-partitions bench-rebuild clean
 
 help:
 	@sed -n 's/^#   //p' Makefile
@@ -101,7 +102,7 @@ no-c:
 		| grep -v -E '^linux-raw-sys '; then \
 		echo "error: a -sys crate is in the default build" >&2; exit 1; fi
 
-test: up lint no-c static musl test-rskafka
+test: up lint no-c static musl test-rskafka promtool
 	$(CARGO) test --workspace
 	@echo "== the opt-in tls and sasl features, against real peers"
 	$(CARGO) clippy --workspace --all-targets --features tls,sasl -- -D warnings
@@ -110,6 +111,14 @@ test: up lint no-c static musl test-rskafka
 
 test-rskafka:
 	scripts/test_vendored_rskafka.sh
+
+# deploy/prometheus/alerts.yml checked and unit-tested (alerts_test.yml: for
+# each rule, series that fire it and series that must not) by promtool from
+# Debian's prometheus package, which make up installs.
+promtool: up
+	@command -v promtool >/dev/null || { echo "error: promtool not found: run make up (it installs Debian's prometheus package)" >&2; exit 1; }
+	promtool check rules deploy/prometheus/alerts.yml
+	promtool test rules deploy/prometheus/alerts_test.yml
 
 BENCH_EVENTS ?= 200000
 # The growth row's backlog, folded by one member on a memory:// Tansu

@@ -171,6 +171,13 @@ ensure_tools() {
     # the network-fault tests (tests/it/cluster.rs), by an owner rule on a
     # group id only those tests' processes run under.
     command -v iptables >/dev/null || apt_install iptables
+    # Debian's prometheus package: promtool unit-tests the alerting rules
+    # (`make promtool`), and tests/it/monitoring.rs runs the server on a
+    # free port of its own against real members (the package's own
+    # service, where systemd starts one, is not used).
+    if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then
+        apt_install prometheus
+    fi
 }
 
 mkdir -p "$STACK_DIR"
