@@ -35,13 +35,14 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::harness::*;
 
 /// A raw Kafka connection: requests encoded by `kafka-protocol`, framed here.
-struct Raw {
+/// Also used by `monitoring` to put a corrupt batch on a topic.
+pub(crate) struct Raw {
     stream: tokio::net::TcpStream,
     correlation_id: i32,
 }
 
 impl Raw {
-    async fn connect(address: &str) -> Raw {
+    pub(crate) async fn connect(address: &str) -> Raw {
         let stream = tokio::net::TcpStream::connect(address)
             .await
             .unwrap_or_else(|e| panic!("codec tests need a Kafka broker at {address}: {e}"));
@@ -126,7 +127,7 @@ impl Raw {
         (p.error_code, p.base_offset)
     }
 
-    async fn produce_ok(
+    pub(crate) async fn produce_ok(
         &mut self,
         transactional_id: Option<&str>,
         topic: &str,

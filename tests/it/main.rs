@@ -16,6 +16,7 @@ mod exactly_once;
 mod groups;
 mod harness;
 mod mirror;
+mod monitoring;
 mod partitioner;
 mod producer;
 mod projections;
