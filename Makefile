@@ -4,7 +4,9 @@
 #   make down    stop the broker that `make up` started
 #   make demo    up, produce a few thousand orders, consume, print a summary
 #   make test    up, then fmt, clippy, unused dependencies, compose + Dockerfile lint, the no-C
-#                and static builds, and every test
+#                and static builds, deploy-check, tour-check, and every test
+#   make deploy-check  validate deploy/ (Kubernetes manifests, the systemd unit)
+#   make tour-check    run every command of docs/tour.md and compare its output
 #   make static  one statically linked binary (glibc, crt-static), no C compiled
 #   make musl    one static musl binary, as the Dockerfile builds it
 #   make test-rskafka   the vendored, patched rskafka's own unit tests
@@ -37,7 +39,7 @@ CARGO ?= cargo
 DEMO_EVENTS ?= 5000
 FOODPIPE := ./target/release/foodpipe
 
-.PHONY: help up down build static musl demo test test-rskafka promtool lint no-c bench chaos bench-micro bench-produce bench-sink bench-projections bench-memory bench-partitions bench-rebuild clean
+.PHONY: help up down build static musl demo test test-rskafka promtool lint no-c deploy-check tour-check bench chaos bench-micro bench-produce bench-sink bench-projections bench-memory bench-partitions bench-rebuild clean
 
 help:
 	@sed -n 's/^#   //p' Makefile
@@ -102,7 +104,7 @@ no-c:
 		| grep -v -E '^linux-raw-sys '; then \
 		echo "error: a -sys crate is in the default build" >&2; exit 1; fi
 
-test: up lint no-c static musl test-rskafka promtool
+test: up lint no-c static musl test-rskafka promtool deploy-check tour-check
 	$(CARGO) test --workspace
 	@echo "== the opt-in tls and sasl features, against real peers"
 	$(CARGO) clippy --workspace --all-targets --features tls,sasl -- -D warnings
@@ -119,6 +121,20 @@ promtool: up
 	@command -v promtool >/dev/null || { echo "error: promtool not found: run make up (it installs Debian's prometheus package)" >&2; exit 1; }
 	promtool check rules deploy/prometheus/alerts.yml
 	promtool test rules deploy/prometheus/alerts_test.yml
+
+# deploy/: the Kubernetes manifests against the API schemas
+# (kubernetes-validate --strict, in .stack/venv), the systemd unit
+# (systemd-analyze verify), no password but the placeholder.
+deploy-check: up
+	.stack/venv/bin/python scripts/deploy_check.py
+
+# Every console block of docs/tour.md, run in order on the make up stack and
+# compared with what it shows. With the static release binary that `make
+# static` (a prerequisite of `test`) has just built: the code a reader runs
+# after `cargo build --release`, without a second release build (fat LTO,
+# minutes on 2 cores) or the slower debug build.
+tour-check: up static
+	.stack/venv/bin/python scripts/tour_check.py --bin $(STATIC_BIN)
 
 BENCH_EVENTS ?= 200000
 # The growth row's backlog, folded by one member on a memory:// Tansu

