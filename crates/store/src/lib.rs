@@ -24,6 +24,7 @@ pub mod fold;
 pub mod headers;
 mod membership;
 pub mod projection;
+mod projection_fill;
 mod projection_store;
 mod report;
 

@@ -574,7 +574,7 @@ async fn select_rows(tx: &Transaction<'_>, table: &str, sql: &str) -> Result<Tab
 /// Fills `applied_events` with at most [`FILL_CHUNK`] events of one
 /// partition's history, in position order, after `after` and before
 /// `before` (if given). Returns how many, and the position of the last.
-async fn fill_chunk(
+pub(crate) async fn fill_chunk(
     tx: &Transaction<'_>,
     topic: &str,
     partition: i32,

@@ -304,16 +304,16 @@ async fn phases(
         reached(&first, stop)?;
     }
     if bulk {
-        // From history, in chunks, as `projection add` fills a projection
-        // (a no-op for one the consumer path above attached already).
+        // From history, in chunks, every projection over each chunk (one
+        // the consumer path above attached already is left as it is).
         let shadow_db = Store::connect(&StoreConfig {
             pool_size: 2,
             ..shadow_store
         })
         .await?;
-        for d in &definitions {
-            shadow_db.ensure_projection(d, &config.group).await?;
-        }
+        shadow_db
+            .fill_projections_from_history(&definitions, &config.group)
+            .await?;
     }
 
     // 2. Fence the live group (no takes, every lease epoch bumped, so no
