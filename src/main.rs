@@ -14,7 +14,7 @@ use clap::Parser;
 
 mod cli;
 
-use cli::{BadInput, Cli};
+use cli::{BadInput, Cli, ReaderGone};
 
 fn main() -> ExitCode {
     quiet_panics();
@@ -46,6 +46,8 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(cli::run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
+        // `foodpipe tail | head`: the reader has what it wanted.
+        Err(e) if reader_gone(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {}", one_line(&e));
             if is_bad_input(&e) {
@@ -55,6 +57,16 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// Whether the command ended because standard output's reader went away.
+fn reader_gone(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .is_some_and(|inner| inner.is::<ReaderGone>())
+    })
 }
 
 /// The error and its causes on one line, joined with ": ". A cause whose

@@ -154,6 +154,49 @@ impl std::fmt::Display for BadInput {
 
 impl std::error::Error for BadInput {}
 
+/// Standard output for the commands that print records (`tail`,
+/// `generate`), buffered. When its reader goes away (`| head -1`) the
+/// write fails with [`ReaderGone`] inside the `BrokenPipe` error, which
+/// `main` ends quietly on, as any Unix tool would; a broken pipe anywhere
+/// else (a socket) stays an error.
+pub(crate) struct Stdout(std::io::BufWriter<std::io::Stdout>);
+
+impl Stdout {
+    pub(crate) fn new() -> Self {
+        Self(std::io::BufWriter::new(std::io::stdout()))
+    }
+}
+
+/// The reader of standard output went away.
+#[derive(Debug)]
+pub(crate) struct ReaderGone;
+
+impl std::fmt::Display for ReaderGone {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the reader of standard output went away")
+    }
+}
+
+impl std::error::Error for ReaderGone {}
+
+fn reader_gone(e: std::io::Error) -> std::io::Error {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        std::io::Error::new(std::io::ErrorKind::BrokenPipe, ReaderGone)
+    } else {
+        e
+    }
+}
+
+impl std::io::Write for Stdout {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.write(buf).map_err(reader_gone)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush().map_err(reader_gone)
+    }
+}
+
 /// Completes on SIGINT (Ctrl-C) or SIGTERM. The handlers are installed
 /// when this is called, not when the future is first polled, so a signal
 /// that arrives early is not fatal: it is seen as soon as it is awaited.

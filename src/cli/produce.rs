@@ -225,8 +225,7 @@ pub(crate) async fn send(args: SendArgs) -> anyhow::Result<()> {
 /// `generate`: generated events as `KEY<TAB>JSON` lines on stdout.
 pub(crate) fn generate(args: GenerateArgs) -> anyhow::Result<()> {
     use std::io::Write;
-    let stdout = std::io::stdout();
-    let mut out = std::io::BufWriter::new(stdout.lock());
+    let mut out = super::Stdout::new();
     let generator = events::generator::Generator::new(args.generator.config());
     for event in generator.take(args.count as usize) {
         out.write_all(event.customer_id.as_bytes())?;

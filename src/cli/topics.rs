@@ -187,7 +187,7 @@ pub(crate) async fn tail(args: TailArgs) -> anyhow::Result<()> {
             FormatArg::Json => Format::Json,
         },
     };
-    let mut out = std::io::BufWriter::new(std::io::stdout());
+    let mut out = super::Stdout::new();
     pipeline::tail::run(config, &mut out, shutdown_signal()).await?;
     Ok(())
 }

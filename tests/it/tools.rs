@@ -160,3 +160,37 @@ async fn tail_prints_records() {
     let out = run_ok(foodpipe(&["tail", "--topic", &topic])).await;
     assert!(out.is_empty(), "{out}");
 }
+
+/// A reader that stops early (`foodpipe tail | head -1`,
+/// `foodpipe generate | head -1`) ends the command quietly, as it does any
+/// Unix tool: exit status 0 and nothing on stderr, not `error: Broken pipe`.
+#[tokio::test]
+async fn a_reader_that_stops_early_ends_the_command_quietly() {
+    use tokio::io::AsyncBufReadExt;
+    let topic = crate::harness::random_topic_name();
+    crate::harness::produce_events(&topic, 3_000, 7).await;
+    for args in [
+        vec!["tail", "--topic", topic.as_str(), "--from-beginning"],
+        vec!["generate", "--count", "1000000"],
+    ] {
+        let mut cmd = foodpipe(&args);
+        cmd.stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn foodpipe");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        let first = lines.next_line().await.expect("read a line");
+        assert!(first.is_some(), "{args:?} printed nothing");
+        drop(lines);
+        let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+            .await
+            .expect("foodpipe ends once its reader is gone")
+            .expect("wait");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && !stderr.contains("error"),
+            "{args:?}: {:?} {stderr}",
+            out.status
+        );
+    }
+}
