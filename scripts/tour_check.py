@@ -1,8 +1,12 @@
 #!/usr/bin/env python3
-"""Runs every ```console block of docs/tour.md and compares the output, so
-the tour never rots (`make tour-check`, part of `make test`).
+"""Runs every ```console block of docs/tour.md (or of README.md) and
+compares the output, so the documents never rot (`make tour-check` and
+`make readme-check`, both part of `make test`).
 
     python3 scripts/tour_check.py [--bin PATH/TO/foodpipe] [--doc docs/tour.md]
+    python3 scripts/tour_check.py --doc README.md --names readme
+
+```sh blocks (and blocks without a language) are shown, never run.
 
 A console block holds commands, each on a line starting with `$ ` (a line
 ending in a backslash continues on the next line), and after each command
@@ -33,6 +37,15 @@ starts, this drops the PostgreSQL schemas of tour runs more than an hour
 old (`tour_<unix time>...`), as the tour's "Cleaning up" tells a reader
 to. Their topics stay: Tansu 0.6.0 deletes every topic of the cluster
 when asked to delete one.
+
+--names PREFIX is for a document whose commands use foodpipe's defaults
+(README.md): the commands run with FOODPIPE_TOPIC, FOODPIPE_SCHEMA and
+FOODPIPE_GROUP set to fresh names of their own (PREFIX-orders-<unix time>,
+PREFIX_<unix time>, PREFIX-group-<unix time>), so the check never touches
+the data of `make demo`, and in what they print those names are written
+back as the defaults a reader sees (`food-orders`, `public`,
+`order-processors`) before comparing. Schemas `PREFIX_<unix time>` more
+than an hour old are dropped first, as the tour's are.
 """
 
 import argparse
@@ -249,17 +262,37 @@ def psql_admin(sql):
     return None
 
 
-def drop_old_tour_schemas():
+def drop_old_schemas(prefix):
     cutoff = int(time.time()) - 3600
-    names = psql_admin(r"SELECT nspname FROM pg_namespace WHERE nspname ~ '^tour_[0-9]+'")
+    names = psql_admin(rf"SELECT nspname FROM pg_namespace WHERE nspname ~ '^{prefix}_[0-9]+'")
     if names is None:
-        print("tour-check: could not list old tour schemas (psql as postgres); leaving them")
+        print(f"tour-check: could not list old {prefix} schemas (psql as postgres); leaving them")
         return
-    old = [n for n in names.split() if int(re.match(r"tour_([0-9]+)", n).group(1)) < cutoff]
+    old = [n for n in names.split() if int(re.match(rf"{prefix}_([0-9]+)", n).group(1)) < cutoff]
     for name in old:
         psql_admin(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
     if old:
-        print(f"tour-check: dropped {len(old)} schema(s) of earlier tour runs")
+        print(f"tour-check: dropped {len(old)} schema(s) of earlier {prefix} runs")
+
+
+def isolate(env, prefix):
+    """Fresh names in env; returns [(name, default)] to write back into the
+    output, longest name first."""
+    now = int(time.time())
+    names = {
+        "FOODPIPE_TOPIC": (f"{prefix}-orders-{now}", "food-orders"),
+        "FOODPIPE_GROUP": (f"{prefix}-group-{now}", "order-processors"),
+        "FOODPIPE_SCHEMA": (f"{prefix}_{now}", "public"),
+    }
+    for var, (name, _) in names.items():
+        env[var] = name
+    return sorted(names.values(), key=lambda pair: -len(pair[0]))
+
+
+def write_back(lines, substitutions):
+    for name, default in substitutions:
+        lines = [line.replace(name, default) for line in lines]
+    return lines
 
 
 def main():
@@ -267,6 +300,12 @@ def main():
     ap.add_argument("--bin", default=str(ROOT / "target" / "release" / "foodpipe"), help="the foodpipe binary")
     ap.add_argument("--doc", default=str(ROOT / "docs" / "tour.md"))
     ap.add_argument("--timeout", type=float, default=120, help="seconds one command may take")
+    ap.add_argument(
+        "--names",
+        metavar="PREFIX",
+        help="run with a topic, schema and group of fresh names of their own (PREFIX-...) and "
+        "compare as if they were the defaults (for README.md)",
+    )
     ap.add_argument(
         "--record",
         metavar="FILE",
@@ -288,7 +327,14 @@ def main():
     env["NO_COLOR"] = "1"
     env.pop("RUST_LOG", None)
     preflight(env)
-    drop_old_tour_schemas()
+    substitutions = []
+    if args.names:
+        if not re.fullmatch(r"[a-z][a-z0-9]*", args.names):
+            sys.exit(f"tour-check: FAIL: --names {args.names!r} must be lowercase letters and digits")
+        drop_old_schemas(args.names)
+        substitutions = isolate(env, args.names)
+    else:
+        drop_old_schemas("tour")
 
     print(f"tour-check: {len(steps)} commands from {os.path.relpath(args.doc, ROOT)}, foodpipe = {binary}")
     started = time.monotonic()
@@ -299,6 +345,7 @@ def main():
         for lineno, command, expected in steps:
             t0 = time.monotonic()
             status, out = shell.run(command, args.timeout)
+            out = write_back(out, substitutions)
             took = time.monotonic() - t0
             first = command.splitlines()[0]
             outputs.append(out)
