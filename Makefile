@@ -4,9 +4,11 @@
 #   make down    stop the broker that `make up` started
 #   make demo    up, produce a few thousand orders, consume, print a summary
 #   make test    up, then fmt, clippy, unused dependencies, compose + Dockerfile lint, the no-C
-#                and static builds, deploy-check, tour-check, and every test
+#                and static builds, deploy-check, tour-check, readme-check, and every test
 #   make deploy-check  validate deploy/ (Kubernetes manifests, the systemd unit)
 #   make tour-check    run every command of docs/tour.md and compare its output
+#   make readme-check  the same for README.md (names of its own, written back as the
+#                      defaults), then every relative link of README, ARCHITECTURE, docs/
 #   make static  one statically linked binary (glibc, crt-static), no C compiled
 #   make musl    one static musl binary, as the Dockerfile builds it
 #   make test-rskafka   the vendored, patched rskafka's own unit tests
@@ -39,7 +41,7 @@ CARGO ?= cargo
 DEMO_EVENTS ?= 5000
 FOODPIPE := ./target/release/foodpipe
 
-.PHONY: help up down build static musl demo test test-rskafka promtool lint no-c deploy-check tour-check bench chaos bench-micro bench-produce bench-sink bench-projections bench-memory bench-partitions bench-rebuild clean
+.PHONY: help up down build static musl demo test test-rskafka promtool lint no-c deploy-check tour-check readme-check bench chaos bench-micro bench-produce bench-sink bench-projections bench-memory bench-partitions bench-rebuild clean
 
 help:
 	@sed -n 's/^#   //p' Makefile
@@ -104,7 +106,7 @@ no-c:
 		| grep -v -E '^linux-raw-sys '; then \
 		echo "error: a -sys crate is in the default build" >&2; exit 1; fi
 
-test: up lint no-c static musl test-rskafka promtool deploy-check tour-check
+test: up lint no-c static musl test-rskafka promtool deploy-check tour-check readme-check
 	$(CARGO) test --workspace
 	@echo "== the opt-in tls and sasl features, against real peers"
 	$(CARGO) clippy --workspace --all-targets --features tls,sasl -- -D warnings
@@ -135,6 +137,13 @@ deploy-check: up
 # minutes on 2 cores) or the slower debug build.
 tour-check: up static
 	.stack/venv/bin/python scripts/tour_check.py --bin $(STATIC_BIN)
+
+# Every console block of README.md the same way, with a topic, schema and
+# group of its own (--names; the output compared as if they were the
+# defaults), then every relative link and anchor of the documents.
+readme-check: up static
+	.stack/venv/bin/python scripts/tour_check.py --bin $(STATIC_BIN) --doc README.md --names readme
+	.stack/venv/bin/python scripts/doc_links.py
 
 BENCH_EVENTS ?= 200000
 # The growth row's backlog, folded by one member on a memory:// Tansu
