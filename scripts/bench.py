@@ -6,7 +6,7 @@ the same generated events.
 Usage: bench.py FOODPIPE_BINARY [--events N] [--backlog N] [--growth N]
                 [--engines sqlite,memory] [--out DIR]
 
-Writes DIR/report.md (the table for the README) and DIR/report.json (a
+Writes DIR/report.md (the table for docs/benchmarks.md) and DIR/report.json (a
 list of {"name", "engine", "foodpipe", "reference", "unit", "ratio",
 "goal", "met", "bound_by", ...} with the CPU shares of the broker, the
 client and the machine, and the latency row's breakdown). The pieces are
@@ -556,6 +556,20 @@ def fmt(v: float) -> str:
     return f"{v:,.0f}" if abs(v) >= 100 else f"{v:,.2f}"
 
 
+def quiesce_postgres(limit: float = 120.0) -> None:
+    """A checkpoint, then until no autovacuum worker runs (at most
+    `limit` seconds): the writes of earlier rows finished before a row
+    that measures latency."""
+    bench_consume.psql(bench_consume.ADMIN_URL, "-c", "CHECKPOINT")
+    deadline = time.time() + limit
+    while time.time() < deadline:
+        busy = bench_consume.psql(bench_consume.ADMIN_URL, "-c", (
+            "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'autovacuum worker'"))
+        if int(busy.strip() or 0) == 0:
+            return
+        time.sleep(1)
+
+
 def kafka_rows(binary, engine, args, path, lines, notes, workdir, state):
     """Every Kafka row against a fresh Tansu on `engine`; appends to rows."""
     suffix = "" if engine == "sqlite" else f"_{engine}"
@@ -625,6 +639,13 @@ def kafka_rows(binary, engine, args, path, lines, notes, workdir, state):
                         lower_is_better=True))
 
         print(f"== [{engine}] latency at {LATENCY_RATE:,} events/s", flush=True)
+        # Not the consumer's latency on the heels of the rows above: a
+        # broker of its own (the one above holds their topics) and
+        # PostgreSQL done with their writes (checkpoint, autovacuum).
+        broker.stop()
+        broker = Broker(engine)
+        os.environ["KAFKA_BOOTSTRAP_SERVERS"] = broker.bootstrap
+        quiesce_postgres()
         p50, p99, share, parts = latency(binary, broker, lines, LATENCY_RATE, LATENCY_SECONDS,
                                          decode_us=state.get("decode_us"), workdir=workdir)
         print(f"  p50 {p50:.1f} ms, p99 {p99:.1f} ms", flush=True)

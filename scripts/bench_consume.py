@@ -20,7 +20,7 @@ memory: for each N, produces N events to a fresh topic and records the
         folding that backlog.
 rebalance: for each P, produces N events to a fresh topic of P partitions,
         starts three `foodpipe consume` members at once (default flags, as
-        the README runs them) and times how long until every partition is
+        docs/reference.md runs them) and times how long until every partition is
         owned by one of them and every stored offset is at the log end.
 partitions: the same N events folded by one `consume --until-caught-up`
         from a topic of each P partitions; events/s, each against the

@@ -15,7 +15,7 @@ pub(crate) enum TopicsCommand {
     /// Create a topic.
     Create(TopicCreateArgs),
     /// Delete a topic. (Tansu 0.6.0 deletes every topic of the cluster
-    /// instead; see the README.)
+    /// instead; see docs/reference.md.)
     Delete(TopicArgs),
 }
 

@@ -1,4 +1,4 @@
-//! The consumer runtime with real processes run as the README says (default
+//! The consumer runtime with real processes run as docs/reference.md says (default
 //! flags): several members on one host, `--until-caught-up` after a crash,
 //! hundreds of partitions, a member id used twice, a partition that cannot
 //! be fetched, and a topic recreated under a running member.

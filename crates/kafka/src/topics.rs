@@ -177,7 +177,8 @@ pub async fn create(
 
 /// Deletes `topic`, which must exist ([`Error::UnknownTopic`]).
 ///
-/// Tansu 0.6.0 deletes every topic of the cluster instead (see the README).
+/// Tansu 0.6.0 deletes every topic of the cluster instead (see
+/// docs/reference.md, "A Kafka cluster").
 pub async fn delete(client: &Client, topic: &str) -> Result<()> {
     existing_topic_partitions(client, topic).await?;
     client

@@ -12,7 +12,8 @@
 //! database equal to the fold of exactly the records before the stored
 //! offset; the restarted consumer fetches the rest (invariant 3).
 //!
-//! The parts, each an actor that owns its state (see ARCHITECTURE.md):
+//! The parts, each an actor that owns its state (see docs/design.md,
+//! "The consumer at run time"):
 //!
 //! - [`coordinator`]: membership with heartbeats on their own timer, the
 //!   rebalance decision (`group::rebalance`), takes (concurrent, bounded),
