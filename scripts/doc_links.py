@@ -62,28 +62,34 @@ def main():
     count = 0
     cache = {}
     for doc in files:
-        for n, line in prose_lines(doc.read_text()):
-            # Inline code spans are not links.
-            line = re.sub(r"`[^`]*`", "", line)
-            for m in LINK.finditer(line):
-                target = m.group(1)
-                if re.match(r"^[a-z][a-z0-9+.-]*:", target):
+        # The prose as one text (code blocks blanked, line numbers kept), so
+        # that a link whose text wraps onto the next line is seen; inline
+        # code spans are not links.
+        lines = doc.read_text().splitlines()
+        prose = [""] * len(lines)
+        for n, line in prose_lines("\n".join(lines)):
+            prose[n - 1] = re.sub(r"`[^`\n]*`", lambda c: " " * len(c.group(0)), line)
+        text = "\n".join(prose)
+        for m in LINK.finditer(text):
+            n = text.count("\n", 0, m.start(1)) + 1
+            target = m.group(1)
+            if re.match(r"^[a-z][a-z0-9+.-]*:", target):
+                continue
+            count += 1
+            file_part, _, anchor = target.partition("#")
+            dest = (doc.parent / file_part).resolve() if file_part else doc
+            where = f"{doc.relative_to(ROOT)}:{n}: {target}"
+            if not dest.exists():
+                broken.append(f"{where}: no such file")
+                continue
+            if anchor:
+                if dest.suffix != ".md" or dest.is_dir():
+                    broken.append(f"{where}: an anchor into a file that is not markdown")
                     continue
-                count += 1
-                file_part, _, anchor = target.partition("#")
-                dest = (doc.parent / file_part).resolve() if file_part else doc
-                where = f"{doc.relative_to(ROOT)}:{n}: {target}"
-                if not dest.exists():
-                    broken.append(f"{where}: no such file")
-                    continue
-                if anchor:
-                    if dest.suffix != ".md" or dest.is_dir():
-                        broken.append(f"{where}: an anchor into a file that is not markdown")
-                        continue
-                    if dest not in cache:
-                        cache[dest] = anchors(dest)
-                    if anchor not in cache[dest]:
-                        broken.append(f"{where}: no heading makes #{anchor}")
+                if dest not in cache:
+                    cache[dest] = anchors(dest)
+                if anchor not in cache[dest]:
+                    broken.append(f"{where}: no heading makes #{anchor}")
     for b in broken:
         print(f"doc-links: BROKEN {b}", file=sys.stderr)
     if broken:
