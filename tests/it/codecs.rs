@@ -34,6 +34,20 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::harness::*;
 
+/// A control batch whose one record has no key: no decoder can read the
+/// marker (its key says which), so a consumer must stop its partition or
+/// skip the batch.
+pub(crate) fn keyless_marker() -> BatchSpec {
+    BatchSpec {
+        control: true,
+        records: vec![RecordSpec {
+            value: Some(vec![0, 0, 0, 0, 0, 0]),
+            ..RecordSpec::default()
+        }],
+        ..BatchSpec::plain(Codec::None, vec![])
+    }
+}
+
 /// A raw Kafka connection: requests encoded by `kafka-protocol`, framed here.
 /// Also used by `monitoring` to put a corrupt batch on a topic.
 pub(crate) struct Raw {
@@ -696,16 +710,9 @@ async fn corrupt_batch_is_reported_by_the_reader() {
         BatchSpec::plain(Codec::Lz4, specs(&events[0..3])).encode(),
     )
     .await;
-    let keyless_marker = BatchSpec {
-        control: true,
-        records: vec![RecordSpec {
-            value: Some(vec![0, 0, 0, 0, 0, 0]),
-            ..RecordSpec::default()
-        }],
-        ..BatchSpec::plain(Codec::None, vec![])
-    };
     assert_eq!(
-        raw.produce_ok(None, &topic, keyless_marker.encode()).await,
+        raw.produce_ok(None, &topic, keyless_marker().encode())
+            .await,
         3
     );
     raw.produce_ok(
@@ -906,15 +913,9 @@ async fn corrupt_batch_stops_only_its_partition_or_is_skipped_into_dead_letters(
     produce_events_to(&topic, 300, 91, 3).await;
     // The same control batch without its key as above, into partition 0.
     let mut raw = Raw::connect(&bootstrap).await;
-    let keyless_marker = BatchSpec {
-        control: true,
-        records: vec![RecordSpec {
-            value: Some(vec![0, 0, 0, 0, 0, 0]),
-            ..RecordSpec::default()
-        }],
-        ..BatchSpec::plain(Codec::None, vec![])
-    };
-    let corrupt_at = raw.produce_ok(None, &topic, keyless_marker.encode()).await;
+    let corrupt_at = raw
+        .produce_ok(None, &topic, keyless_marker().encode())
+        .await;
     produce_events_to(&topic, 150, 92, 3).await;
     let ends = log_ends(&topic).await;
 

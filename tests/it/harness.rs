@@ -1203,6 +1203,19 @@ pub async fn wait_owners(
     }
 }
 
+/// Each member of `group` and its metrics address, from `group_members`.
+pub async fn metrics_addrs(db: &TestDb, group: &str) -> BTreeMap<String, Option<String>> {
+    db.client()
+        .await
+        .query(
+            "SELECT member_id, metrics_addr FROM group_members WHERE group_id = $1",
+            &[&group],
+        )
+        .await
+        .map(|rows| rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+        .unwrap_or_default()
+}
+
 /// A plain HTTP GET on loopback, returning status code and body.
 pub async fn http_get(addr: &str, path: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -15,7 +15,6 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use kafka::record_batch::{BatchSpec, Codec, RecordSpec};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -234,19 +233,6 @@ fn member(topic: &str, db: &TestDb, log: &Path) -> tokio::process::Child {
     cmd.spawn().expect("member starts")
 }
 
-/// Each member's metrics address, from `group_members`.
-async fn metrics_addrs(db: &TestDb) -> BTreeMap<String, Option<String>> {
-    db.client()
-        .await
-        .query(
-            "SELECT member_id, metrics_addr FROM group_members WHERE group_id = $1",
-            &[&GROUP],
-        )
-        .await
-        .map(|rows| rows.iter().map(|r| (r.get(0), r.get(1))).collect())
-        .unwrap_or_default()
-}
-
 /// Polls `check` every 200 ms until it gives a value, failing after `limit`
 /// with `what` and the last state `check` described.
 async fn eventually<T>(
@@ -299,7 +285,11 @@ async fn prometheus_loads_the_alerts_and_dashboard_and_pages_on_a_stopped_partit
         Duration::from_secs(60),
         "two members with metrics addresses",
         async || {
-            let addrs: Vec<String> = metrics_addrs(&db).await.into_values().flatten().collect();
+            let addrs: Vec<String> = metrics_addrs(&db, GROUP)
+                .await
+                .into_values()
+                .flatten()
+                .collect();
             if addrs.len() == 2 {
                 Ok(addrs)
             } else {
@@ -474,15 +464,8 @@ async fn prometheus_loads_the_alerts_and_dashboard_and_pages_on_a_stopped_partit
 
     // A control batch without its key cannot be decoded: partition 0 stops.
     let mut raw = Raw::connect(&bootstrap_servers()).await;
-    let keyless_marker = BatchSpec {
-        control: true,
-        records: vec![RecordSpec {
-            value: Some(vec![0, 0, 0, 0, 0, 0]),
-            ..RecordSpec::default()
-        }],
-        ..BatchSpec::plain(Codec::None, vec![])
-    };
-    raw.produce_ok(None, &topic, keyless_marker.encode()).await;
+    raw.produce_ok(None, &topic, crate::codecs::keyless_marker().encode())
+        .await;
     let put = std::time::Instant::now();
     let alerts = eventually(
         Duration::from_secs(30),

@@ -8,9 +8,9 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use crate::harness::{
-    TestDb, assert_db_is_fold_of_topic, counts, foodpipe, http_get, owners, produce_events_at,
-    produce_events_to, random_topic_name, read_topic_raw, run_within, signal, stop_all,
-    wait_caught_up, wait_caught_up_at, wait_owners,
+    TestDb, assert_db_is_fold_of_topic, counts, foodpipe, http_get, metrics_addrs, owners,
+    produce_events_at, produce_events_to, random_topic_name, read_topic_raw, run_within, signal,
+    stop_all, wait_caught_up, wait_caught_up_at, wait_owners,
 };
 
 const GROUP: &str = "order-processors";
@@ -24,19 +24,6 @@ fn plain_member(topic: &str, db: &TestDb, extra: &[&str]) -> tokio::process::Chi
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     cmd.spawn().expect("member starts")
-}
-
-/// Each member's metrics address, from `group_members`.
-async fn metrics_addrs(db: &TestDb) -> BTreeMap<String, Option<String>> {
-    db.client()
-        .await
-        .query(
-            "SELECT member_id, metrics_addr FROM group_members WHERE group_id = $1",
-            &[&GROUP],
-        )
-        .await
-        .map(|rows| rows.iter().map(|r| (r.get(0), r.get(1))).collect())
-        .unwrap_or_default()
 }
 
 /// Three `consume` processes with default flags on one host all stay up, each owns two of six partitions and serves its own metrics address; together they fold the topic.
@@ -60,7 +47,7 @@ async fn three_default_members_on_one_host_share_six_partitions() {
             "a member with default flags exited"
         );
     }
-    let addrs = metrics_addrs(&db).await;
+    let addrs = metrics_addrs(&db, GROUP).await;
     assert_eq!(addrs.len(), 3, "{addrs:?}");
     let distinct: std::collections::BTreeSet<_> = addrs.values().flatten().collect();
     assert_eq!(
@@ -152,7 +139,8 @@ async fn four_hundred_partitions_three_members() {
     .await;
     wait_caught_up(&db, &topic, Duration::from_secs(120)).await;
     // Owners are the live members (their rows exist), none orphaned.
-    let live: std::collections::BTreeSet<String> = metrics_addrs(&db).await.into_keys().collect();
+    let live: std::collections::BTreeSet<String> =
+        metrics_addrs(&db, GROUP).await.into_keys().collect();
     let now = owners(&db, &topic).await;
     assert!(
         now.values().flatten().all(|o| live.contains(o)),
@@ -261,7 +249,7 @@ async fn a_partition_that_cannot_be_fetched_is_stopped_loudly() {
     let member = plain_member(&topic, &db, &[]);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     let addr = loop {
-        if let Some(Some(addr)) = metrics_addrs(&db).await.into_values().next() {
+        if let Some(Some(addr)) = metrics_addrs(&db, GROUP).await.into_values().next() {
             let (status, body) = http_get(&addr, "/healthz").await;
             if status == 503 && body.contains("partition 0 stopped") {
                 assert!(!body.contains("partition 1"), "{body}");
