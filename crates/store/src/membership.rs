@@ -314,7 +314,14 @@ impl Store {
     ) -> Result<Option<Lease>> {
         let client = self.client().await?;
         if let Some(initial) = initial {
-            crate::insert_initial_offset(&client, &member.group, topic, partition, initial).await?;
+            crate::offsets::insert_initial_offset(
+                &client,
+                &member.group,
+                topic,
+                partition,
+                initial,
+            )
+            .await?;
         }
         let stmt = client
             .prepare_cached(include_str!("sql/take_lease.sql"))

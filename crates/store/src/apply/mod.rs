@@ -446,7 +446,7 @@ async fn another_log(
         new_incarnation: next,
         policy: "none",
     };
-    crate::insert_gap(client, &gap).await?;
+    crate::offsets::insert_gap(client, &gap).await?;
     Ok(next)
 }
 
