@@ -160,7 +160,7 @@ pub struct StoredOffset {
     /// Which log of the partition `next_offset` refers to; goes up when the
     /// topic is found recreated.
     pub incarnation: i32,
-    /// [`fold::fingerprint`] of the last record applied, the one at
+    /// [`fold::fingerprint`](crate::fold::fingerprint) of the last record applied, the one at
     /// [`StoredOffset::fingerprinted_offset`].
     pub last_fingerprint: Option<i64>,
     /// The offset of the record `last_fingerprint` describes. `None` for a
