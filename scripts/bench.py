@@ -91,7 +91,7 @@ LATENCY_RATE = 2000
 LATENCY_SECONDS = 10
 # consume's debug lines the latency breakdown reads ("fetch round", "batch
 # committed"); everything else as by default.
-DEBUG_LOG = "error,rskafka=off,foodpipe=info,pipeline=debug,kafka=info,store=info"
+DEBUG_LOG = "error,rskafka=off,foodpipe=info,pipeline=debug,producers=info,ops=info,kafka=info,store=info"
 
 
 def machine_cpu() -> tuple:

@@ -152,7 +152,7 @@ fn init_tracing() {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         // rskafka logs each request it gives up on at error level; foodpipe
         // reports the same failures itself, with what it does about them.
-        EnvFilter::new("error,rskafka=off,foodpipe=info,pipeline=info,kafka=info,store=info")
+        EnvFilter::new("error,rskafka=off,foodpipe=info,pipeline=info,producers=info,ops=info,tui=info,kafka=info,store=info")
     });
     tracing_subscriber::fmt()
         .with_env_filter(filter)

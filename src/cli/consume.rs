@@ -359,11 +359,11 @@ pub(crate) async fn rebuild(args: RebuildArgs) -> anyhow::Result<()> {
         progress: !args.json && std::io::stderr().is_terminal(),
         ..ConsumeConfig::default()
     };
-    let options = pipeline::rebuild::Options {
+    let options = ops::rebuild::Options {
         dry_run: args.verify_only,
         projection: args.projection,
     };
-    let report = pipeline::rebuild::run(config, options, shutdown_signal()).await?;
+    let report = ops::rebuild::run(config, options, shutdown_signal()).await?;
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {

@@ -104,7 +104,7 @@ pub(crate) async fn group(cmd: GroupCommand) -> anyhow::Result<()> {
 
 async fn group_list(args: GroupListArgs) -> anyhow::Result<()> {
     let store = args.db.open_store(Access::ReadOnly).await?;
-    let list = pipeline::groups::list(&store, &args.cluster.config()?).await?;
+    let list = ops::groups::list(&store, &args.cluster.config()?).await?;
     print!("{list}");
     Ok(())
 }
@@ -114,8 +114,8 @@ async fn group_describe(args: GroupDescribeArgs) -> anyhow::Result<()> {
     let kafka = args.cluster.config()?;
     let mut stop = std::pin::pin!(shutdown_signal());
     loop {
-        let d = pipeline::groups::describe(&store, &kafka, &args.group.name, args.topic.as_deref())
-            .await?;
+        let d =
+            ops::groups::describe(&store, &kafka, &args.group.name, args.topic.as_deref()).await?;
         if args.watch {
             // Clear the screen and home the cursor, like `watch`.
             print!("\x1b[2J\x1b[H{}", chrono::Utc::now().format("%H:%M:%S\n"));
@@ -132,7 +132,7 @@ async fn group_describe(args: GroupDescribeArgs) -> anyhow::Result<()> {
 }
 
 async fn group_reset(args: GroupResetArgs) -> anyhow::Result<()> {
-    use pipeline::groups::ResetTo;
+    use ops::groups::ResetTo;
     let store = args.db.open_store(Access::ReadWrite).await?;
     let t = &args.to;
     let to = if t.to_earliest {
@@ -150,7 +150,7 @@ async fn group_reset(args: GroupResetArgs) -> anyhow::Result<()> {
             "say where to: --to-earliest, --to-latest, --to-offset, --to-datetime or --shift-by"
         );
     };
-    let request = pipeline::groups::ResetRequest {
+    let request = ops::groups::ResetRequest {
         group: &args.group.name,
         topic: &args.kafka.topic,
         to,
@@ -158,7 +158,7 @@ async fn group_reset(args: GroupResetArgs) -> anyhow::Result<()> {
         execute: args.execute,
         session_timeout: args.session_timeout,
     };
-    let plan = pipeline::groups::reset(&store, &args.kafka.config()?, &request).await?;
+    let plan = ops::groups::reset(&store, &args.kafka.config()?, &request).await?;
     print!("{plan}");
     Ok(())
 }

@@ -8,8 +8,8 @@ use anyhow::Context as _;
 use clap::{Args, ValueEnum};
 use events::generator::GeneratorConfig;
 use kafka::{Compression, ProducerConfig};
-use pipeline::produce::{Amount, Destination, ProduceConfig};
-use pipeline::send::SendConfig;
+use producers::produce::{Amount, Destination, ProduceConfig};
+use producers::send::SendConfig;
 
 use super::args::{KafkaArgs, parse_duration, parse_partitions, parse_positive_u64};
 use super::shutdown_signal;
@@ -115,7 +115,7 @@ impl ProducerArgs {
     }
 
     /// Prints the summary as asked and fails if any record was lost.
-    fn report(&self, summary: &pipeline::produce::ProduceSummary) -> anyhow::Result<()> {
+    fn report(&self, summary: &producers::produce::ProduceSummary) -> anyhow::Result<()> {
         if self.json {
             println!("{}", serde_json::to_string(summary)?);
         } else if !self.quiet {
@@ -201,7 +201,7 @@ pub(crate) async fn produce(args: ProduceArgs) -> anyhow::Result<()> {
         rate: args.rate,
         generator: args.generator.config(),
     };
-    let summary = pipeline::produce::run(config, shutdown_signal()).await?;
+    let summary = producers::produce::run(config, shutdown_signal()).await?;
     args.producer.report(&summary)
 }
 
@@ -218,7 +218,7 @@ pub(crate) async fn send(args: SendArgs) -> anyhow::Result<()> {
         destination: args.producer.destination(&args.kafka)?,
         separator: b'\t',
     };
-    let summary = pipeline::send::run(config, input, shutdown_signal()).await?;
+    let summary = producers::send::run(config, input, shutdown_signal()).await?;
     args.producer.report(&summary)
 }
 

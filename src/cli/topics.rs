@@ -166,7 +166,7 @@ pub(crate) async fn topics(cmd: TopicsCommand) -> anyhow::Result<()> {
 
 /// `tail`: records printed as they are read.
 pub(crate) async fn tail(args: TailArgs) -> anyhow::Result<()> {
-    use pipeline::tail::{Format, From, TailConfig};
+    use ops::tail::{Format, From, TailConfig};
     let from = if args.from_beginning {
         From::Beginning
     } else if let Some(o) = args.offset {
@@ -188,14 +188,14 @@ pub(crate) async fn tail(args: TailArgs) -> anyhow::Result<()> {
         },
     };
     let mut out = super::Stdout::new();
-    pipeline::tail::run(config, &mut out, shutdown_signal()).await?;
+    ops::tail::run(config, &mut out, shutdown_signal()).await?;
     Ok(())
 }
 
 /// `cluster`: what each bootstrap entry answered, and the brokers as the
 /// first answer advertises them.
 pub(crate) async fn cluster(args: ClusterArgs) -> anyhow::Result<()> {
-    let answers = pipeline::doctor::cluster(&args.config()?).await;
+    let answers = ops::doctor::cluster(&args.config()?).await;
     for a in &answers {
         println!("{a}");
     }
@@ -211,8 +211,7 @@ pub(crate) async fn cluster(args: ClusterArgs) -> anyhow::Result<()> {
 /// `doctor`: every check, one line each, with the fix.
 pub(crate) async fn doctor(args: DoctorArgs) -> anyhow::Result<()> {
     let checks =
-        pipeline::doctor::doctor(&args.kafka.config()?, &args.db.config()?, &args.kafka.topic)
-            .await;
+        ops::doctor::doctor(&args.kafka.config()?, &args.db.config()?, &args.kafka.topic).await;
     for c in &checks {
         println!("{c}");
     }

@@ -51,17 +51,17 @@ pub(crate) async fn watch(args: WatchArgs) -> anyhow::Result<()> {
     }
     let store = args.db.open_store(Access::ReadOnly).await?;
     let kafka = args.kafka.config()?;
-    pipeline::watch::check_topic(&kafka, &args.kafka.topic).await?;
-    let config = pipeline::watch::WatchConfig {
+    tui::check_topic(&kafka, &args.kafka.topic).await?;
+    let config = tui::WatchConfig {
         topic: args.kafka.topic.clone(),
         group: args.group.name.clone(),
         refresh: args.interval,
         read_timeout: kafka.timeout,
-        judgement: pipeline::watch::Judgement {
+        judgement: tui::Judgement {
             stall_after: args.stall_after,
             session_timeout: args.session_timeout,
         },
-        color: pipeline::watch::color_wanted(),
+        color: tui::color_wanted(),
         key: args.key,
     };
     if args.once {
@@ -70,15 +70,12 @@ pub(crate) async fn watch(args: WatchArgs) -> anyhow::Result<()> {
             .or_else(|| {
                 std::io::stdout()
                     .is_terminal()
-                    .then(pipeline::watch::terminal_width)
+                    .then(tui::terminal_width)
                     .flatten()
             })
             .unwrap_or(100);
-        print!(
-            "{}",
-            pipeline::watch::once(store, kafka, config, width).await?
-        );
+        print!("{}", tui::once(store, kafka, config, width).await?);
         return Ok(());
     }
-    pipeline::watch::run(store, kafka, config, shutdown_signal()).await
+    tui::run(store, kafka, config, shutdown_signal()).await
 }

@@ -106,9 +106,9 @@ async fn dry_run_at_every_schema_length_changes_nothing() {
             ..pipeline::consume::ConsumeConfig::default()
         };
         runs.spawn(async move {
-            let report = pipeline::rebuild::run(
+            let report = ops::rebuild::run(
                 config,
-                pipeline::rebuild::Options {
+                ops::rebuild::Options {
                     dry_run: true,
                     projection: None,
                 },

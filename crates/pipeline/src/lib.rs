@@ -1,26 +1,19 @@
-//! foodpipe's commands as library functions.
+//! The consumer runtime of foodpipe: a group member that folds every
+//! partition of the topic into PostgreSQL, one transaction per fetched
+//! batch, from the stored offsets.
 //!
-//! Each command is `run(config, shutdown)`: the binary parses flags into a
-//! config and passes `ctrl_c()`; tests call the same functions directly.
-//!
-//! - [`produce`]: generate order events and produce them, keyed by
-//!   customer, to the partition Kafka's default partitioner would pick.
-//! - [`send`]: produce `key<TAB>value` lines from stdin, like
-//!   `kafka-console-producer`.
-//! - [`consume`]: fold every partition of the topic into PostgreSQL, one
-//!   transaction per fetched batch, from the stored offsets.
-//! - [`watch`]: the live picture of partitions, offsets, owners and lag
-//!   in the terminal (ratatui), read-only.
+//! - [`consume`]: `run(config, shutdown)`, the member as actors: the
+//!   coordinator (membership, leases, assignment), the fetcher, one worker
+//!   per partition, the offsets, the partition states and the broker
+//!   health.
+//! - `observe`: `/metrics` and `/healthz` (axum and
+//!   metrics-exporter-prometheus); it knows nothing of `consume`, which
+//!   gives it the metrics to record and a health check to answer.
+//! - [`projections`]: the projections a member checks and attaches at
+//!   start.
+//! - [`retry`]: the capped, jittered backoff (also `ops::rebuild`'s).
 
 pub mod consume;
-pub mod doctor;
-pub mod groups;
 mod observe;
-mod outbound;
-pub mod produce;
 pub mod projections;
-pub mod rebuild;
-mod retry;
-pub mod send;
-pub mod tail;
-pub mod watch;
+pub mod retry;

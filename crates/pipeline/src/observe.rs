@@ -81,6 +81,34 @@ const BATCH_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
+/// Where to serve `/metrics` and `/healthz`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricsListen {
+    Off,
+    /// This address, or if it is taken the next free port above it: the
+    /// default, so several members on one host all start.
+    FirstFreeFrom(SocketAddr),
+    /// Exactly this address; taken is an error (the user asked for it).
+    Exactly(SocketAddr),
+}
+
+/// The default metrics address; members on one host fall back upwards.
+pub const DEFAULT_METRICS_ADDR: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9898);
+
+/// Why [`serve`] did not start; `consume::Error` takes it over as its
+/// `Metrics` (a bind) or `Internal` variant.
+#[derive(Debug)]
+pub(crate) enum ServeError {
+    /// The address could not be bound.
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+    /// The recorder, the bound address, or `MetricsListen::Off`.
+    Internal(String),
+}
+
 /// How many ports above the default address a member tries when the
 /// default is taken (several members on one host).
 const FALLBACK_PORTS: u16 = 100;
@@ -89,12 +117,12 @@ const FALLBACK_PORTS: u16 = 100;
 /// `/metrics` and `/healthz` until the process ends. Returns the address
 /// bound.
 pub(crate) async fn serve(
-    listen: crate::consume::MetricsListen,
+    listen: MetricsListen,
     health: HealthCheck,
-) -> Result<SocketAddr, crate::consume::Error> {
-    use crate::consume::{Error, MetricsListen};
+) -> Result<SocketAddr, ServeError> {
+    use ServeError as Error;
     let handle = handle().map_err(|e| Error::Internal(e.to_string()))?;
-    let bind_error = |addr: SocketAddr, source| Error::Metrics {
+    let bind_error = |addr: SocketAddr, source| Error::Bind {
         addr: addr.to_string(),
         source,
     };

@@ -6,13 +6,13 @@ use std::time::Duration;
 /// random factor in [0.5, 1.0] so many consumers that failed together do
 /// not retry in lockstep.
 #[derive(Debug, Clone)]
-pub(crate) struct Backoff {
+pub struct Backoff {
     next: Duration,
     max: Duration,
 }
 
 impl Backoff {
-    pub(crate) fn new(max: Duration) -> Self {
+    pub fn new(max: Duration) -> Self {
         Self {
             next: Duration::from_millis(100),
             max,
@@ -20,7 +20,7 @@ impl Backoff {
     }
 
     /// The delay before the next attempt.
-    pub(crate) fn next_delay(&mut self) -> Duration {
+    pub fn next_delay(&mut self) -> Duration {
         let base = self.next;
         self.next = (self.next * 2).min(self.max);
         // Jitter from the clock's nanoseconds: no need for a seeded RNG here.

@@ -83,6 +83,15 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+impl From<crate::observe::ServeError> for Error {
+    fn from(e: crate::observe::ServeError) -> Self {
+        match e {
+            crate::observe::ServeError::Bind { addr, source } => Error::Metrics { addr, source },
+            crate::observe::ServeError::Internal(reason) => Error::Internal(reason),
+        }
+    }
+}
+
 impl Error {
     /// What to do about it (see [`Action`]).
     pub fn action(&self) -> Action {

@@ -45,7 +45,6 @@ mod worker;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use events::{DecodeError, ErrorKind};
@@ -91,20 +90,7 @@ pub enum OnCorruptBatch {
     Skip,
 }
 
-/// Where to serve `/metrics` and `/healthz`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MetricsListen {
-    Off,
-    /// This address, or if it is taken the next free port above it: the
-    /// default, so several members on one host all start.
-    FirstFreeFrom(SocketAddr),
-    /// Exactly this address; taken is an error (the user asked for it).
-    Exactly(SocketAddr),
-}
-
-/// The default metrics address; members on one host fall back upwards.
-pub const DEFAULT_METRICS_ADDR: SocketAddr =
-    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9898);
+pub use crate::observe::{DEFAULT_METRICS_ADDR, MetricsListen};
 
 /// Everything `consume` needs.
 #[derive(Debug, Clone)]
@@ -380,7 +366,8 @@ fn process_token() -> uuid::Uuid {
     uuid::Uuid::from_u64_pair(nanos, host ^ u64::from(std::process::id()))
 }
 
-pub(crate) fn hostname() -> String {
+/// This host's name (member ids; the holder `rebuild` records).
+pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .or_else(|| std::env::var("HOSTNAME").ok())

@@ -600,7 +600,7 @@ fn draw_help(area: Rect, buf: &mut Buffer) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::watch::model::{MemberView, PartitionView};
+    use crate::model::{MemberView, PartitionView};
     use ratatui::Terminal;
     use ratatui::backend::TestBackend;
 

@@ -8,7 +8,7 @@ use store::{RebuildClaim, Store};
 use tokio_util::sync::CancellationToken;
 
 use super::{Difference, RebuildReport, Scope, reached, rebuild_identity};
-use crate::consume::{ConsumeConfig, run as consume};
+use pipeline::consume::{ConsumeConfig, run as consume};
 
 /// The rebuild's fence on the live group, renewed every heartbeat interval
 /// while it stands.

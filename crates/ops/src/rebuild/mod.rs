@@ -45,7 +45,7 @@ use store::{REBUILD_SHADOW_SUFFIX as SHADOW_SUFFIX, RebuildClaim, Store, StoreCo
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::consume::{ConsumeConfig, run as consume};
+use pipeline::consume::{ConsumeConfig, run as consume};
 use swap::{Fence, catch_up_and_swap, compare_only};
 
 mod bulk;
@@ -200,7 +200,7 @@ pub async fn run(
 /// whole fits PostgreSQL's 63-byte `application_name`.
 fn rebuild_identity() -> String {
     let pid = std::process::id();
-    let host = crate::consume::hostname();
+    let host = pipeline::consume::hostname();
     let room = 63usize.saturating_sub(format!("rebuild (host , pid {pid})").len());
     let host = if host.len() <= room {
         host
@@ -269,7 +269,7 @@ async fn phases(
         until_caught_up: true,
         member_id: Some("rebuild".to_owned()),
         progress: config.progress,
-        metrics: crate::consume::MetricsListen::Off,
+        metrics: pipeline::consume::MetricsListen::Off,
         // The shadow's progress is not the live group's: never mirrored.
         mirror_interval: None,
         dead_letter_topic: None,
@@ -408,7 +408,7 @@ async fn install_projections(
 /// signal, or a partition stopped on an error, leaves the shadow short of
 /// the live position, and a short shadow must never be swapped in.
 fn reached(
-    summary: &crate::consume::ConsumeSummary,
+    summary: &pipeline::consume::ConsumeSummary,
     stop: &CancellationToken,
 ) -> anyhow::Result<()> {
     if summary.interrupted || stop.is_cancelled() {

@@ -22,8 +22,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::consume::{ConsumeConfig, OffsetReset};
-use crate::retry::Backoff;
+use pipeline::consume::{ConsumeConfig, OffsetReset};
+use pipeline::retry::Backoff;
 
 /// Fetched batches waiting for the fold, over all partitions: what bounds
 /// the fill's memory besides the fold's own state.
@@ -230,7 +230,7 @@ async fn fetch_partition(
             .records
             .into_iter()
             .filter(|r| r.offset < target)
-            .map(|r| crate::consume::decode(r, config.max_record_bytes))
+            .map(|r| pipeline::consume::decode(r, config.max_record_bytes))
             .collect();
         let batch = Fetched {
             partition,
