@@ -453,6 +453,25 @@ mod tests {
         assert!(watch.health().expect_err("unhealthy").contains("cut off"));
     }
 
+    /// The heartbeat that says "cut off" has set `foodpipe_member_cut_off`
+    /// to 1 already, whether or not a probe round has ended since: a
+    /// scrape after the heartbeat row never reads 0.
+    #[test]
+    fn the_cut_off_gauge_agrees_with_the_heartbeat() {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let watch = BrokerWatch::new(&["b:9092".to_owned()], "t", Duration::from_secs(15));
+        watch.lock().last_answer -= Duration::from_secs(20);
+        metrics::with_local_recorder(&recorder, || {
+            assert!(watch.heartbeat().cut_off.is_some());
+        });
+        assert!(
+            handle.render().contains("foodpipe_member_cut_off 1"),
+            "{}",
+            handle.render()
+        );
+    }
+
     /// A broker that answers but has no such topic makes health fail saying so.
     #[test]
     fn a_missing_topic_is_named() {
