@@ -20,18 +20,17 @@ impl Store {
         definitions: &[Definition],
         group: &str,
     ) -> Result<i64> {
+        let registered: Vec<String> = self
+            .client()
+            .await?
+            .query("SELECT name FROM projections", &[])
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
         let mut new = Vec::new();
         for def in definitions {
-            let registered: bool = self
-                .client()
-                .await?
-                .query_one(
-                    "SELECT EXISTS (SELECT 1 FROM projections WHERE name = $1)",
-                    &[&def.name],
-                )
-                .await?
-                .get(0);
-            if registered {
+            if registered.contains(&def.name) {
                 let ensured = self.ensure_projection(def, group).await?;
                 tracing::debug!(projection = %def.name, ?ensured, "projection was registered");
             } else {
