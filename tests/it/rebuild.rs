@@ -148,7 +148,7 @@ async fn the_bulk_fill_writes_the_rows_the_live_fold_wrote() {
 }
 
 /// How `rebuild` compares a table in the live and the rebuilt schema
-/// (`store::compare_tables`), on a real PostgreSQL: a changed value in any
+/// (`ops::rebuild::compare::compare_tables`), on a real PostgreSQL: a changed value in any
 /// column (one whose type has no `=`, `json`, included), a key missing on
 /// either side, each counted once and shown in key order; the bookkeeping
 /// columns and the order of the columns ignored; a table without a primary
@@ -186,7 +186,7 @@ async fn the_rebuild_comparison_finds_every_changed_row_and_only_those() {
         .await
         .expect("tables");
     let tx = client.transaction().await.expect("transaction");
-    let (n, first) = store::compare_tables(&tx, ("l", "s"), "t", true)
+    let (n, first) = ops::rebuild::compare::compare_tables(&tx, ("l", "s"), "t", true)
         .await
         .expect("compare t");
     let keys: Vec<(&str, bool, bool)> = first
@@ -212,15 +212,15 @@ async fn the_rebuild_comparison_finds_every_changed_row_and_only_those() {
                 .is_some_and(|r| r.contains("recorded_at")),
         "{seven:?}"
     );
-    let (n, first) = store::compare_tables(&tx, ("l", "s"), "nokey", true)
+    let (n, first) = ops::rebuild::compare::compare_tables(&tx, ("l", "s"), "nokey", true)
         .await
         .expect("compare nokey");
     assert_eq!(n, 2, "(2, b) only live, (2, c) only rebuilt: {first:?}");
-    let (n, first) = store::compare_tables(&tx, ("l", "s"), "grown", true)
+    let (n, first) = ops::rebuild::compare::compare_tables(&tx, ("l", "s"), "grown", true)
         .await
         .expect("compare grown");
     assert_eq!(n, 2, "a column more: every row differs: {first:?}");
-    let (n, _) = store::compare_tables(&tx, ("l", "s"), "t", false)
+    let (n, _) = ops::rebuild::compare::compare_tables(&tx, ("l", "s"), "t", false)
         .await
         .expect("compare t, new");
     assert_eq!(n, 999, "a table the live schema lacks: every rebuilt row");

@@ -38,6 +38,10 @@ pub struct StoreConfig {
     /// PostgreSQL's default (`public`). Two groups folding the same topic
     /// each need their own.
     pub schema: Option<String>,
+    /// Every transaction of every connection read-only
+    /// (`default_transaction_read_only`): PostgreSQL itself refuses any
+    /// write, whatever the code above asks. `watch` connects this way.
+    pub read_only: bool,
     /// The rustls configuration used when the URL says `sslmode=require`
     /// (the `tls` feature). Certificates are always verified, so
     /// `require` here means what libpq calls `verify-full`.
@@ -59,7 +63,8 @@ impl std::fmt::Debug for StoreConfig {
                 &self.idle_in_transaction_timeout,
             )
             .field("statement_timeout", &self.statement_timeout)
-            .field("schema", &self.schema);
+            .field("schema", &self.schema)
+            .field("read_only", &self.read_only);
         #[cfg(feature = "tls")]
         d.field("tls", &self.tls.is_some());
         d.finish()
@@ -75,6 +80,7 @@ impl Default for StoreConfig {
             idle_in_transaction_timeout: None,
             statement_timeout: None,
             schema: None,
+            read_only: false,
             #[cfg(feature = "tls")]
             tls: None,
         }
@@ -93,6 +99,8 @@ pub struct Store {
     pub(crate) schema: Option<String>,
     /// The SQL projections attached when a batch last looked (apply.rs).
     pub(crate) attached: std::sync::Arc<std::sync::Mutex<crate::projection::Attached>>,
+    /// Connected with [`StoreConfig::read_only`].
+    read_only: bool,
 }
 
 /// How connections are made: plaintext, or TLS for `sslmode=require`.
@@ -204,12 +212,16 @@ impl Store {
             check_schema_name(schema)?;
             options.push_str(&format!(" -c search_path={schema}"));
         }
+        if config.read_only {
+            options.push_str(" -c default_transaction_read_only=on");
+        }
         if !options.trim().is_empty() {
             pg_config.options(options.trim());
         }
         let target = describe_target(&pg_config);
         let tls = Tls::for_config(&pg_config, config)?;
         let manager = tls.manager(pg_config.clone());
+        let read_only = config.read_only;
         let pool = Pool::builder(manager)
             .max_size(config.pool_size.max(1))
             .runtime(Runtime::Tokio1)
@@ -218,8 +230,12 @@ impl Store {
             // Every connection gets the relation SQL projections read; a
             // role that may not make temporary tables gets a clear error
             // from the batch that needs it, not at connect.
-            .post_create(deadpool_postgres::Hook::async_fn(|client, _| {
+            // A read-only session may not make one, and needs none.
+            .post_create(deadpool_postgres::Hook::async_fn(move |client, _| {
                 Box::pin(async move {
+                    if read_only {
+                        return Ok(());
+                    }
                     if let Err(e) = client
                         .batch_execute(include_str!("sql/applied_events.sql"))
                         .await
@@ -238,9 +254,15 @@ impl Store {
             tls,
             schema: config.schema.clone(),
             attached: std::sync::Arc::default(),
+            read_only,
         };
         drop(store.client().await?);
         Ok(store)
+    }
+
+    /// True when every transaction is read-only ([`StoreConfig::read_only`]).
+    pub fn is_read_only(&self) -> bool {
+        self.read_only
     }
 
     /// Sets how many connections the pool may hold. Each connection keeps

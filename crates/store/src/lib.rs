@@ -17,8 +17,6 @@
 
 mod apply;
 mod asof;
-pub mod bulk;
-mod compare;
 mod connect;
 mod error;
 pub mod fold;
@@ -34,7 +32,6 @@ mod schema_name;
 
 pub use apply::{Applied, Batch};
 pub use asof::{OrderAsOf, OrdersAsOf};
-pub use compare::{BOOKKEEPING_COLUMNS, KeyDifference, compare_tables};
 pub use connect::{Store, StoreConfig, describe_target};
 /// A transaction on a pooled connection (`rebuild`'s swap runs in one).
 pub use deadpool_postgres::Transaction;
@@ -47,7 +44,7 @@ pub use membership::{
 pub use migrate::Migrated;
 pub use offsets::{Gap, StoredOffset};
 pub use projection::{Definition, Kind as ProjectionKind, ProjectionRow, TableRows};
-pub use projection_store::{Ensured, quote as quote_identifier};
+pub use projection_store::{Ensured, primary_key, quote as quote_identifier};
 pub use report::{DeadLetterList, DeadLetterRow, GapRow, Gaps, StatusReport};
 pub use schema_name::{MAX_SCHEMA_NAME_BYTES, check_schema_name, derived_schema_name};
 

@@ -1,12 +1,12 @@
 //! Step 1 at bulk speed: the shadow filled up to the live offsets by
-//! `store::bulk` (binary COPY into unlogged tables without indexes, the
+//! [`bulk_fill`](super::bulk_fill) (binary COPY into unlogged tables without indexes, the
 //! fold in memory, indexes built once at the end) instead of one consumer
 //! transaction per fetched batch.
 //!
 //! A task per partition fetches from the earliest offset up to the
 //! partition's target and decodes (on the runtime's threads, so decoding
 //! runs beside the fold); one loop folds what they bring, batch by batch
-//! in each partition's offset order, through [`store::bulk::BulkFill`].
+//! in each partition's offset order, through [`BulkFill`].
 //! Whatever the fill cannot fold as the consumer would without deciding
 //! something (a batch that cannot be decoded, a fetch error retrying does
 //! not fix, a log shorter than the target, records not readable yet) ends
@@ -18,6 +18,8 @@ use std::time::{Duration, Instant};
 
 use kafka::{OffsetAt, PartitionReader};
 use store::{SourceRecord, Store, StoreConfig};
+
+use super::bulk_fill::BulkFill;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -85,7 +87,7 @@ pub(super) async fn fill(
     .await?;
     let client = kafka::connect(&config.kafka).await?;
     let partitions = kafka::existing_topic_partitions(&client, &config.topic).await?;
-    let mut fill = store.bulk_fill(&config.group, &config.topic).await?;
+    let mut fill = BulkFill::start(&store, &config.group, &config.topic).await?;
     let (sender, mut batches) = mpsc::channel::<Fetched>(QUEUED_BATCHES);
     let mut fetchers = JoinSet::new();
     for partition in 0..partitions as i32 {

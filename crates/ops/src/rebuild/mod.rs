@@ -49,6 +49,8 @@ use pipeline::consume::{ConsumeConfig, run as consume};
 use swap::{Fence, catch_up_and_swap, compare_only};
 
 mod bulk;
+pub mod bulk_fill;
+pub mod compare;
 mod swap;
 
 /// A key of a projection's table whose rebuilt row differs from the live one.

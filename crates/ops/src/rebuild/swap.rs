@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use store::{RebuildClaim, Store};
 use tokio_util::sync::CancellationToken;
 
+use super::compare::compare_tables;
 use super::{Difference, RebuildReport, Scope, reached, rebuild_identity};
 use pipeline::consume::{ConsumeConfig, run as consume};
 
@@ -245,8 +246,7 @@ async fn compare_and_swap(
             .unwrap_or_default();
         for table in &shadow_t {
             let (n, first) =
-                store::compare_tables(tx, (live_schema, shadow), table, live_t.contains(table))
-                    .await?;
+                compare_tables(tx, (live_schema, shadow), table, live_t.contains(table)).await?;
             differing += n;
             first_differences.extend(first.into_iter().take(5).map(|d| Difference {
                 projection: projection.clone(),

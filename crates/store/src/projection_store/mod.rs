@@ -39,7 +39,7 @@ pub(crate) use add::fill_chunk;
 
 impl Store {
     /// The schema named in the config, or `public`.
-    pub(crate) fn schema_name(&self) -> &str {
+    pub fn schema_name(&self) -> &str {
         self.schema.as_deref().unwrap_or("public")
     }
 
@@ -272,7 +272,7 @@ async fn relations(tx: &Transaction<'_>, schema: &str) -> Result<(BTreeSet<Strin
 }
 
 /// The primary key columns of `schema.table`, in key order.
-pub(crate) async fn primary_key(
+pub async fn primary_key(
     client: &impl deadpool_postgres::GenericClient,
     schema: &str,
     table: &str,

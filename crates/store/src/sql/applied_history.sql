@@ -2,7 +2,7 @@
 -- after each, in the columns of `applied_events` (applied_events.sql), in
 -- the same order. `{events}` is the part of order_events wanted (a
 -- partition's range, or what occurred by a time) and `{created}` how each
--- one's OrderCreated is found; projection_store.rs fills both in. Filling
+-- one's OrderCreated is found; projection_store/ fills both in. Filling
 -- a new projection and `asof --projection` read this.
 -- History holds exactly the events the fold applied, each a step the state
 -- machine allowed, so the status after an event is the status its type

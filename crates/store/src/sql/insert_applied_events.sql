@@ -1,5 +1,5 @@
 -- The second half of the history insert when SQL projections are attached
--- (apply.rs, insert_history): `h` is the history rows just inserted; each
+-- (apply/rows.rs): `h` is the history rows just inserted; each
 -- goes to `applied_events` (applied_events.sql) with its order's state
 -- right after it. $3 and $13 are the events' ids and the statuses they
 -- lead to; $14..$18 the changed orders' ids, restaurants, totals, items

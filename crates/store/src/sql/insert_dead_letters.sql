@@ -1,6 +1,6 @@
 -- No conflict is ignored: a dead letter already at one of these positions
 -- (the same record read again after a group reset) was left out by
--- apply.rs, and a different record there moved the batch to a new
+-- apply/mod.rs, and a different record there moved the batch to a new
 -- incarnation, so a clash here is a bug to hear about.
 INSERT INTO dead_letters (
     group_id, topic, partition, kafka_incarnation, kafka_offset,

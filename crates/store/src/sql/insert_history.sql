@@ -2,7 +2,7 @@
 -- The conflict target is the event id alone: a copy of an event applied
 -- before is a no-op (the fold already skips the copies it can see). A row
 -- already at one of these positions (topic, partition, incarnation,
--- offset) is a different record, and is an error, never silence: apply.rs
+-- offset) is a different record, and is an error, never silence: apply/mod.rs
 -- compares positions first and moves another log to a new incarnation.
 INSERT INTO order_events (
     event_id, order_id, customer_id, event_type, schema_version, payload,

@@ -5,7 +5,7 @@
 --   state machine.
 -- 'history' / 'dead_letter': rows already at the batch's offsets in this
 --   incarnation of the partition (dead letters of this group): the same
---   records read again, or another log (apply.rs, compare_positions).
+--   records read again, or another log (apply/positions.rs, compare_positions).
 --   $7 and $8 are the batch's first and last offsets: the range keeps the
 --   index scan to the batch's positions (a generic plan otherwise scanned
 --   the partition's whole history and filtered it by = ANY($5): 4 s per

@@ -1,10 +1,7 @@
 //! Comparing one table in two schemas key by key: how `rebuild` finds the
 //! rows its rebuilt copy would change before it swaps that copy in.
 
-use deadpool_postgres::Transaction;
-
-use crate::Result;
-use crate::projection_store::{primary_key, quote};
+use store::{Result, Transaction, primary_key, quote_identifier as quote};
 
 /// Columns that say when or in which incarnation of the topic a row was
 /// written, not what the fold made of the events: left out when a rebuild

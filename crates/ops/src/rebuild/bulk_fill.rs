@@ -3,7 +3,7 @@
 //! fold done in memory by [`fold::plan`] (the very function every live
 //! batch runs), the indexes and constraints built once at the end.
 //!
-//! 1. [`Store::bulk_fill`] takes the indexes and constraints (primary
+//! 1. [`BulkFill::start`] takes the indexes and constraints (primary
 //!    keys, unique keys, plain indexes) off `order_events`, `orders` and
 //!    `dead_letters`, remembering their definitions, and makes the three
 //!    tables UNLOGGED: no WAL while they fill, and a crash empties them
@@ -36,8 +36,8 @@ use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
 use uuid::Uuid;
 
-use crate::fold::{self, Current, SourceRecord};
-use crate::{Result, Store};
+use store::fold::{self, Current, SourceRecord};
+use store::{Result, Store};
 
 /// The tables a bulk fill writes row by row; they lose their indexes and
 /// constraints while it runs.
@@ -226,15 +226,15 @@ impl std::fmt::Debug for BulkFill {
     }
 }
 
-impl Store {
+impl BulkFill {
     /// Starts a bulk fill of this store's schema for `group` on `topic`.
     /// The schema must be freshly migrated, with nothing else writing to
     /// it until [`BulkFill::finish`]: `rebuild`'s shadow. Its three
     /// written tables lose their indexes and constraints and become
     /// UNLOGGED here; `finish` gives them back.
-    pub async fn bulk_fill(&self, group: &str, topic: &str) -> Result<BulkFill> {
-        let schema = self.schema_name().to_owned();
-        let client = self.client().await?;
+    pub async fn start(store: &Store, group: &str, topic: &str) -> Result<BulkFill> {
+        let schema = store.schema_name().to_owned();
+        let client = store.client().await?;
         let mut deferred = Vec::new();
         for table in TABLES {
             let mut make_again = Vec::new();
@@ -271,7 +271,7 @@ impl Store {
                 .await?
             {
                 let (name, definition): (String, String) = (row.get(0), row.get(1));
-                let name = crate::quote_identifier(&name);
+                let name = store::quote_identifier(&name);
                 drop.push(format!(
                     "ALTER TABLE {schema}.{table} DROP CONSTRAINT {name}"
                 ));
@@ -284,11 +284,11 @@ impl Store {
             client.batch_execute(&drop.join(";\n")).await?;
             deferred.push((table, constraints));
         }
-        let history = CopyStream::new(self.client().await?, HISTORY_COPY, &HISTORY_TYPES);
+        let history = CopyStream::new(store.client().await?, HISTORY_COPY, &HISTORY_TYPES);
         let dead_letters =
-            CopyStream::new(self.client().await?, DEAD_LETTER_COPY, &DEAD_LETTER_TYPES);
+            CopyStream::new(store.client().await?, DEAD_LETTER_COPY, &DEAD_LETTER_TYPES);
         Ok(BulkFill {
-            store: self.clone(),
+            store: store.clone(),
             group: group.to_owned(),
             topic: topic.to_owned(),
             orders: HashMap::new(),
@@ -393,7 +393,7 @@ impl BulkFill {
                     &record.value.as_deref(),
                     &d.kind,
                     &d.message.as_str(),
-                    &crate::headers::to_json(&record.headers),
+                    &store::headers::to_json(&record.headers),
                     &event_id,
                 ])
                 .await?;
@@ -512,7 +512,7 @@ impl BulkFill {
             });
         }
         while let Some(result) = builds.join_next().await {
-            result.map_err(|e| crate::Error::Migrate(format!("an index build failed: {e}")))??;
+            result.map_err(|e| store::Error::Migrate(format!("an index build failed: {e}")))??;
         }
         Ok(self.report)
     }
