@@ -1,12 +1,13 @@
 //! `watch`: the live picture of a topic and a consumer group, full screen
-//! (or one frame as text with `--once`). Read-only ([`Access::ReadOnly`]).
+//! (or one frame as text with `--once`). Read-only: its PostgreSQL sessions
+//! refuse writes (`tui::open_store`).
 
 use std::io::IsTerminal;
 use std::time::Duration;
 
 use clap::Args;
 
-use super::args::{Access, DbArgs, GroupArg, KafkaArgs, parse_duration};
+use super::args::{DbArgs, GroupArg, KafkaArgs, parse_duration};
 use super::{BadInput, shutdown_signal};
 
 #[derive(Debug, Args)]
@@ -49,7 +50,7 @@ pub(crate) async fn watch(args: WatchArgs) -> anyhow::Result<()> {
         )
         .into());
     }
-    let store = args.db.open_store(Access::ReadOnly).await?;
+    let store = tui::open_store(&args.db.config()?).await?;
     let kafka = args.kafka.config()?;
     tui::check_topic(&kafka, &args.kafka.topic).await?;
     let config = tui::WatchConfig {

@@ -473,3 +473,50 @@ async fn once_prints_the_frame_as_text() {
     );
     db.drop_db().await;
 }
+
+/// `watch` cannot write: the store it reads through is a session
+/// PostgreSQL keeps read-only, so even a write asked of it by mistake is
+/// refused (SQLSTATE 25006), while the same statement on a normal store
+/// of the same database goes through.
+#[tokio::test]
+async fn watch_reads_through_sessions_that_refuse_writes() {
+    let db = TestDb::create().await;
+    let writable = db.migrated_store(None).await;
+    let config = store::StoreConfig {
+        database_url: db.url.clone(),
+        ..store::StoreConfig::default()
+    };
+    let read_only = tui::open_store(&config).await.expect("open for watch");
+    assert!(read_only.store().is_read_only());
+    let write = "UPDATE consumer_offsets SET next_offset = next_offset";
+    let refused = read_only
+        .store()
+        .client()
+        .await
+        .expect("a connection")
+        .batch_execute(write)
+        .await
+        .expect_err("a read-only session refuses a write");
+    assert_eq!(
+        refused.code(),
+        Some(&tokio_postgres::error::SqlState::READ_ONLY_SQL_TRANSACTION),
+        "{refused}"
+    );
+    writable
+        .client()
+        .await
+        .expect("a connection")
+        .batch_execute(write)
+        .await
+        .expect("a normal session writes");
+    // What watch reads still reads.
+    assert!(
+        read_only
+            .store()
+            .members("g")
+            .await
+            .expect("members")
+            .is_empty()
+    );
+    db.drop_db().await;
+}

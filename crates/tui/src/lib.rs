@@ -6,7 +6,8 @@
 //!   sequence of readings tells (rates, stalls, rebalances). No I/O.
 //! - [`render`]: a snapshot and the [`View`] drawn into a ratatui buffer,
 //!   a pure function (tested on ratatui's `TestBackend`).
-//! - here: reading the broker and PostgreSQL (read-only), the refresh
+//! - here: reading the broker and PostgreSQL (a [`ReadOnlyStore`]: its
+//!   sessions refuse writes), the refresh
 //!   task, the terminal loop and `--once`.
 //!
 //! As the ratatui templates do it: a data task sends snapshots to the UI
@@ -33,7 +34,7 @@ use anyhow::Context;
 use kafka::{Client, KafkaConfig, PartitionOffsets, TopicOffsets};
 use ratatui::buffer::Buffer;
 use ratatui::layout::Rect;
-use store::Store;
+use store::{Store, StoreConfig};
 
 pub use model::{Judgement, KeyPlacement, PartitionState, Reading, Snapshot, Tracker};
 pub use render::{Action, Drawn, Key, View, buffer_text, draw, full_height};
@@ -121,6 +122,32 @@ impl Broker {
     }
 }
 
+/// The database as `watch` holds it: every transaction of every connection
+/// read-only, so PostgreSQL itself refuses a write whatever this crate
+/// asks. Only [`open_store`] makes one, and [`run`] and [`once`] take
+/// nothing else.
+#[derive(Debug, Clone)]
+pub struct ReadOnlyStore(Store);
+
+impl ReadOnlyStore {
+    /// The pool, for reading. Its sessions refuse writes.
+    pub fn store(&self) -> &Store {
+        &self.0
+    }
+}
+
+/// Connects for `watch` ([`StoreConfig::read_only`]) and checks that the
+/// schema holds foodpipe's tables; never creates or migrates anything.
+pub async fn open_store(config: &StoreConfig) -> anyhow::Result<ReadOnlyStore> {
+    let store = Store::connect(&StoreConfig {
+        read_only: true,
+        ..config.clone()
+    })
+    .await?;
+    store.check_migrated().await?;
+    Ok(ReadOnlyStore(store))
+}
+
 /// Reads the group's side in PostgreSQL, with the store's existing
 /// read-only queries.
 async fn read_db(store: &Store, group: &str, topic: &str) -> anyhow::Result<model::DbReading> {
@@ -144,13 +171,13 @@ async fn read_db(store: &Store, group: &str, topic: &str) -> anyhow::Result<mode
 /// Both sides, read concurrently, each within `read_timeout`.
 #[derive(Debug)]
 struct Sources {
-    store: Store,
+    store: ReadOnlyStore,
     broker: Broker,
     config: WatchConfig,
 }
 
 impl Sources {
-    fn new(store: Store, kafka: KafkaConfig, config: WatchConfig) -> Self {
+    fn new(store: ReadOnlyStore, kafka: KafkaConfig, config: WatchConfig) -> Self {
         Self {
             store,
             broker: Broker {
@@ -166,7 +193,7 @@ impl Sources {
     async fn read(&mut self) -> Reading {
         let limit = self.config.read_timeout;
         let late = move || format!("no answer within {}s", limit.as_secs_f64());
-        let db = read_db(&self.store, &self.config.group, &self.config.topic);
+        let db = read_db(self.store.store(), &self.config.group, &self.config.topic);
         let broker = self.broker.read();
         let (broker, db) = tokio::join!(
             tokio::time::timeout(limit, broker),
@@ -193,7 +220,7 @@ impl Sources {
 /// to show every partition and member: two readings `refresh` apart, so
 /// events/s are real rates. Never writes to the database.
 pub async fn once(
-    store: Store,
+    store: ReadOnlyStore,
     kafka: KafkaConfig,
     config: WatchConfig,
     width: u16,
@@ -288,7 +315,7 @@ fn read_keys(tx: tokio::sync::mpsc::Sender<Input>, stop: Arc<AtomicBool>) {
 /// The full-screen view, refreshed every `config.refresh`, until `q`,
 /// Ctrl-C or `shutdown`. Never writes to the database.
 pub async fn run(
-    store: Store,
+    store: ReadOnlyStore,
     kafka: KafkaConfig,
     config: WatchConfig,
     shutdown: impl Future<Output = ()>,
