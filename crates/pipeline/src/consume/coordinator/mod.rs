@@ -1,9 +1,10 @@
 //! The coordinator: this member's one place of decisions.
 //!
-//! It owns the membership view, the assignment, and the set of partitions
-//! this member holds (running, being taken, stopped, done), and it is the
-//! only task that starts or stops workers. Everything else reaches it by
-//! message:
+//! It owns the membership view, the assignment, and what this member
+//! holds of each partition: one state per partition (taking, running,
+//! stopping, stopped, done) in one table, [`held::Holdings`], changed only
+//! by its transitions. It is the only task that starts or stops workers.
+//! Everything else reaches it by message:
 //!
 //! - the heartbeat task (its own timer and its own connection, so no take,
 //!   fetch or commit can delay a heartbeat past the session timeout) sends
@@ -33,9 +34,12 @@ use super::worker::{Exit, Worker};
 use super::{ConsumeConfig, ConsumeSummary, MetricsListen, PartitionSummary};
 
 mod background;
+mod held;
+mod takes;
 mod workers;
 
 use background::{health_check, heartbeat_loop, targets, watch_partition_count};
+use held::{Holdings, LetGo, Tenure};
 
 /// What the heartbeat task reports.
 #[derive(Debug, Clone)]
@@ -63,13 +67,6 @@ impl Targets {
             None => end <= self.earliest.get(&partition).copied().unwrap_or(0),
         }
     }
-}
-
-/// A running worker, as the coordinator sees it.
-#[derive(Debug)]
-struct Running {
-    epoch: i64,
-    stop: watch::Sender<bool>,
 }
 
 /// Joins the group and runs the member until shutdown or, with
@@ -209,6 +206,7 @@ pub(super) async fn run(
         bars.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
     let group_metrics = crate::observe::GroupMetrics::new(&config.group, &config.topic);
+    let take_slots = Arc::new(Semaphore::new(config.take_concurrency.max(1)));
     let mut coordinator = Coordinator {
         config,
         member,
@@ -225,20 +223,13 @@ pub(super) async fn run(
         view: None,
         assigned: BTreeSet::new(),
         leases: Vec::new(),
-        running: BTreeMap::new(),
+        holdings: Holdings::default(),
         workers: JoinSet::new(),
-        worker_ids: BTreeMap::new(),
-        taking: BTreeSet::new(),
         takes: JoinSet::new(),
-        take_ids: BTreeMap::new(),
-        take_slots: Arc::new(Semaphore::new(0)),
-        stopped: BTreeMap::new(),
-        done: BTreeSet::new(),
+        take_slots,
         targets,
-        summaries: BTreeMap::new(),
         bars,
     };
-    coordinator.take_slots = Arc::new(Semaphore::new(coordinator.config.take_concurrency.max(1)));
     let outcome = coordinator.run(beats, shutdown).await;
     heartbeats.abort();
     probes.abort();
@@ -292,19 +283,16 @@ struct Coordinator {
     assigned: BTreeSet<i32>,
     /// The group's leases at the last rebalance.
     leases: Vec<LeaseRow>,
-    running: BTreeMap<i32, Running>,
+    /// One state per partition this member holds or is done with, and
+    /// the summary of every tenure.
+    holdings: Holdings,
+    /// The workers' tasks; each says its partition when it ends.
     workers: JoinSet<(i32, Exit, PartitionSummary)>,
-    worker_ids: BTreeMap<Id, i32>,
-    taking: BTreeSet<i32>,
+    /// The takes' tasks; each says its partition when it ends.
     takes: JoinSet<TakeResult>,
-    take_ids: BTreeMap<Id, i32>,
+    /// Bounds the takes running at once (`take_concurrency`).
     take_slots: Arc<Semaphore>,
-    /// Stopped partitions this member keeps, with the lease epoch if held.
-    stopped: BTreeMap<i32, Option<i64>>,
-    /// Partitions that reached their `--until-caught-up` target.
-    done: BTreeSet<i32>,
     targets: Option<Targets>,
-    summaries: BTreeMap<i32, PartitionSummary>,
     bars: indicatif::MultiProgress,
 }
 
@@ -429,29 +417,25 @@ impl Coordinator {
         }
         self.assigned = assigned;
         self.leases = leases;
-        let held: BTreeSet<i32> = self
-            .running
-            .keys()
-            .chain(self.taking.iter())
-            .chain(self.stopped.keys())
-            .copied()
-            .collect();
+        let held = self.holdings.held();
+        let done = self.holdings.done();
         let actions = rebalance::decide(rebalance::Inputs {
             assigned: &self.assigned,
             held: &held,
-            done: &self.done,
+            done: &done,
             leases: &holders,
         });
         for p in actions.release {
-            if let Some(r) = self.running.get(&p) {
+            match self.holdings.let_go(p) {
                 // The worker finishes its batch in hand; its exit releases.
-                let _ = r.stop.send(true);
-            } else if let Some(epoch) = self.stopped.remove(&p) {
-                self.release(p, epoch).await;
-                self.status.remove(p);
-            } else if !self.taking.contains(&p) {
+                // A take's end sees the assignment moved on.
+                LetGo::WorkerStopping | LetGo::Taking => {}
+                LetGo::Stopped(epoch) => {
+                    self.release(p, epoch).await;
+                    self.status.remove(p);
+                }
                 // A lease left by an earlier process of this member id.
-                self.release(p, None).await;
+                LetGo::NotHeld => self.release(p, None).await,
             }
         }
         for p in actions.take {
@@ -462,102 +446,9 @@ impl Coordinator {
         }
         // Partitions neither assigned nor held are no concern of ours.
         for p in 0..self.partitions as i32 {
-            if !self.assigned.contains(&p) && !held.contains(&p) && !self.done.contains(&p) {
+            if !self.assigned.contains(&p) && !held.contains(&p) && !done.contains(&p) {
                 self.status.remove(p);
             }
-        }
-    }
-
-    fn start_take(&mut self, partition: i32) {
-        if !self.taking.insert(partition) {
-            return;
-        }
-        self.status.set(partition, State::Taking);
-        let store = self.control.clone();
-        let client = Arc::clone(&self.reader_client);
-        let config = Arc::clone(&self.config);
-        let member = self.member.clone();
-        let slots = Arc::clone(&self.take_slots);
-        let handle = self.takes.spawn(async move {
-            let _slot = slots.acquire_owned().await;
-            let taken = offsets::take(&store, &client, &config, &member, partition).await;
-            (partition, taken)
-        });
-        self.take_ids.insert(handle.id(), partition);
-    }
-
-    async fn on_taken(
-        &mut self,
-        joined: std::result::Result<(Id, TakeResult), tokio::task::JoinError>,
-    ) {
-        let (partition, result) = match joined {
-            Ok((id, done)) => {
-                self.take_ids.remove(&id);
-                done
-            }
-            Err(e) => {
-                let Some(partition) = self.take_ids.remove(&e.id()) else {
-                    return;
-                };
-                (
-                    partition,
-                    Err(NotTaken::Failed {
-                        epoch: None,
-                        error: Error::Internal(format!(
-                            "the take of partition {partition} failed: {e}"
-                        )),
-                    }),
-                )
-            }
-        };
-        self.taking.remove(&partition);
-        match result {
-            Ok(taken) if !self.assigned.contains(&partition) => {
-                // The assignment moved on while taking.
-                self.release(partition, Some(taken.lease.epoch)).await;
-                self.status.remove(partition);
-            }
-            Ok(taken) => self.start_worker(partition, taken),
-            Err(NotTaken::Held(holder)) => {
-                self.status.set(partition, State::Waiting(holder));
-            }
-            Err(NotTaken::Failed { epoch, error }) => match error.action() {
-                Action::Retry | Action::Retake => {
-                    tracing::warn!(partition, %error, "could not take the partition; trying again at the next heartbeat");
-                    self.status.set(
-                        partition,
-                        State::Retrying {
-                            what: "take",
-                            error: error.to_string(),
-                        },
-                    );
-                    if let Some(epoch) = epoch {
-                        self.release(partition, Some(epoch)).await;
-                    }
-                }
-                Action::Stop => {
-                    let message = error.to_string();
-                    tracing::error!(partition, error = %message, "partition stopped");
-                    self.status.set(partition, State::Stopped(message.clone()));
-                    if let Some(epoch) = epoch {
-                        let lease = (self.member.id.as_str(), epoch);
-                        if let Err(e) = self
-                            .control
-                            .mark_stopped(
-                                &self.config.group,
-                                &self.config.topic,
-                                partition,
-                                lease,
-                                &message,
-                            )
-                            .await
-                        {
-                            tracing::warn!(partition, error = %e, "could not record the stop in consumer_offsets");
-                        }
-                    }
-                    self.stopped.insert(partition, epoch);
-                }
-            },
         }
     }
 }

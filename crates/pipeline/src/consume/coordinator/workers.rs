@@ -61,10 +61,10 @@ impl Coordinator {
             bar,
         };
         let handle = self.workers.spawn(worker.run());
-        self.worker_ids.insert(handle.id(), partition);
-        self.running.insert(
+        self.holdings.start_running(
             partition,
-            Running {
+            Tenure {
+                task: handle.id(),
                 epoch: lease.epoch,
                 stop: stop_tx,
             },
@@ -76,12 +76,9 @@ impl Coordinator {
         joined: std::result::Result<(Id, (i32, Exit, PartitionSummary)), tokio::task::JoinError>,
     ) {
         let (partition, exit, summary) = match joined {
-            Ok((id, done)) => {
-                self.worker_ids.remove(&id);
-                done
-            }
+            Ok((_, done)) => done,
             Err(e) => {
-                let Some(partition) = self.worker_ids.remove(&e.id()) else {
+                let Some(partition) = self.holdings.worker_in(e.id()) else {
                     return;
                 };
                 let error =
@@ -97,8 +94,7 @@ impl Coordinator {
         {
             mirror.released(partition, summary.next_offset);
         }
-        self.summaries.entry(partition).or_default().merge(summary);
-        let epoch = self.running.remove(&partition).map(|r| r.epoch);
+        let epoch = self.holdings.worker_ended(partition, summary);
         match exit {
             Exit::Released => {
                 self.release(partition, epoch).await;
@@ -107,7 +103,7 @@ impl Coordinator {
                 }
             }
             Exit::CaughtUp => {
-                self.done.insert(partition);
+                self.holdings.done_with(partition);
                 self.status.set(partition, State::Done);
                 self.release(partition, epoch).await;
             }
@@ -130,7 +126,7 @@ impl Coordinator {
             Exit::Stopped(_) => {
                 // The worker recorded the stop; the lease stays ours so
                 // the partition is not passed around to fail elsewhere.
-                self.stopped.insert(partition, epoch);
+                self.holdings.stopped(partition, epoch);
             }
         }
     }
@@ -180,7 +176,7 @@ impl Coordinator {
             .filter(|p| !targets.reached(*p, stored.get(p).copied()))
             .collect();
         let stopped_elsewhere = |p: &i32| {
-            self.stopped.contains_key(p)
+            self.holdings.is_stopped(*p)
                 || self
                     .leases
                     .iter()
@@ -192,17 +188,14 @@ impl Coordinator {
     /// Stops every worker (each finishes its batch in hand), leaves the
     /// group and builds the summary.
     pub(super) async fn finish(&mut self, outcome: Outcome) -> Result<ConsumeSummary> {
-        for r in self.running.values() {
-            let _ = r.stop.send(true);
-        }
+        self.holdings.stop_all_workers();
         self.takes.abort_all();
         let mut last_offsets = self.status.committed_offsets();
         while let Some(joined) = self.workers.join_next_with_id().await {
-            if let Ok((id, (partition, _, summary))) = joined {
-                self.worker_ids.remove(&id);
+            if let Ok((_, (partition, _, summary))) = joined {
                 last_offsets.retain(|(p, _)| *p != partition);
                 last_offsets.push((partition, summary.next_offset));
-                self.summaries.entry(partition).or_default().merge(summary);
+                self.holdings.worker_ended(partition, summary);
             }
         }
         if let Some(mirror) = self.mirror.take() {
@@ -245,7 +238,7 @@ impl Coordinator {
             topic: self.config.topic.clone(),
             group: self.config.group.clone(),
             member: self.member.id.clone(),
-            partitions: std::mem::take(&mut self.summaries).into_values().collect(),
+            partitions: self.holdings.take_summaries(),
             stopped,
             caught_up,
             interrupted,

@@ -1,0 +1,105 @@
+//! The coordinator's takes: starting one (concurrent, bounded by
+//! `take_slots`), what its end means, and stopping a partition this
+//! member keeps.
+
+use super::*;
+
+impl Coordinator {
+    /// Starts taking `partition` if it is free (see [`Holdings::start_take`]).
+    pub(super) fn start_take(&mut self, partition: i32) {
+        let store = self.control.clone();
+        let client = Arc::clone(&self.reader_client);
+        let config = Arc::clone(&self.config);
+        let member = self.member.clone();
+        let slots = Arc::clone(&self.take_slots);
+        let takes = &mut self.takes;
+        let started = self.holdings.start_take(partition, || {
+            let handle = takes.spawn(async move {
+                let _slot = slots.acquire_owned().await;
+                let taken = offsets::take(&store, &client, &config, &member, partition).await;
+                (partition, taken)
+            });
+            handle.id()
+        });
+        if started {
+            self.status.set(partition, State::Taking);
+        }
+    }
+
+    pub(super) async fn on_taken(
+        &mut self,
+        joined: std::result::Result<(Id, TakeResult), tokio::task::JoinError>,
+    ) {
+        let (partition, result) = match joined {
+            Ok((_, done)) => done,
+            Err(e) => {
+                let Some(partition) = self.holdings.taking_in(e.id()) else {
+                    return;
+                };
+                (
+                    partition,
+                    Err(NotTaken::Failed {
+                        epoch: None,
+                        error: Error::Internal(format!(
+                            "the take of partition {partition} failed: {e}"
+                        )),
+                    }),
+                )
+            }
+        };
+        self.holdings.take_ended(partition);
+        match result {
+            Ok(taken) if !self.assigned.contains(&partition) => {
+                // The assignment moved on while taking.
+                self.release(partition, Some(taken.lease.epoch)).await;
+                self.status.remove(partition);
+            }
+            Ok(taken) => self.start_worker(partition, taken),
+            Err(NotTaken::Held(holder)) => {
+                self.status.set(partition, State::Waiting(holder));
+            }
+            Err(NotTaken::Failed { epoch, error }) => match error.action() {
+                Action::Retry | Action::Retake => {
+                    tracing::warn!(partition, %error, "could not take the partition; trying again at the next heartbeat");
+                    self.status.set(
+                        partition,
+                        State::Retrying {
+                            what: "take",
+                            error: error.to_string(),
+                        },
+                    );
+                    if let Some(epoch) = epoch {
+                        self.release(partition, Some(epoch)).await;
+                    }
+                }
+                Action::Stop => self.stop(partition, epoch, &error).await,
+            },
+        }
+    }
+
+    /// Stops a free partition on an error retrying cannot fix: says so
+    /// (log and status), records it in `consumer_offsets` under the lease
+    /// at `epoch` if one was taken, and keeps the partition `Stopped`.
+    pub(super) async fn stop(&mut self, partition: i32, epoch: Option<i64>, error: &Error) {
+        let message = error.to_string();
+        tracing::error!(partition, error = %message, "partition stopped");
+        self.status.set(partition, State::Stopped(message.clone()));
+        if let Some(epoch) = epoch {
+            let lease = (self.member.id.as_str(), epoch);
+            if let Err(e) = self
+                .control
+                .mark_stopped(
+                    &self.config.group,
+                    &self.config.topic,
+                    partition,
+                    lease,
+                    &message,
+                )
+                .await
+            {
+                tracing::warn!(partition, error = %e, "could not record the stop in consumer_offsets");
+            }
+        }
+        self.holdings.stopped(partition, epoch);
+    }
+}
