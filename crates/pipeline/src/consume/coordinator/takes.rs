@@ -1,6 +1,6 @@
 //! The coordinator's takes: starting one (concurrent, bounded by
 //! `take_slots`), what its end means, and stopping a partition this
-//! member keeps.
+//! member keeps (the one place the coordinator marks a stop).
 
 use super::*;
 
@@ -77,9 +77,11 @@ impl Coordinator {
         }
     }
 
-    /// Stops a free partition on an error retrying cannot fix: says so
-    /// (log and status), records it in `consumer_offsets` under the lease
-    /// at `epoch` if one was taken, and keeps the partition `Stopped`.
+    /// Stops a free partition on an error retrying cannot fix (a take's, or
+    /// a worker that panicked): says so (log and status), records it in
+    /// `consumer_offsets` under the lease at `epoch` if one was taken, and
+    /// keeps the partition `Stopped`. A worker that stops on an error
+    /// records the stop itself (`Worker::run`) before its exit.
     pub(super) async fn stop(&mut self, partition: i32, epoch: Option<i64>, error: &Error) {
         let message = error.to_string();
         tracing::error!(partition, error = %message, "partition stopped");

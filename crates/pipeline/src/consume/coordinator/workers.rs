@@ -78,14 +78,19 @@ impl Coordinator {
         let (partition, exit, summary) = match joined {
             Ok((_, done)) => done,
             Err(e) => {
+                // The worker panicked, so it recorded nothing: the stop is
+                // said and recorded here, as for a take that cannot go on.
                 let Some(partition) = self.holdings.worker_in(e.id()) else {
                     return;
                 };
                 let error =
                     Error::Internal(format!("the worker of partition {partition} failed: {e}"));
-                self.status
-                    .set(partition, State::Stopped(error.to_string()));
-                (partition, Exit::Stopped(error), PartitionSummary::default())
+                self.fetcher.remove(partition);
+                let epoch = self
+                    .holdings
+                    .worker_ended(partition, PartitionSummary::default());
+                self.stop(partition, epoch, &error).await;
+                return;
             }
         };
         self.fetcher.remove(partition);
