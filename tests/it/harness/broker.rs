@@ -47,8 +47,6 @@ pub fn librdkafka_python() -> std::path::PathBuf {
     python
 }
 
-/// A script of `scripts/`.
-
 /// A Tansu broker of a test's own, on a free port with its own data
 /// directory, for tests that kill or restart the broker without
 /// disturbing the shared one.

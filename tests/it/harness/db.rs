@@ -245,25 +245,6 @@ fn rewrite_dbname(url: &str, dbname: &str) -> String {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The per-test database URL keeps user, password, host and query.
-    #[test]
-    fn dbname_is_rewritten() {
-        assert_eq!(
-            rewrite_dbname("postgres://u:p@h:5432/food_orders?sslmode=disable", "x"),
-            "postgres://u:p@h:5432/x?sslmode=disable"
-        );
-        assert_eq!(rewrite_dbname("postgres://u@h", "x"), "postgres://u@h/x");
-        assert_eq!(
-            db_url_with_host("postgres://u:p@127.0.0.1:5432/db?x=1", "postgres"),
-            "postgres://u:p@postgres:5432/db?x=1"
-        );
-    }
-}
-
 /// Folds `records` of `partition` (group `g`, topic `t`, offsets from 0)
 /// into `store` with `Store::apply_batch`, cut into batches at `cuts`.
 pub async fn fold_cut(
@@ -303,4 +284,23 @@ pub static RUNTIME: std::sync::LazyLock<tokio::runtime::Runtime> =
 pub async fn shared_db() -> &'static TestDb {
     static DB: tokio::sync::OnceCell<TestDb> = tokio::sync::OnceCell::const_new();
     DB.get_or_init(TestDb::create).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The per-test database URL keeps user, password, host and query.
+    #[test]
+    fn dbname_is_rewritten() {
+        assert_eq!(
+            rewrite_dbname("postgres://u:p@h:5432/food_orders?sslmode=disable", "x"),
+            "postgres://u:p@h:5432/x?sslmode=disable"
+        );
+        assert_eq!(rewrite_dbname("postgres://u@h", "x"), "postgres://u@h/x");
+        assert_eq!(
+            db_url_with_host("postgres://u:p@127.0.0.1:5432/db?x=1", "postgres"),
+            "postgres://u:p@postgres:5432/db?x=1"
+        );
+    }
 }

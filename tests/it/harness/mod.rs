@@ -83,6 +83,7 @@ pub async fn run_ok(cmd: Command) -> String {
     String::from_utf8(output.stdout).expect("utf-8 stdout")
 }
 
+/// A script of `scripts/`.
 pub fn script(name: &str) -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("scripts")
