@@ -11,16 +11,17 @@ use std::time::{Duration, Instant};
 
 use crate::harness::{
     NetCut, PrivateBroker, TestDb, assert_db_is_fold_of_topic, assert_db_is_fold_of_topic_at,
-    bootstrap_servers, counts, create_topic_at, db_url_with_host, foodpipe, free_port, http_get,
-    owners, produce_events_at, random_topic_name, read_topic_at, run_ok, send_delete_topic,
-    stop_all, wait_caught_up, wait_caught_up_at, wait_owners,
+    balanced, bootstrap_servers, counts, create_topic_at, db_url_with_host, foodpipe, free_port,
+    http_get, owners, produce_events_at, random_topic_name, read_topic_at, run_ok,
+    send_delete_topic, stop_all, wait_balanced, wait_caught_up, wait_caught_up_at, wait_owners,
 };
 
 const GROUP: &str = "order-processors";
 
-/// A default `consume` member of `topic` on `broker`, under `cut` if given.
+/// A default `consume` member of `topic` on the brokers of `bootstrap`,
+/// under `cut` if given.
 fn member(
-    broker: &PrivateBroker,
+    bootstrap: &str,
     topic: &str,
     db_url: &str,
     id: &str,
@@ -31,7 +32,7 @@ fn member(
         Some(cut) => cut.foodpipe(&args),
         None => foodpipe(&args),
     };
-    cmd.env("KAFKA_BOOTSTRAP_SERVERS", &broker.address)
+    cmd.env("KAFKA_BOOTSTRAP_SERVERS", bootstrap)
         .env("DATABASE_URL", db_url)
         .stdout(Stdio::piped())
         .stderr(log_file(topic, id));
@@ -136,25 +137,25 @@ async fn three_members(
     cut: &NetCut,
 ) -> Vec<tokio::process::Child> {
     let members = vec![
-        member(broker, topic, url, "m-a", None),
-        member(broker, topic, url, "m-b", None),
-        member(broker, topic, url, "m-c", Some(cut)),
+        member(&broker.address, topic, url, "m-a", None),
+        member(&broker.address, topic, url, "m-b", None),
+        member(&broker.address, topic, url, "m-c", Some(cut)),
     ];
+    wait_balanced(db, topic, Duration::from_secs(60), 3, 2).await;
+    members
+}
+
+/// Waits (a minute at most) until m-a and m-b own three of the six
+/// partitions each and m-c, cut off, none.
+async fn wait_moved_off_the_cut_member(db: &TestDb, topic: &str) {
     wait_owners(
         db,
         topic,
         Duration::from_secs(60),
-        "two partitions each",
-        |o| balanced(o, 3, 2),
+        "moved off the cut member",
+        |o| balanced(o, 2, 3) && !counts(o).contains_key("m-c"),
     )
     .await;
-    members
-}
-
-fn balanced(o: &BTreeMap<i32, Option<String>>, members: usize, each: usize) -> bool {
-    o.len() == members * each
-        && counts(o).len() == members
-        && counts(o).values().all(|n| *n == each)
 }
 
 /// Three default members on six partitions; one member's packets to the broker are dropped while it still heartbeats to PostgreSQL. Within seconds its /healthz answers 503 naming the broker (each answer within two seconds); its partitions go to the other two and lag reaches 0 within 60 s of the cut, under a producer; when the cut heals it takes its share back; the database equals a fold of the topic.
@@ -194,14 +195,7 @@ async fn a_member_cut_off_from_the_brokers_gives_its_partitions_up() {
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
-    wait_owners(
-        &db,
-        &topic,
-        Duration::from_secs(60),
-        "moved off the cut member",
-        |o| balanced(o, 2, 3) && !counts(o).contains_key("m-c"),
-    )
-    .await;
+    wait_moved_off_the_cut_member(&db, &topic).await;
     let moved = cut_at.elapsed();
     let (_, cut_off, _) = member_row(&db, "m-c").await;
     let cut_off = cut_off.expect("m-c says it is cut off");
@@ -220,10 +214,7 @@ async fn a_member_cut_off_from_the_brokers_gives_its_partitions_up() {
     );
 
     cut.heal();
-    wait_owners(&db, &topic, Duration::from_secs(60), "m-c rejoined", |o| {
-        balanced(o, 3, 2)
-    })
-    .await;
+    wait_balanced(&db, &topic, Duration::from_secs(60), 3, 2).await;
     assert_eq!(member_row(&db, "m-c").await.1, None, "no longer cut off");
     produce_events_at(&broker.address, &topic, 1_000, 2102).await;
     wait_caught_up_at(&broker.address, &db, &topic, Duration::from_secs(60)).await;
@@ -239,8 +230,8 @@ async fn every_member_cut_off_moves_nothing() {
     let db = TestDb::create().await;
     produce_events_at(&broker.address, &topic, 2_000, 2111).await;
     let cut = NetCut::new();
-    let a = member(&broker, &topic, &db.url, "m-a", Some(&cut));
-    let b = member(&broker, &topic, &db.url, "m-b", Some(&cut));
+    let a = member(&broker.address, &topic, &db.url, "m-a", Some(&cut));
+    let b = member(&broker.address, &topic, &db.url, "m-b", Some(&cut));
     wait_owners(
         &db,
         &topic,
@@ -302,22 +293,12 @@ async fn a_member_cut_off_from_postgresql_is_expired() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     cut.cut(5432);
     let cut_at = Instant::now();
-    wait_owners(
-        &db,
-        &topic,
-        Duration::from_secs(60),
-        "moved off the cut member",
-        |o| balanced(o, 2, 3) && !counts(o).contains_key("m-c"),
-    )
-    .await;
+    wait_moved_off_the_cut_member(&db, &topic).await;
     finished(load).await;
     let left = Duration::from_secs(60).saturating_sub(cut_at.elapsed());
     wait_caught_up_at(&broker.address, &db, &topic, left).await;
     cut.heal();
-    wait_owners(&db, &topic, Duration::from_secs(60), "m-c rejoined", |o| {
-        balanced(o, 3, 2)
-    })
-    .await;
+    wait_balanced(&db, &topic, Duration::from_secs(60), 3, 2).await;
     produce_events_at(&broker.address, &topic, 500, 2122).await;
     wait_caught_up_at(&broker.address, &db, &topic, Duration::from_secs(60)).await;
     finish(&broker.address, db, &topic, members).await;
@@ -375,30 +356,16 @@ async fn partitions_added_under_running_members_are_consumed() {
     let db = TestDb::create().await;
     create_topic_at(&broker.address, &topic, 2).await;
     produce_events_at(&broker.address, &topic, 600, 2141).await;
-    let a = member(&broker, &topic, &db.url, "m-a", None);
-    let b = member(&broker, &topic, &db.url, "m-b", None);
-    wait_owners(
-        &db,
-        &topic,
-        Duration::from_secs(60),
-        "one partition each",
-        |o| balanced(o, 2, 1),
-    )
-    .await;
+    let a = member(&broker.address, &topic, &db.url, "m-a", None);
+    let b = member(&broker.address, &topic, &db.url, "m-b", None);
+    wait_balanced(&db, &topic, Duration::from_secs(60), 2, 1).await;
     wait_caught_up_at(&broker.address, &db, &topic, Duration::from_secs(60)).await;
 
     send_delete_topic(&broker, &topic).await;
     broker.restart().await;
     create_topic_at(&broker.address, &topic, 4).await;
     produce_events_at(&broker.address, &topic, 800, 2142).await;
-    wait_owners(
-        &db,
-        &topic,
-        Duration::from_secs(60),
-        "four partitions, two each",
-        |o| balanced(o, 2, 2),
-    )
-    .await;
+    wait_balanced(&db, &topic, Duration::from_secs(60), 2, 2).await;
     wait_caught_up_at(&broker.address, &db, &topic, Duration::from_secs(90)).await;
     let (records, _) = read_topic_at(&broker.address, &topic).await;
     assert_eq!(records.len(), 800);
@@ -477,23 +444,11 @@ async fn three_brokers_survive_a_kill_and_a_rolling_restart() {
     let topic = random_topic_name();
     let db = TestDb::create().await;
     create_topic_at(&brokers[0].address, &topic, 6).await;
-    let start = |id: &str| {
-        let mut cmd = foodpipe(&["consume", "--topic", &topic, "--member-id", id]);
-        cmd.env("KAFKA_BOOTSTRAP_SERVERS", &list)
-            .env("DATABASE_URL", &db.url)
-            .stdout(Stdio::piped())
-            .stderr(log_file(&topic, id));
-        cmd.spawn().expect("member starts")
-    };
-    let members = vec![start("m-a"), start("m-b"), start("m-c")];
-    wait_owners(
-        &db,
-        &topic,
-        Duration::from_secs(60),
-        "two partitions each",
-        |o| balanced(o, 3, 2),
-    )
-    .await;
+    let members: Vec<_> = ["m-a", "m-b", "m-c"]
+        .into_iter()
+        .map(|id| member(&list, &topic, &db.url, id, None))
+        .collect();
+    wait_balanced(&db, &topic, Duration::from_secs(60), 3, 2).await;
     let mut load = foodpipe(&[
         "produce",
         "--topic",

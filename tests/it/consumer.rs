@@ -2,30 +2,22 @@
 //! PostgreSQL: bad records, duplicates, signals, crashes and restarts.
 
 use std::collections::BTreeMap;
-use std::process::Stdio;
 use std::time::Duration;
 
 use rand::Rng;
 use tokio::io::AsyncWriteExt;
 
 use crate::harness::{
-    TestDb, assert_db_is_fold_of_topic, consume_until_caught_up, foodpipe, http_get,
+    TestDb, all_stored_offsets, assert_db_is_fold_of_topic, consume_until_caught_up,
+    consume_until_caught_up_at, foodpipe, generated, history_len, http_get, offset_gaps,
     produce_events, produce_events_at, random_topic_name, read_topic_raw, read_topic_raw_at,
-    run_ok, send_lines, signal, spawn_consumer, wait_caught_up, wait_caught_up_at,
+    run_ok, send_lines, signal, spawn_consumer, spawn_consumer_at, stop, wait_caught_up,
+    wait_caught_up_at,
 };
 
 /// Generated events as `KEY<TAB>JSON` lines.
 async fn generated_lines(count: u32, seed: u64, customers: u32) -> Vec<Vec<u8>> {
-    let out = run_ok(foodpipe(&[
-        "generate",
-        "--count",
-        &count.to_string(),
-        "--seed",
-        &seed.to_string(),
-        "--customers",
-        &customers.to_string(),
-    ]))
-    .await;
+    let out = generated(count, seed, &["--customers", &customers.to_string()]).await;
     out.lines().map(|l| l.as_bytes().to_vec()).collect()
 }
 
@@ -148,12 +140,7 @@ async fn every_bad_record_class_is_dead_lettered_and_neighbours_apply() {
         assert!(!error.is_empty());
     }
     // The neighbours applied: every good event plus order X's creation.
-    let history: i64 = pg
-        .query_one("SELECT count(*) FROM order_events", &[])
-        .await
-        .expect("count")
-        .get(0);
-    assert_eq!(history, 21);
+    assert_eq!(history_len(&pg).await, 21);
     let x_status: String = pg
         .query_one(
             "SELECT status FROM orders WHERE order_id::text = $1",
@@ -308,12 +295,7 @@ async fn crash_at_random_points_loses_and_repeats_nothing() {
         tokio::time::sleep(Duration::from_millis(alive)).await;
         child.start_kill().expect("SIGKILL");
         let _ = child.wait().await;
-        let applied: i64 = pg
-            .query_one("SELECT count(*) FROM order_events", &[])
-            .await
-            .expect("count")
-            .get(0);
-        applied_after_kill.push(applied);
+        applied_after_kill.push(history_len(&pg).await);
     }
     let mid_stream = applied_after_kill
         .windows(2)
@@ -335,7 +317,7 @@ async fn postgres_connection_loss_is_retried() {
     let topic = random_topic_name();
     let db = TestDb::create().await;
     produce_events(&topic, 20_000, 29).await;
-    let mut child = spawn_consumer(&topic, &db, &["--fetch-max-bytes", "16384"]);
+    let child = spawn_consumer(&topic, &db, &["--fetch-max-bytes", "16384"]);
     let admin = db.client().await;
     let mut killed = 0i64;
     for _ in 0..6 {
@@ -353,9 +335,7 @@ async fn postgres_connection_loss_is_retried() {
     }
     assert!(killed > 0, "the consumer's connections were terminated");
     wait_caught_up(&db, &topic, Duration::from_secs(90)).await;
-    signal(&child, "TERM");
-    let status = child.wait().await.expect("exits");
-    assert!(status.success());
+    stop(child).await;
     assert_db_is_fold_of_topic(&db, &topic, "order-processors").await;
     db.drop_db().await;
 }
@@ -368,16 +348,8 @@ async fn recreated_topic_is_detected_and_reset_by_policy() {
     let bootstrap = broker.address.clone();
     let topic = random_topic_name();
     let db = TestDb::create().await;
-    let consume = |extra: &'static [&'static str]| {
-        let mut args = vec!["consume", "--until-caught-up", "--topic", &topic];
-        args.extend_from_slice(extra);
-        let mut cmd = foodpipe(&args);
-        cmd.env("DATABASE_URL", &db.url)
-            .env("KAFKA_BOOTSTRAP_SERVERS", &bootstrap);
-        cmd
-    };
     produce_events_at(&bootstrap, &topic, 300, 31).await;
-    run_ok(consume(&[])).await;
+    consume_until_caught_up_at(&bootstrap, &topic, &db, &[]).await;
     // Partition 0 as if stored before fingerprints existed: the check must
     // fall back to the event id recorded in history.
     db.client()
@@ -393,11 +365,17 @@ async fn recreated_topic_is_detected_and_reset_by_policy() {
     // More records than before, so most stored offsets still look in range.
     produce_events_at(&bootstrap, &topic, 900, 32).await;
 
-    let output = crate::harness::run_within(
-        consume(&["--offset-reset", "fail"]),
-        Duration::from_secs(60),
-    )
-    .await;
+    let mut fail = foodpipe(&[
+        "consume",
+        "--until-caught-up",
+        "--topic",
+        &topic,
+        "--offset-reset",
+        "fail",
+    ]);
+    fail.env("DATABASE_URL", &db.url)
+        .env("KAFKA_BOOTSTRAP_SERVERS", &bootstrap);
+    let output = crate::harness::run_within(fail, Duration::from_secs(60)).await;
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
@@ -406,24 +384,15 @@ async fn recreated_topic_is_detected_and_reset_by_policy() {
     );
     assert!(stderr.contains("recreated"), "says why: {stderr}");
 
-    run_ok(consume(&[])).await;
+    consume_until_caught_up_at(&bootstrap, &topic, &db, &[]).await;
     let pg = db.client().await;
-    let gaps: Vec<(String, i64, i32)> = pg
-        .query(
-            "SELECT reason, reset_to, new_incarnation FROM offset_gaps ORDER BY partition",
-            &[],
-        )
-        .await
-        .expect("gaps")
-        .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2)))
-        .collect();
+    let gaps = offset_gaps(&db).await;
     assert_eq!(gaps.len(), 3, "one gap per partition: {gaps:?}");
-    for (reason, reset_to, incarnation) in &gaps {
+    for gap in &gaps {
         // Three times as many records as before: every stored offset is
         // inside the new log, so only the record check can tell.
-        assert_eq!(reason, "recreated");
-        assert_eq!((*reset_to, *incarnation), (0, 1));
+        assert_eq!(gap.reason, "recreated");
+        assert_eq!((gap.reset_to, gap.new_incarnation), (0, 1));
     }
 
     // Every event of the new log is in history at its new position.
@@ -450,14 +419,7 @@ async fn recreated_topic_is_detected_and_reset_by_policy() {
             "event {id}"
         );
     }
-    let stored: BTreeMap<i32, i64> = pg
-        .query("SELECT partition, next_offset FROM consumer_offsets", &[])
-        .await
-        .expect("offsets")
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
-    assert_eq!(stored, watermarks);
+    assert_eq!(all_stored_offsets(&db).await, watermarks);
     db.drop_db().await;
 }
 
@@ -469,24 +431,15 @@ async fn broker_restart_is_survived() {
     let topic = random_topic_name();
     let db = TestDb::create().await;
     produce_events_at(&bootstrap, &topic, 20_000, 37).await;
-    let mut cmd = foodpipe(&["consume", "--topic", &topic, "--fetch-max-bytes", "16384"]);
-    cmd.env("DATABASE_URL", &db.url)
-        // A dead first entry: bootstrap must go on to the next one.
-        .env(
-            "KAFKA_BOOTSTRAP_SERVERS",
-            format!("127.0.0.1:1,{bootstrap}"),
-        )
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("consumer starts");
+    // A dead first entry: bootstrap must go on to the next one.
+    let list = format!("127.0.0.1:1,{bootstrap}");
+    let child = spawn_consumer_at(&list, &topic, &db, &["--fetch-max-bytes", "16384"]);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     broker.kill().await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     broker.restart().await;
     wait_caught_up_at(&bootstrap, &db, &topic, Duration::from_secs(90)).await;
-    signal(&child, "TERM");
-    let status = child.wait().await.expect("exits");
-    assert!(status.success());
+    stop(child).await;
     crate::harness::assert_db_is_fold_of_topic_at(&bootstrap, &db, &topic, "order-processors")
         .await;
     db.drop_db().await;
@@ -500,11 +453,7 @@ async fn metrics_and_health_are_served() {
     produce_events(&topic, 2000, 41).await;
     let port = crate::harness::free_port();
     let addr = format!("127.0.0.1:{port}");
-    let mut cmd = foodpipe(&["consume", "--topic", &topic, "--metrics-addr", &addr]);
-    cmd.env("DATABASE_URL", &db.url)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let child = cmd.spawn().expect("consumer starts");
+    let child = spawn_consumer(&topic, &db, &["--metrics-addr", &addr]);
     wait_caught_up(&db, &topic, Duration::from_secs(60)).await;
 
     let (_, watermarks) = read_topic_raw(&topic).await;
@@ -545,9 +494,7 @@ async fn metrics_and_health_are_served() {
 
     let (status, health) = http_get(&addr, "/healthz").await;
     assert_eq!((status, health.trim()), (200, "ok"));
-    signal(&child, "TERM");
-    let out = child.wait_with_output().await.expect("exits");
-    assert!(out.status.success());
+    stop(child).await;
     db.drop_db().await;
 }
 
@@ -560,12 +507,7 @@ async fn health_follows_the_broker() {
     produce_events_at(&broker.address, &topic, 50, 43).await;
     let port = crate::harness::free_port();
     let addr = format!("127.0.0.1:{port}");
-    let mut cmd = foodpipe(&["consume", "--topic", &topic, "--metrics-addr", &addr]);
-    cmd.env("DATABASE_URL", &db.url)
-        .env("KAFKA_BOOTSTRAP_SERVERS", &broker.address)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let child = cmd.spawn().expect("consumer starts");
+    let child = spawn_consumer_at(&broker.address, &topic, &db, &["--metrics-addr", &addr]);
     let wait_for = |want: u16| {
         let addr = addr.clone();
         async move {
@@ -593,9 +535,7 @@ async fn health_follows_the_broker() {
     assert!(!reason.trim().is_empty(), "503 says why");
     broker.restart().await;
     wait_for(200).await;
-    signal(&child, "TERM");
-    let out = child.wait_with_output().await.expect("exits");
-    assert!(out.status.success());
+    stop(child).await;
     db.drop_db().await;
 }
 

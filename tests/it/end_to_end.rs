@@ -2,7 +2,8 @@
 //! binary, check PostgreSQL against the topic read back independently.
 
 use crate::harness::{
-    TestDb, assert_db_is_fold_of_topic, consume_until_caught_up, produce_events, random_topic_name,
+    TestDb, assert_db_is_fold_of_topic, consume_until_caught_up, history_len, produce_events,
+    random_topic_name,
 };
 
 /// 1,000 events over 3 partitions: each lands in history once, each order shows its last event's status, and offsets equal high watermarks.
@@ -23,12 +24,7 @@ async fn produce_then_consume_folds_every_event_exactly_once() {
 
     assert_db_is_fold_of_topic(&db, &topic, "order-processors").await;
     let pg = db.client().await;
-    let history: i64 = pg
-        .query_one("SELECT count(*) FROM order_events", &[])
-        .await
-        .expect("count")
-        .get(0);
-    assert_eq!(history, 1000);
+    assert_eq!(history_len(&pg).await, 1000);
     let dead: i64 = pg
         .query_one("SELECT count(*) FROM dead_letters", &[])
         .await

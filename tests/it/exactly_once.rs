@@ -232,14 +232,6 @@ proptest! {
     }
 }
 
-/// `consume --until-caught-up` at `bootstrap`, default flags.
-async fn consume_at(bootstrap: &str, topic: &str, db: &TestDb) {
-    let mut cmd = harness::foodpipe(&["consume", "--until-caught-up", "--topic", topic]);
-    cmd.env("DATABASE_URL", &db.url)
-        .env("KAFKA_BOOTSTRAP_SERVERS", bootstrap);
-    harness::run_ok(cmd).await;
-}
-
 /// Event ids of every record of `topic` at `bootstrap`.
 async fn topic_event_ids(bootstrap: &str, topic: &str) -> HashSet<Uuid> {
     let (records, _) = harness::read_topic_raw_at(bootstrap, topic).await;
@@ -266,23 +258,13 @@ async fn group_reset_on_a_recreated_topic_loses_no_record() {
     let topic = harness::random_topic_name();
     let db = TestDb::create().await;
     harness::produce_events_at(&bootstrap, &topic, 300, 31).await;
-    consume_at(&bootstrap, &topic, &db).await;
+    harness::consume_until_caught_up_at(&bootstrap, &topic, &db, &[]).await;
 
     harness::delete_topic(&broker, &topic).await;
     harness::produce_events_at(&bootstrap, &topic, 200, 32).await;
-    let mut reset = harness::foodpipe(&[
-        "group",
-        "reset",
-        "--topic",
-        &topic,
-        "--to-earliest",
-        "--execute",
-    ]);
-    reset
-        .env("DATABASE_URL", &db.url)
-        .env("KAFKA_BOOTSTRAP_SERVERS", &bootstrap);
-    harness::run_ok(reset).await;
-    consume_at(&bootstrap, &topic, &db).await;
+    let reset = ["--to-earliest", "--execute"];
+    harness::run_ok(harness::group_reset(&bootstrap, &db, &topic, &reset)).await;
+    harness::consume_until_caught_up_at(&bootstrap, &topic, &db, &[]).await;
 
     let new = topic_event_ids(&bootstrap, &topic).await;
     assert_eq!(new.len(), 200);
@@ -464,18 +446,7 @@ async fn a_reset_never_clears_the_lease_of_a_member_that_joined_meanwhile() {
     let db = TestDb::create().await;
     let store = db.migrated_store(None).await;
     let timeout = Duration::from_secs(10);
-    let member = store::Member {
-        group: "g".into(),
-        id: "joined-late".into(),
-        host: "test".into(),
-        pid: 1,
-        session: Uuid::new_v4(),
-        metrics_addr: None,
-    };
-    store
-        .heartbeat(&member, "test", true, timeout)
-        .await
-        .expect("joins");
+    let member = harness::joined_member(&store, "g", "joined-late", timeout).await;
     let lease = store
         .take_lease(&member, "t", 0, timeout, Some(7))
         .await

@@ -2,13 +2,13 @@
 //! after a crash, fencing a paused owner, resets, and independent groups.
 
 use std::collections::BTreeMap;
-use std::process::Stdio;
 use std::time::Duration;
 
 use crate::harness::{
-    TestDb, assert_db_is_fold_of_topic, consume_until_caught_up, counts, foodpipe, owners,
-    produce_events_to, random_topic_name, read_topic_raw, signal, stop_all, wait_caught_up,
-    wait_owners,
+    TestDb, assert_db_is_fold_of_topic, bootstrap_servers, consume_until_caught_up, counts,
+    group_reset, history_len, joined_member, owners, produce_events_to, random_topic_name,
+    read_topic_raw, signal, spawn_consumer, stop_all, stored_offsets, wait_balanced,
+    wait_caught_up, wait_owners,
 };
 
 const GROUP: &str = "order-processors";
@@ -16,24 +16,12 @@ const GROUP: &str = "order-processors";
 /// A `consume` member with a 3 s session timeout (unless `extra` sets
 /// one) and tiny fetches, so it is still busy while the test acts.
 fn member(topic: &str, db: &TestDb, id: &str, extra: &[&str]) -> tokio::process::Child {
-    let mut args = vec![
-        "consume",
-        "--topic",
-        topic,
-        "--member-id",
-        id,
-        "--fetch-max-bytes",
-        "4096",
-    ];
+    let mut args = vec!["--member-id", id, "--fetch-max-bytes", "4096"];
     if !extra.contains(&"--session-timeout") {
         args.extend_from_slice(&["--session-timeout", "3s"]);
     }
     args.extend_from_slice(extra);
-    let mut cmd = foodpipe(&args);
-    cmd.env("DATABASE_URL", &db.url)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    cmd.spawn().expect("member starts")
+    spawn_consumer(topic, db, &args)
 }
 
 /// Three members over six partitions get two each; a SIGKILLed member's partitions move to the others within the session timeout, come back when it rejoins, and no event is lost or applied twice.
@@ -45,17 +33,7 @@ async fn three_members_share_and_rebalance() {
     let a = member(&topic, &db, "m-a", &[]);
     let b = member(&topic, &db, "m-b", &[]);
     let mut c = member(&topic, &db, "m-c", &[]);
-    let balanced = |o: &BTreeMap<i32, Option<String>>| {
-        o.len() == 6 && counts(o).len() == 3 && counts(o).values().all(|n| *n == 2)
-    };
-    wait_owners(
-        &db,
-        &topic,
-        Duration::from_secs(30),
-        "two partitions each",
-        balanced,
-    )
-    .await;
+    wait_balanced(&db, &topic, Duration::from_secs(30), 3, 2).await;
 
     c.start_kill().expect("SIGKILL");
     let _ = c.wait().await;
@@ -75,14 +53,7 @@ async fn three_members_share_and_rebalance() {
     assert!(moved < Duration::from_secs(10), "took {moved:?}");
 
     c = member(&topic, &db, "m-c", &[]);
-    wait_owners(
-        &db,
-        &topic,
-        Duration::from_secs(30),
-        "balanced again",
-        balanced,
-    )
-    .await;
+    wait_balanced(&db, &topic, Duration::from_secs(30), 3, 2).await;
 
     // More events while the three share the topic, then a clean stop (each
     // leaves at once) and one member with big fetches to finish the rest.
@@ -103,14 +74,7 @@ async fn paused_owner_is_fenced() {
     produce_events_to(&topic, 20_000, 63, 2).await;
     let a = member(&topic, &db, "zombie", &[]);
     let b = member(&topic, &db, "healthy", &[]);
-    wait_owners(
-        &db,
-        &topic,
-        Duration::from_secs(30),
-        "one partition each",
-        |o| o.len() == 2 && counts(o).values().all(|n| *n == 1) && counts(o).len() == 2,
-    )
-    .await;
+    wait_balanced(&db, &topic, Duration::from_secs(30), 2, 1).await;
     let zombie_partition = *owners(&db, &topic)
         .await
         .iter()
@@ -167,29 +131,14 @@ async fn paused_owner_is_fenced() {
 async fn stale_epoch_cannot_commit() {
     let db = TestDb::create().await;
     let store = db.migrated_store(None).await;
-    let member = |id: &str| store::Member {
-        group: GROUP.to_owned(),
-        id: id.to_owned(),
-        host: "test".to_owned(),
-        pid: 1,
-        session: uuid::Uuid::new_v4(),
-        metrics_addr: None,
-    };
     let timeout = Duration::from_secs(10);
-    let (a_member, b_member) = (member("a"), member("b"));
-    store
-        .heartbeat(&a_member, "test", true, timeout)
-        .await
-        .expect("a joins");
+    let a_member = joined_member(&store, GROUP, "a", timeout).await;
     let a = store
         .take_lease(&a_member, "t", 0, timeout, Some(0))
         .await
         .expect("take")
         .expect("free");
-    store
-        .heartbeat(&b_member, "test", true, timeout)
-        .await
-        .expect("b joins");
+    let b_member = joined_member(&store, GROUP, "b", timeout).await;
     // "a" is live: "b" cannot take its lease.
     let refused = store
         .take_lease(&b_member, "t", 0, timeout, Some(0))
@@ -227,13 +176,11 @@ async fn stale_epoch_cannot_commit() {
         matches!(stale, Err(store::Error::LeaseLost { .. })),
         "{stale:?}"
     );
-    let pg = db.client().await;
-    let history: i64 = pg
-        .query_one("SELECT count(*) FROM order_events", &[])
-        .await
-        .expect("count")
-        .get(0);
-    assert_eq!(history, 0, "the refused batch wrote nothing");
+    assert_eq!(
+        history_len(&db.client().await).await,
+        0,
+        "the refused batch wrote nothing"
+    );
     let current = store
         .apply_batch(&batch(Some(("b", b.epoch))))
         .await
@@ -244,25 +191,12 @@ async fn stale_epoch_cannot_commit() {
 
 /// The stored offsets of the group on `topic`, by partition.
 async fn stored(db: &TestDb, topic: &str) -> BTreeMap<i32, i64> {
-    db.client()
-        .await
-        .query(
-            "SELECT partition, next_offset FROM consumer_offsets WHERE group_id = $1 AND topic = $2",
-            &[&GROUP, &topic],
-        )
-        .await
-        .expect("offsets")
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect()
+    stored_offsets(db, GROUP, topic).await
 }
 
 /// `group reset` with `args`; returns the NEW-OFFSET column by partition.
 async fn reset(db: &TestDb, topic: &str, args: &[&str]) -> BTreeMap<i32, i64> {
-    let mut all = vec!["group", "reset", "--topic", topic];
-    all.extend_from_slice(args);
-    let mut cmd = foodpipe(&all);
-    cmd.env("DATABASE_URL", &db.url);
+    let cmd = group_reset(&bootstrap_servers(), db, topic, args);
     let out = crate::harness::run_ok(cmd).await;
     out.lines()
         .skip(1)
@@ -334,15 +268,12 @@ async fn group_reset_plans_executes_and_refuses_while_live() {
         |o| o.values().all(|m| m.as_deref() == Some("alive")),
     )
     .await;
-    let mut cmd = foodpipe(&[
-        "group",
-        "reset",
-        "--topic",
+    let cmd = group_reset(
+        &bootstrap_servers(),
+        &db,
         &topic,
-        "--to-earliest",
-        "--execute",
-    ]);
-    cmd.env("DATABASE_URL", &db.url);
+        &["--to-earliest", "--execute"],
+    );
     let out = crate::harness::run_within(cmd, Duration::from_secs(30)).await;
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -417,10 +348,7 @@ async fn static_member_restart_keeps_its_partitions() {
     produce_events_to(&topic, 3_000, 75, 4).await;
     let other = member(&topic, &db, "other", &["--session-timeout", "20s"]);
     let mut fixed = member(&topic, &db, "fixed", &["--session-timeout", "20s"]);
-    let two_each = |o: &BTreeMap<i32, Option<String>>| {
-        o.len() == 4 && counts(o).len() == 2 && counts(o).values().all(|n| *n == 2)
-    };
-    wait_owners(&db, &topic, Duration::from_secs(30), "two each", two_each).await;
+    wait_balanced(&db, &topic, Duration::from_secs(30), 2, 2).await;
     let gen_before = generation(&db).await;
     let fixed_partitions: Vec<i32> = owners(&db, &topic)
         .await

@@ -1,7 +1,6 @@
 //! Issue 14: the offset mirror, seen by independent Kafka clients
 //! (librdkafka and kafka-python) against real brokers.
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use crate::harness::*;
@@ -26,17 +25,8 @@ async fn kafka_clients_see_the_stored_offsets() {
         );
     }
 
-    let mut reset = foodpipe(&[
-        "group",
-        "reset",
-        "--topic",
-        &topic,
-        "--to-offset",
-        "100",
-        "--execute",
-    ]);
-    reset.env("DATABASE_URL", &db.url);
-    run_ok(reset).await;
+    let reset = ["--to-offset", "100", "--execute"];
+    run_ok(group_reset(&bootstrap, &db, &topic, &reset)).await;
     let after = stored_offsets(&db, GROUP, &topic).await;
     assert!(after.values().all(|o| *o == 100), "{after:?}");
     for client in ["confluent", "kafka-python"] {
@@ -93,13 +83,7 @@ async fn a_running_member_keeps_the_mirror_current() {
             "broker column, no drift: {row}"
         );
     }
-    signal(&member, "TERM");
-    let out = member.wait_with_output().await.expect("exits");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    stop(member).await;
     db.drop_db().await;
 }
 
@@ -114,12 +98,7 @@ async fn an_unreachable_coordinator_never_stops_the_pipeline() {
     let topic = random_topic_name();
     let db = TestDb::create().await;
     produce_events_at(&proxy.address, &topic, 900, 84).await;
-    let mut cmd = foodpipe(&["consume", "--topic", &topic]);
-    cmd.env("DATABASE_URL", &db.url)
-        .env("KAFKA_BOOTSTRAP_SERVERS", &proxy.address)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let member = cmd.spawn().expect("member starts");
+    let member = spawn_consumer_at(&proxy.address, &topic, &db, &[]);
     wait_caught_up_at(&proxy.address, &db, &topic, Duration::from_secs(60)).await;
     // A few mirror intervals: the counter rises, the pipeline is fine.
     let addr: String = db
@@ -157,13 +136,7 @@ async fn an_unreachable_coordinator_never_stops_the_pipeline() {
         proxy.refused.load(std::sync::atomic::Ordering::SeqCst) > 0,
         "the proxy refused the mirror's requests"
     );
-    signal(&member, "TERM");
-    let out = member.wait_with_output().await.expect("exits");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = stop(member).await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("cannot mirror offsets to the broker"),

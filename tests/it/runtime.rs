@@ -3,28 +3,17 @@
 //! hundreds of partitions, a member id used twice, a partition that cannot
 //! be fetched, and a topic recreated under a running member.
 
-use std::collections::BTreeMap;
 use std::process::Stdio;
 use std::time::Duration;
 
 use crate::harness::{
-    TestDb, assert_db_is_fold_of_topic, counts, foodpipe, http_get, metrics_addrs, owners,
-    produce_events_at, produce_events_to, random_topic_name, read_topic_raw, run_within, signal,
-    stop_all, wait_caught_up, wait_caught_up_at, wait_owners,
+    TestDb, all_stored_offsets, assert_db_is_fold_of_topic, consume_until_caught_up, counts,
+    foodpipe, http_get, metrics_addrs, offset_gaps, owners, produce_events_at, produce_events_to,
+    random_topic_name, read_topic_raw, run_within, signal, spawn_consumer, spawn_consumer_at,
+    spawn_members, stop, stop_all, wait_balanced, wait_caught_up, wait_caught_up_at, wait_owners,
 };
 
 const GROUP: &str = "order-processors";
-
-/// `foodpipe consume --topic T` with nothing else set, as a user starts it.
-fn plain_member(topic: &str, db: &TestDb, extra: &[&str]) -> tokio::process::Child {
-    let mut args = vec!["consume", "--topic", topic];
-    args.extend_from_slice(extra);
-    let mut cmd = foodpipe(&args);
-    cmd.env("DATABASE_URL", &db.url)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    cmd.spawn().expect("member starts")
-}
 
 /// Three `consume` processes with default flags on one host all stay up, each owns two of six partitions and serves its own metrics address; together they fold the topic.
 #[tokio::test]
@@ -32,15 +21,8 @@ async fn three_default_members_on_one_host_share_six_partitions() {
     let topic = random_topic_name();
     let db = TestDb::create().await;
     produce_events_to(&topic, 6_000, 71, 6).await;
-    let mut members: Vec<_> = (0..3).map(|_| plain_member(&topic, &db, &[])).collect();
-    wait_owners(
-        &db,
-        &topic,
-        Duration::from_secs(30),
-        "two partitions for each of three members",
-        |o| o.len() == 6 && counts(o).len() == 3 && counts(o).values().all(|n| *n == 2),
-    )
-    .await;
+    let mut members = spawn_members(&topic, &db, 3, &[]);
+    wait_balanced(&db, &topic, Duration::from_secs(30), 3, 2).await;
     for m in &mut members {
         assert!(
             m.try_wait().expect("poll").is_none(),
@@ -72,9 +54,7 @@ async fn until_caught_up_after_a_crash_waits_for_the_whole_group() {
     let db = TestDb::create().await;
     produce_events_to(&topic, 30_000, 72, 6).await;
     // Small fetches keep the members busy long enough to be killed mid-stream.
-    let mut members: Vec<_> = (0..3)
-        .map(|_| plain_member(&topic, &db, &["--fetch-max-bytes", "4096"]))
-        .collect();
+    let mut members = spawn_members(&topic, &db, 3, &["--fetch-max-bytes", "4096"]);
     wait_owners(&db, &topic, Duration::from_secs(30), "all six owned", |o| {
         o.len() == 6 && o.values().all(Option::is_some)
     })
@@ -87,29 +67,13 @@ async fn until_caught_up_after_a_crash_waits_for_the_whole_group() {
         let _ = m.wait().await;
     }
     let (_, watermarks) = read_topic_raw(&topic).await;
-    let stored_before: BTreeMap<i32, i64> = db
-        .client()
-        .await
-        .query("SELECT partition, next_offset FROM consumer_offsets", &[])
-        .await
-        .expect("offsets")
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
+    let stored_before = all_stored_offsets(&db).await;
     assert_ne!(
         stored_before, watermarks,
         "killed mid-stream, not after the end"
     );
 
-    let mut cmd = foodpipe(&["consume", "--topic", &topic, "--until-caught-up", "--json"]);
-    cmd.env("DATABASE_URL", &db.url);
-    let output = run_within(cmd, Duration::from_secs(120)).await;
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let summary: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON summary");
+    let summary = consume_until_caught_up(&topic, &db, &[]).await;
     assert_eq!(summary["caught_up"], true, "{summary}");
     // Nothing else runs now: what the database holds is what it exited on.
     assert_db_is_fold_of_topic(&db, &topic, GROUP).await;
@@ -123,7 +87,7 @@ async fn four_hundred_partitions_three_members() {
     let topic = random_topic_name();
     let db = TestDb::create().await;
     produce_events_to(&topic, 20_000, 73, 400).await;
-    let members: Vec<_> = (0..3).map(|_| plain_member(&topic, &db, &[])).collect();
+    let members = spawn_members(&topic, &db, 3, &[]);
     wait_owners(
         &db,
         &topic,
@@ -158,12 +122,12 @@ async fn second_process_with_the_same_member_id_replaces_the_first() {
     let topic = random_topic_name();
     let db = TestDb::create().await;
     produce_events_to(&topic, 3_000, 74, 3).await;
-    let first = plain_member(&topic, &db, &["--member-id", "twin"]);
+    let first = spawn_consumer(&topic, &db, &["--member-id", "twin"]);
     wait_owners(&db, &topic, Duration::from_secs(30), "owned by twin", |o| {
         o.len() == 3 && o.values().all(|m| m.as_deref() == Some("twin"))
     })
     .await;
-    let second = plain_member(&topic, &db, &["--member-id", "twin"]);
+    let second = spawn_consumer(&topic, &db, &["--member-id", "twin"]);
     let out = tokio::time::timeout(Duration::from_secs(20), first.wait_with_output())
         .await
         .expect("the first process stops within 20 s")
@@ -246,7 +210,7 @@ async fn a_partition_that_cannot_be_fetched_is_stopped_loudly() {
 
     // A long-running member: health, metrics and describe all name
     // partition 0 while the others are folded.
-    let member = plain_member(&topic, &db, &[]);
+    let member = spawn_consumer(&topic, &db, &[]);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     let addr = loop {
         if let Some(Some(addr)) = metrics_addrs(&db, GROUP).await.into_values().next() {
@@ -314,15 +278,7 @@ async fn a_partition_that_cannot_be_fetched_is_stopped_loudly() {
     // The other partitions are folded to their ends. (Partition 0 cannot
     // be read back: the broker cannot serve it.)
     let watermarks = crate::harness::log_ends(&topic).await;
-    let stored: BTreeMap<i32, i64> = db
-        .client()
-        .await
-        .query("SELECT partition, next_offset FROM consumer_offsets", &[])
-        .await
-        .expect("offsets")
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
+    let stored = all_stored_offsets(&db).await;
     for p in [1, 2] {
         assert_eq!(stored.get(&p), watermarks.get(&p), "partition {p}");
     }
@@ -337,12 +293,7 @@ async fn topic_recreated_under_a_running_member() {
     let topic = random_topic_name();
     let db = TestDb::create().await;
     produce_events_at(&bootstrap, &topic, 600, 78).await;
-    let mut cmd = foodpipe(&["consume", "--topic", &topic]);
-    cmd.env("DATABASE_URL", &db.url)
-        .env("KAFKA_BOOTSTRAP_SERVERS", &bootstrap)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let member = cmd.spawn().expect("member starts");
+    let member = spawn_consumer_at(&bootstrap, &topic, &db, &[]);
     wait_caught_up_at(&bootstrap, &db, &topic, Duration::from_secs(60)).await;
 
     crate::harness::send_delete_topic(&broker, &topic).await;
@@ -356,21 +307,10 @@ async fn topic_recreated_under_a_running_member() {
     // Fewer records than before: every stored offset is past the new end.
     produce_events_at(&bootstrap, &topic, 150, 79).await;
     wait_caught_up_at(&bootstrap, &db, &topic, Duration::from_secs(90)).await;
-    let gaps: Vec<(i32, i64, i32)> = db
-        .client()
-        .await
-        .query(
-            "SELECT partition, reset_to, new_incarnation FROM offset_gaps ORDER BY partition",
-            &[],
-        )
-        .await
-        .expect("gaps")
-        .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2)))
-        .collect();
+    let gaps = offset_gaps(&db).await;
     assert_eq!(gaps.len(), 3, "one gap per partition: {gaps:?}");
-    for (_, reset_to, incarnation) in &gaps {
-        assert_eq!((*reset_to, *incarnation), (0, 1), "{gaps:?}");
+    for gap in &gaps {
+        assert_eq!((gap.reset_to, gap.new_incarnation), (0, 1), "{gaps:?}");
     }
     let in_new_log: i64 = db
         .client()
@@ -383,12 +323,6 @@ async fn topic_recreated_under_a_running_member() {
         .expect("count")
         .get(0);
     assert_eq!(in_new_log, 150, "every event of the new log applied once");
-    signal(&member, "TERM");
-    let out = member.wait_with_output().await.expect("exits");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    stop(member).await;
     db.drop_db().await;
 }

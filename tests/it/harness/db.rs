@@ -1,6 +1,6 @@
 //! A database of a test's own, read-only roles, and foodpipe's store on it.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio_postgres::NoTls;
 
@@ -20,6 +20,37 @@ fn admin_url() -> String {
 fn superuser_url() -> String {
     std::env::var("FOODPIPE_TEST_SUPERUSER_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+/// How many events history (`order_events`) holds.
+pub async fn history_len(pg: &tokio_postgres::Client) -> i64 {
+    pg.query_one("SELECT count(*) FROM order_events", &[])
+        .await
+        .expect("count")
+        .get(0)
+}
+
+/// Member `id` of `group` (host "test", pid 1, a new session), joined
+/// through `store` with a first heartbeat that claims partitions.
+pub async fn joined_member(
+    store: &store::Store,
+    group: &str,
+    id: &str,
+    session_timeout: Duration,
+) -> store::Member {
+    let member = store::Member {
+        group: group.to_owned(),
+        id: id.to_owned(),
+        host: "test".to_owned(),
+        pid: 1,
+        session: uuid::Uuid::new_v4(),
+        metrics_addr: None,
+    };
+    store
+        .heartbeat(&member, "test", true, session_timeout)
+        .await
+        .unwrap_or_else(|e| panic!("{id} joins: {e}"));
+    member
 }
 
 /// Damages the view of the first `n` orders (by id) of `schema`: status

@@ -14,6 +14,15 @@ pub fn partition_of(key: &[u8], partitions: u32) -> u32 {
     partition::partition_for_key(key, n)
 }
 
+/// What `foodpipe generate` prints: `count` events made with `seed` (and
+/// the generator flags `extra`), as `KEY<TAB>JSON` lines.
+pub async fn generated(count: u32, seed: u64, extra: &[&str]) -> String {
+    let (count, seed) = (count.to_string(), seed.to_string());
+    let mut args = vec!["generate", "--count", &count, "--seed", &seed];
+    args.extend_from_slice(extra);
+    run_ok(foodpipe(&args)).await
+}
+
 /// `foodpipe send` of raw bytes (lines of `KEY<TAB>VALUE`) to `topic`.
 pub async fn send_lines(topic: &str, input: &[u8]) {
     send_lines_at(&bootstrap_servers(), topic, input).await;
