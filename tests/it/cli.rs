@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::harness::{
     TestDb, consume_until_caught_up, foodpipe, produce_events, random_topic_name, run_ok,
-    run_within, send_lines,
+    run_within, send_lines, tail_from_beginning,
 };
 
 /// Every read-only command, with the flags it needs for `topic`.
@@ -252,29 +252,15 @@ async fn record_bytes_are_escaped_for_the_terminal() {
     };
     let escaped_value = "{\"x\":\"\\x1b[2J\\x1b]0;pwned\\x07\\x00 \\u{009b}31m \\xff\"}";
 
-    let out = run_within(
-        foodpipe(&["tail", "--topic", &topic, "--from-beginning"]),
-        Duration::from_secs(60),
-    )
-    .await;
+    let out = run_within(tail_from_beginning(&topic, &[]), Duration::from_secs(60)).await;
     assert!(out.status.success(), "{out:?}");
     assert_eq!(raw_controls(&out.stdout), Vec::<u8>::new(), "{out:?}");
     let text = String::from_utf8(out.stdout).expect("escaped output is UTF-8");
     assert!(text.contains("\tCUST-\\x1b[31mRED\t"), "{text}");
     assert!(text.contains(escaped_value), "{text}");
 
-    let out = run_within(
-        foodpipe(&[
-            "tail",
-            "--topic",
-            &topic,
-            "--from-beginning",
-            "--format",
-            "json",
-        ]),
-        Duration::from_secs(60),
-    )
-    .await;
+    let json_lines = tail_from_beginning(&topic, &["--format", "json"]);
+    let out = run_within(json_lines, Duration::from_secs(60)).await;
     assert!(out.status.success(), "{out:?}");
     assert_eq!(raw_controls(&out.stdout), Vec::<u8>::new(), "{out:?}");
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON line");

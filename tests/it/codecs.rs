@@ -155,14 +155,7 @@ impl Raw {
 
 /// `n` generated order events (one customer, so one order history) as records.
 async fn event_records(count: u32, seed: u64) -> Vec<(String, String)> {
-    let out = run_ok(foodpipe(&[
-        "generate",
-        "--count",
-        &count.to_string(),
-        "--seed",
-        &seed.to_string(),
-    ]))
-    .await;
+    let out = generated(count, seed, &[]).await;
     out.lines()
         .map(|l| {
             let (k, v) = l.split_once('\t').expect("KEY<TAB>JSON");
@@ -225,6 +218,21 @@ fn python_consume(bootstrap: &str, topic: &str, count: usize) -> tokio::process:
         .args(["consume", bootstrap, topic, &count.to_string()])
         .kill_on_drop(true);
     cmd
+}
+
+/// Partition 0 of `topic`, read through foodpipe's reader.
+async fn reader_of(client: &kafka::Client, topic: &str) -> kafka::PartitionReader {
+    kafka::PartitionReader::new(client, topic, 0)
+        .await
+        .expect("reader")
+}
+
+/// What the reader's fetch at `offset` returns (up to 1 MB, no wait).
+async fn fetch_at(reader: &kafka::PartitionReader, offset: i64) -> kafka::FetchedBatch {
+    reader
+        .fetch(offset, 1_000_000, Duration::ZERO)
+        .await
+        .expect("fetch")
 }
 
 /// librdkafka's records as (partition, offset, key, value, headers).
@@ -294,14 +302,7 @@ async fn librdkafka_each_codec_is_folded() {
         let topic = random_topic_name();
         create_topic(&topic, 3).await;
         let db = TestDb::create().await;
-        let lines = run_ok(foodpipe(&[
-            "generate",
-            "--count",
-            "400",
-            "--seed",
-            &(1200 + i).to_string(),
-        ]))
-        .await;
+        let lines = generated(400, 1200 + i as u64, &[]).await;
         let mut child = tokio::process::Command::new(&python)
             .arg(script("librdkafka_codecs.py"))
             .args(["produce", &bootstrap_servers(), &topic, codec])
@@ -464,17 +465,12 @@ async fn committed_transactions_and_markers_are_folded_to_the_log_end() {
     assert_eq!(raw.produce_ok(Some(txn), &topic, marker).await, 31);
 
     // What foodpipe's reader sees: 30 records, 2 markers stepped over.
-    let reader = kafka::PartitionReader::new(&client, &topic, 0)
-        .await
-        .expect("reader");
+    let reader = reader_of(&client, &topic).await;
     let mut offset = 0;
     let mut seen = 0;
     let mut markers = 0;
     for _ in 0..20 {
-        let f = reader
-            .fetch(offset, 1_000_000, Duration::ZERO)
-            .await
-            .expect("fetch");
+        let f = fetch_at(&reader, offset).await;
         seen += f.records.len();
         markers += f.control_records;
         assert!(f.next_offset > offset, "no progress at {offset}");
@@ -518,7 +514,7 @@ async fn committed_transactions_and_markers_are_folded_to_the_log_end() {
         "stored offset is the log end, past the last marker"
     );
 
-    let mut tail = foodpipe(&["tail", "--topic", &topic, "--from-beginning"]);
+    let mut tail = tail_from_beginning(&topic, &[]);
     tail.env("KAFKA_BOOTSTRAP_SERVERS", &broker.address);
     let out = run_within(tail, Duration::from_secs(30)).await;
     assert!(
@@ -684,13 +680,8 @@ async fn tansu_keeps_records_not_batches() {
         .await;
     assert_ne!(code, 0, "codec 5 refused");
 
-    let reader = kafka::PartitionReader::new(&client, &topic, 0)
-        .await
-        .expect("reader");
-    let f = reader
-        .fetch(0, 1_000_000, Duration::ZERO)
-        .await
-        .expect("fetch");
+    let reader = reader_of(&client, &topic).await;
+    let f = fetch_at(&reader, 0).await;
     assert!(f.corrupt.is_none(), "served re-encoded with a good CRC");
     assert_eq!(f.records.len(), 2);
     assert_eq!(f.high_watermark, 2);
@@ -722,13 +713,8 @@ async fn corrupt_batch_is_reported_by_the_reader() {
     )
     .await;
 
-    let reader = kafka::PartitionReader::new(&client, &topic, 0)
-        .await
-        .expect("reader");
-    let f = reader
-        .fetch(0, 1_000_000, Duration::ZERO)
-        .await
-        .expect("fetch");
+    let reader = reader_of(&client, &topic).await;
+    let f = fetch_at(&reader, 0).await;
     assert_eq!(
         f.records.iter().map(|r| r.offset).collect::<Vec<_>>(),
         [0, 1, 2]
@@ -750,10 +736,7 @@ async fn corrupt_batch_is_reported_by_the_reader() {
     assert!(e.contains("offset 3"), "{e}");
 
     // Fetching at the corrupt batch: nothing before it, the same report.
-    let again = reader
-        .fetch(3, 1_000_000, Duration::ZERO)
-        .await
-        .expect("fetch");
+    let again = fetch_at(&reader, 3).await;
     assert!(again.records.is_empty());
     assert_eq!(again.next_offset, 3);
     // Tansu builds the batch again for every fetch (its maxTimestamp, and so
@@ -762,10 +745,7 @@ async fn corrupt_batch_is_reported_by_the_reader() {
     assert_eq!((again.first_offset, again.last_offset), (3, Some(3)));
     assert_eq!(again.raw.len(), c.raw.len());
     // Past it, the rest reads.
-    let after = reader
-        .fetch(4, 1_000_000, Duration::ZERO)
-        .await
-        .expect("fetch");
+    let after = fetch_at(&reader, 4).await;
     assert_eq!(after.records.len(), 3);
 }
 
@@ -926,16 +906,6 @@ async fn corrupt_batch_stops_only_its_partition_or_is_skipped_into_dead_letters(
         cmd.env("DATABASE_URL", &db.url);
         cmd
     };
-    let stored = || async {
-        db.client()
-            .await
-            .query("SELECT partition, next_offset FROM consumer_offsets", &[])
-            .await
-            .expect("offsets")
-            .iter()
-            .map(|r| (r.get::<_, i32>(0), r.get::<_, i64>(1)))
-            .collect::<BTreeMap<_, _>>()
-    };
 
     let out = run_within(consume(&[]), Duration::from_secs(120)).await;
     assert_eq!(out.status.code(), Some(1));
@@ -946,7 +916,7 @@ async fn corrupt_batch_stops_only_its_partition_or_is_skipped_into_dead_letters(
             && last.contains("--on-corrupt-batch skip"),
         "{stderr}"
     );
-    let now = stored().await;
+    let now = all_stored_offsets(&db).await;
     assert_eq!(
         now.get(&0),
         Some(&corrupt_at),
@@ -966,7 +936,11 @@ async fn corrupt_batch_stops_only_its_partition_or_is_skipped_into_dead_letters(
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(stored().await, ends, "every partition at its end");
+    assert_eq!(
+        all_stored_offsets(&db).await,
+        ends,
+        "every partition at its end"
+    );
     let pg = db.client().await;
     let dead: Vec<(i32, i64, String, Vec<u8>)> = pg
         .query(
@@ -989,12 +963,11 @@ async fn corrupt_batch_stops_only_its_partition_or_is_skipped_into_dead_letters(
         &corrupt_at.to_be_bytes(),
         "the raw batch, from its base offset"
     );
-    let history: i64 = pg
-        .query_one("SELECT count(*) FROM order_events", &[])
-        .await
-        .expect("count")
-        .get(0);
-    assert_eq!(history, 450, "every event around the batch applied once");
+    assert_eq!(
+        history_len(&pg).await,
+        450,
+        "every event around the batch applied once"
+    );
     db.drop_db().await;
 }
 
@@ -1070,14 +1043,9 @@ async fn corrupt_batch_is_skipped_from_a_stored_offset_inside_it() {
 
     // Through the proxy, a fetch inside the batch gets all of it.
     let client = kafka_client_at(&proxy.address).await;
-    let reader = kafka::PartitionReader::new(&client, &topic, 0)
-        .await
-        .expect("reader");
+    let reader = reader_of(&client, &topic).await;
     for at in [first, first + 2] {
-        let f = reader
-            .fetch(at, 1_000_000, Duration::ZERO)
-            .await
-            .expect("fetch");
+        let f = fetch_at(&reader, at).await;
         let c = f.corrupt.expect("the batch cannot be decoded");
         assert_eq!(
             (c.first_offset, c.last_offset),
@@ -1174,12 +1142,11 @@ async fn corrupt_batch_is_skipped_from_a_stored_offset_inside_it() {
     let (_, kind, error) = &dead[1];
     assert_eq!(kind, "corrupt_batch");
     assert!(error.contains(&format!("{first}..={last}")), "{error}");
-    let history: i64 = pg
-        .query_one("SELECT count(*) FROM order_events", &[])
-        .await
-        .expect("count")
-        .get(0);
-    assert_eq!(history, 180, "every event around the batch applied once");
+    assert_eq!(
+        history_len(&pg).await,
+        180,
+        "every event around the batch applied once"
+    );
     db.drop_db().await;
 }
 
@@ -1191,7 +1158,7 @@ async fn records_not_keyed_by_customer_are_applied_counted_and_warned_once() {
     // arrives in order and every event can be applied.
     create_topic(&topic, 1).await;
     let db = TestDb::create().await;
-    let lines = run_ok(foodpipe(&["generate", "--count", "300", "--seed", "1290"])).await;
+    let lines = generated(300, 1290, &[]).await;
     let (mut missing, mut differs) = (0, 0);
     let mut input = String::new();
     for (i, line) in lines.lines().enumerate() {
@@ -1226,14 +1193,11 @@ async fn records_not_keyed_by_customer_are_applied_counted_and_warned_once() {
     let member = spawn_consumer(&topic, &db, &[]);
     wait_caught_up(&db, &topic, Duration::from_secs(120)).await;
     assert_db_is_fold_of_topic(&db, &topic, "order-processors").await;
-    let applied: i64 = db
-        .client()
-        .await
-        .query_one("SELECT count(*) FROM order_events", &[])
-        .await
-        .expect("history")
-        .get(0);
-    assert_eq!(applied, 300, "every event is applied, whatever its key");
+    assert_eq!(
+        history_len(&db.client().await).await,
+        300,
+        "every event is applied, whatever its key"
+    );
 
     let addr: String = db
         .client()
@@ -1253,9 +1217,7 @@ async fn records_not_keyed_by_customer_are_applied_counted_and_warned_once() {
         );
     }
 
-    signal(&member, "TERM");
-    let out = member.wait_with_output().await.expect("member exits");
-    assert!(out.status.success());
+    let out = stop(member).await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     let warnings = stderr
         .lines()
@@ -1263,15 +1225,6 @@ async fn records_not_keyed_by_customer_are_applied_counted_and_warned_once() {
         .count();
     assert_eq!(warnings, 1, "one warning for the partition:\n{stderr}");
     db.drop_db().await;
-}
-
-/// `consume --until-caught-up` on a private broker's `topic`; fails the
-/// test if it does not exit 0.
-async fn consume_at(broker: &PrivateBroker, topic: &str, db: &TestDb) {
-    let mut cmd = foodpipe(&["consume", "--until-caught-up", "--topic", topic, "--json"]);
-    cmd.env("DATABASE_URL", &db.url)
-        .env("KAFKA_BOOTSTRAP_SERVERS", &broker.address);
-    run_ok(cmd).await;
 }
 
 /// A batch of markers only (the COMMIT after a transaction) keeps the fingerprint of the last record applied, with that record's offset, so a topic deleted and recreated past the stored offset is still noticed: every event of the new log is applied, in a new incarnation (issue 19, item 3).
@@ -1297,11 +1250,11 @@ async fn recreated_topic_is_noticed_after_a_marker_only_batch() {
         BatchSpec::transactional(pid, epoch, specs(&old[5..])).encode(),
     )
     .await;
-    consume_at(&broker, &topic, &db).await;
+    consume_until_caught_up_at(&broker.address, &topic, &db, &[]).await;
     // The COMMIT marker at offset 10, folded alone: a batch without records.
     let marker = BatchSpec::marker(pid, epoch, ControlType::Commit).encode();
     assert_eq!(raw.produce_ok(Some(txn), &topic, marker).await, 10);
-    consume_at(&broker, &topic, &db).await;
+    consume_until_caught_up_at(&broker.address, &topic, &db, &[]).await;
     let pg = db.client().await;
     let (next, fingerprinted): (i64, Option<i64>) = pg
         .query_one(
@@ -1323,7 +1276,7 @@ async fn recreated_topic_is_noticed_after_a_marker_only_batch() {
         BatchSpec::plain(Codec::None, specs(&new)).encode(),
     )
     .await;
-    consume_at(&broker, &topic, &db).await;
+    consume_until_caught_up_at(&broker.address, &topic, &db, &[]).await;
     let applied: i64 = pg
         .query_one(
             "SELECT count(*) FROM order_events \

@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
-use crate::harness::{PrivateBroker, TestDb, bootstrap_servers, foodpipe, run_ok, run_within};
+use crate::harness::{
+    PrivateBroker, TestDb, bootstrap_servers, foodpipe, run_ok, run_within, tail_from_beginning,
+};
 
 /// `cluster` reports which bootstrap entries answered and the brokers as they advertise themselves.
 #[tokio::test]
@@ -118,15 +120,7 @@ async fn tail_prints_records() {
     let topic = crate::harness::random_topic_name();
     crate::harness::produce_events(&topic, 90, 6).await;
     let (records, _) = crate::harness::read_topic_raw(&topic).await;
-    let out = run_ok(foodpipe(&[
-        "tail",
-        "--topic",
-        &topic,
-        "--from-beginning",
-        "--format",
-        "json",
-    ]))
-    .await;
+    let out = run_ok(tail_from_beginning(&topic, &["--format", "json"])).await;
     let lines: Vec<serde_json::Value> = out
         .lines()
         .map(|l| serde_json::from_str(l).expect("json"))

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use rskafka::client::Client;
 use rskafka::client::partition::{OffsetAt, UnknownTopicHandling};
+use tokio::process::Command;
 
 use super::{PrivateBroker, bootstrap_servers, foodpipe, kafka_client_at, run_ok};
 
@@ -21,6 +22,13 @@ pub async fn generated(count: u32, seed: u64, extra: &[&str]) -> String {
     let mut args = vec!["generate", "--count", &count, "--seed", &seed];
     args.extend_from_slice(extra);
     run_ok(foodpipe(&args)).await
+}
+
+/// `foodpipe tail` of `topic` from the beginning, with `extra` flags.
+pub fn tail_from_beginning(topic: &str, extra: &[&str]) -> Command {
+    let mut args = vec!["tail", "--topic", topic, "--from-beginning"];
+    args.extend_from_slice(extra);
+    foodpipe(&args)
 }
 
 /// `foodpipe send` of raw bytes (lines of `KEY<TAB>VALUE`) to `topic`.
