@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::harness::{
-    TestDb, TopicRecord, assert_db_is_fold_of_topic, bootstrap_servers, consume_until_caught_up,
-    foodpipe, produce_events, random_topic_name, read_topic_at, run_ok, run_within, signal,
-    spawn_consumer, wait_caught_up,
+    TestDb, TopicRecord, assert_db_is_fold_of_topic, assert_exit, bootstrap_servers,
+    consume_until_caught_up, foodpipe, history_len, produce_events, random_topic_name,
+    read_topic_at, run_ok, run_within, signal, spawn_members, stop_all, wait_caught_up,
 };
 
 /// A user's SQL projection, as a user writes one: events per type per hour.
@@ -54,6 +54,28 @@ fn write_projection(dir: &Path, name: &str, schema: &str, apply: &str) {
     std::fs::create_dir_all(&folder).expect("folder");
     std::fs::write(folder.join("schema.sql"), schema).expect("schema.sql");
     std::fs::write(folder.join("apply.sql"), apply).expect("apply.sql");
+}
+
+/// `consume --until-caught-up` of `topic` into `db` with the projections
+/// of `dir` (`--projections`), given `limit` to finish: its output.
+async fn consume_with_projections(
+    db: &TestDb,
+    topic: &str,
+    dir: &Path,
+    limit: Duration,
+) -> std::process::Output {
+    let dir = dir.to_str().expect("utf-8 path");
+    let args = [
+        "consume",
+        "--until-caught-up",
+        "--topic",
+        topic,
+        "--projections",
+        dir,
+    ];
+    let mut cmd = foodpipe(&args);
+    cmd.env("DATABASE_URL", &db.url);
+    run_within(cmd, limit).await
 }
 
 /// The repository's shipped SQL projection, copied as a user would.
@@ -203,19 +225,8 @@ async fn a_broken_or_changed_projection_is_refused_at_start() {
             "INSERT INTO broken SELECT no_such_column FROM applied_events;",
         ),
     ]);
-    let consume = |dir: &Path| {
-        let mut cmd = foodpipe(&[
-            "consume",
-            "--until-caught-up",
-            "--topic",
-            &topic,
-            "--projections",
-            dir.to_str().expect("utf-8"),
-        ]);
-        cmd.env("DATABASE_URL", &db.url);
-        run_within(cmd, Duration::from_secs(60))
-    };
-    let out = consume(broken.path()).await;
+    let limit = Duration::from_secs(60);
+    let out = consume_with_projections(&db, &topic, broken.path(), limit).await;
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     let error_lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
@@ -227,12 +238,7 @@ async fn a_broken_or_changed_projection_is_refused_at_start() {
         "{err}"
     );
     let pg = db.client().await;
-    let applied: i64 = pg
-        .query_one("SELECT count(*) FROM order_events", &[])
-        .await
-        .expect("history")
-        .get(0);
-    assert_eq!(applied, 0, "nothing applied");
+    assert_eq!(history_len(&pg).await, 0, "nothing applied");
     let registered: i64 = pg
         .query_one(
             "SELECT count(*) FROM projections WHERE name IN ('broken', 'events_per_hour')",
@@ -245,7 +251,7 @@ async fn a_broken_or_changed_projection_is_refused_at_start() {
 
     // The good one alone folds; then its schema.sql changes.
     let good = projections_dir(&[("events_per_hour", PER_HOUR_SCHEMA, PER_HOUR_APPLY)]);
-    let out = consume(good.path()).await;
+    let out = consume_with_projections(&db, &topic, good.path(), limit).await;
     assert!(
         out.status.success(),
         "{}",
@@ -257,7 +263,7 @@ async fn a_broken_or_changed_projection_is_refused_at_start() {
         &PER_HOUR_SCHEMA.replace("events bigint", "events integer"),
         PER_HOUR_APPLY,
     );
-    let out = consume(good.path()).await;
+    let out = consume_with_projections(&db, &topic, good.path(), limit).await;
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(
@@ -281,16 +287,7 @@ async fn a_projection_failing_at_run_time_stops_only_its_partition() {
          kafka_partition int NOT NULL CHECK (kafka_partition <> 1));",
         "INSERT INTO by_partition SELECT event_id, kafka_partition FROM applied_events;",
     )]);
-    let mut cmd = foodpipe(&[
-        "consume",
-        "--until-caught-up",
-        "--topic",
-        &topic,
-        "--projections",
-        dir.path().to_str().expect("utf-8"),
-    ]);
-    cmd.env("DATABASE_URL", &db.url);
-    let out = run_within(cmd, Duration::from_secs(90)).await;
+    let out = consume_with_projections(&db, &topic, dir.path(), Duration::from_secs(90)).await;
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     let last = err.lines().rfind(|l| l.starts_with("error:")).unwrap_or("");
@@ -335,10 +332,7 @@ async fn a_projection_added_to_a_running_group_is_exact() {
     let topic = random_topic_name();
     let db = TestDb::create().await;
     produce_events(&topic, 3000, 205).await;
-    let members = vec![
-        spawn_consumer(&topic, &db, &[]),
-        spawn_consumer(&topic, &db, &[]),
-    ];
+    let members = spawn_members(&topic, &db, 2, &[]);
     wait_caught_up(&db, &topic, Duration::from_secs(60)).await;
     let mut producer = foodpipe(&[
         "produce", "--topic", &topic, "--count", "3000", "--rate", "500", "--seed", "206",
@@ -408,13 +402,8 @@ async fn a_projection_added_to_a_running_group_is_exact() {
 
     // Neither member expired the other: each ran through the add and the
     // drop, and stops cleanly.
-    for m in &members {
-        signal(m, "TERM");
-    }
-    for m in members {
-        let out = m.wait_with_output().await.expect("member exits");
+    for out in stop_all(members).await {
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "{err}");
         assert!(!err.contains("expired a silent member"), "{err}");
     }
     assert_db_is_fold_of_topic(&db, &topic, "order-processors").await;
@@ -460,12 +449,7 @@ async fn verify_names_damaged_keys_and_rebuild_swaps_one_projection() {
         run_within(cmd, Duration::from_secs(120))
     };
     let out = rebuild(&["--verify-only"]).await;
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_exit(&out, 1);
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(report["differing"], 2, "{report}");
     let keys: Vec<(String, String)> = report["first_differences"]
@@ -686,16 +670,7 @@ async fn a_projection_waits_for_a_running_rebuild() {
             && err.contains("rebuild (host test, pid 1)"),
         "{err}"
     );
-    let mut cmd = foodpipe(&[
-        "consume",
-        "--until-caught-up",
-        "--topic",
-        &topic,
-        "--projections",
-        dir_str,
-    ]);
-    cmd.env("DATABASE_URL", &db.url);
-    let out = run_within(cmd, Duration::from_secs(60)).await;
+    let out = consume_with_projections(&db, &topic, dir.path(), Duration::from_secs(60)).await;
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     assert!(

@@ -6,9 +6,16 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use crate::harness::{
-    TestDb, consume_until_caught_up, foodpipe, produce_events, random_topic_name, read_topic_raw,
-    run_ok, run_within, send_lines,
+    TestDb, assert_exit, consume_until_caught_up, foodpipe, produce_events, random_topic_name,
+    read_topic_raw, run_ok, run_within, send_lines, spawn_members, stop,
 };
+
+/// `rebuild --topic TOPIC --json` on `db`, which must succeed: its report.
+async fn rebuild_report(db: &TestDb, topic: &str) -> serde_json::Value {
+    let mut cmd = foodpipe(&["rebuild", "--topic", topic, "--json"]);
+    cmd.env("DATABASE_URL", &db.url);
+    serde_json::from_str(&run_ok(cmd).await).expect("json")
+}
 
 /// For several times T, `asof T` (from history) equals `replay --until T` (from Kafka), order by order.
 #[tokio::test]
@@ -142,12 +149,7 @@ async fn rebuild_repairs_the_view_while_live() {
     cmd.env("DATABASE_URL", &db.url);
     let out = crate::harness::run_within(cmd, Duration::from_secs(120)).await;
     // A difference found by a dry run (--verify-only) is exit 1.
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_exit(&out, 1);
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(report["differing"], 3, "{report}");
     assert!(
@@ -166,20 +168,12 @@ async fn rebuild_repairs_the_view_while_live() {
         .get(0);
     assert_eq!(still, 3, "a dry run changes nothing");
 
-    let mut cmd = foodpipe(&["rebuild", "--topic", &topic, "--json"]);
-    cmd.env("DATABASE_URL", &db.url);
-    let report: serde_json::Value = serde_json::from_str(&run_ok(cmd).await).expect("json");
+    let report = rebuild_report(&db, &topic).await;
     assert_eq!(report["swapped"], true);
     assert_eq!(report["differing"], 3, "{report}");
 
     tokio::time::sleep(Duration::from_secs(2)).await;
-    crate::harness::signal(&live, "TERM");
-    let out = live.wait_with_output().await.expect("live consumer exits");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    stop(live).await;
     consume_until_caught_up(&topic, &db, &[]).await;
     crate::harness::assert_db_is_fold_of_topic(&db, &topic, "order-processors").await;
     db.drop_db().await;
@@ -191,10 +185,7 @@ async fn rebuild_under_load_loses_and_repeats_nothing() {
     let topic = random_topic_name();
     let db = TestDb::create().await;
     produce_events(&topic, 1500, 93).await;
-    let members = vec![
-        crate::harness::spawn_consumer(&topic, &db, &[]),
-        crate::harness::spawn_consumer(&topic, &db, &[]),
-    ];
+    let members = spawn_members(&topic, &db, 2, &[]);
     crate::harness::wait_caught_up(&db, &topic, Duration::from_secs(60)).await;
 
     // A producer streams throughout the rebuild (about 15 s at 400/s).
@@ -208,9 +199,7 @@ async fn rebuild_under_load_loses_and_repeats_nothing() {
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     for _ in 0..2 {
-        let mut cmd = foodpipe(&["rebuild", "--topic", &topic, "--json"]);
-        cmd.env("DATABASE_URL", &db.url);
-        let report: serde_json::Value = serde_json::from_str(&run_ok(cmd).await).expect("json");
+        let report = rebuild_report(&db, &topic).await;
         assert_eq!(report["swapped"], true, "{report}");
         assert_eq!(report["differing"], 0, "{report}");
     }
@@ -267,9 +256,7 @@ async fn dead_letters_after_a_rebuild_are_all_recorded() {
     };
     assert!(dead().await.is_empty(), "the live group started at the end");
 
-    let mut cmd = foodpipe(&["rebuild", "--topic", &topic, "--json"]);
-    cmd.env("DATABASE_URL", &db.url);
-    let report: serde_json::Value = serde_json::from_str(&run_ok(cmd).await).expect("json");
+    let report = rebuild_report(&db, &topic).await;
     assert_eq!(report["swapped"], true, "{report}");
     assert_eq!(
         dead().await.len(),

@@ -83,6 +83,17 @@ pub async fn run_ok(cmd: Command) -> String {
     String::from_utf8(output.stdout).expect("utf-8 stdout")
 }
 
+/// Asserts that a finished command exited with `code`, showing its
+/// stderr if not.
+pub fn assert_exit(out: &Output, code: i32) {
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A script of `scripts/`.
 pub fn script(name: &str) -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
