@@ -45,7 +45,8 @@ pub(super) enum Held {
     /// A worker applies batches under the lease.
     Running(Tenure),
     /// Its worker was asked to stop (the partition moved, or shutdown): it
-    /// finishes the batch in hand and its exit releases the lease.
+    /// finishes the batch in hand, and its exit (`Released`, as a rule)
+    /// ends the tenure.
     Stopping(Tenure),
     /// Stopped on an error retrying cannot fix: kept, with the lease at
     /// `epoch` if one was taken, so the partition is not passed around to
