@@ -304,6 +304,33 @@ pub(crate) fn decide(
     }
 }
 
+/// The one way a partition is stopped on an error retrying cannot fix
+/// (invariant: stop loudly): an error in the log, `State::Stopped` in the
+/// status (health, metrics, `group describe`), and the error recorded in
+/// its `consumer_offsets` row under `lease` (member id, epoch) when the
+/// partition was leased, so every member sees the stop. Failing to record
+/// it is a warning: the status still says it.
+pub(crate) async fn record_stop(
+    store: &Store,
+    status: &super::status::Status,
+    config: &ConsumeConfig,
+    partition: i32,
+    lease: Option<(&str, i64)>,
+    message: &str,
+) {
+    tracing::error!(partition, error = %message, "partition stopped");
+    status.set(partition, super::status::State::Stopped(message.to_owned()));
+    let Some(lease) = lease else {
+        return;
+    };
+    if let Err(e) = store
+        .mark_stopped(&config.group, &config.topic, partition, lease, message)
+        .await
+    {
+        tracing::warn!(partition, error = %e, "could not record the stop in consumer_offsets");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -78,23 +78,16 @@ impl Worker {
         };
         let exit = self.work(&mut summary).await;
         if let Exit::Stopped(error) = &exit {
-            let message = error.to_string();
-            tracing::error!(partition = self.partition, error = %message, "partition stopped");
-            self.status
-                .set(self.partition, State::Stopped(message.clone()));
-            if let Err(e) = self
-                .store
-                .mark_stopped(
-                    &self.config.group,
-                    &self.config.topic,
-                    self.partition,
-                    (&self.lease.0, self.lease.1),
-                    &message,
-                )
-                .await
-            {
-                tracing::warn!(partition = self.partition, error = %e, "could not record the stop in consumer_offsets");
-            }
+            let lease = (self.lease.0.as_str(), self.lease.1);
+            super::offsets::record_stop(
+                &self.store,
+                &self.status,
+                &self.config,
+                self.partition,
+                Some(lease),
+                &error.to_string(),
+            )
+            .await;
         }
         self.bar.finish_and_clear();
         (self.partition, exit, summary)

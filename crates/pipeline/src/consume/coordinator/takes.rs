@@ -80,28 +80,20 @@ impl Coordinator {
     /// Stops a free partition on an error retrying cannot fix (a take's, or
     /// a worker that panicked): says so (log and status), records it in
     /// `consumer_offsets` under the lease at `epoch` if one was taken, and
-    /// keeps the partition `Stopped`. A worker that stops on an error
-    /// records the stop itself (`Worker::run`) before its exit.
+    /// keeps the partition `Stopped` ([`offsets::record_stop`]). A worker
+    /// that stops on an error records the stop the same way itself
+    /// (`Worker::run`), on its own connection, before its exit.
     pub(super) async fn stop(&mut self, partition: i32, epoch: Option<i64>, error: &Error) {
-        let message = error.to_string();
-        tracing::error!(partition, error = %message, "partition stopped");
-        self.status.set(partition, State::Stopped(message.clone()));
-        if let Some(epoch) = epoch {
-            let lease = (self.member.id.as_str(), epoch);
-            if let Err(e) = self
-                .control
-                .mark_stopped(
-                    &self.config.group,
-                    &self.config.topic,
-                    partition,
-                    lease,
-                    &message,
-                )
-                .await
-            {
-                tracing::warn!(partition, error = %e, "could not record the stop in consumer_offsets");
-            }
-        }
+        let lease = epoch.map(|epoch| (self.member.id.as_str(), epoch));
+        offsets::record_stop(
+            &self.control,
+            &self.status,
+            &self.config,
+            partition,
+            lease,
+            &error.to_string(),
+        )
+        .await;
         self.holdings.stopped(partition, epoch);
     }
 }
