@@ -48,58 +48,25 @@ const TABLES: [&str; 3] = ["order_events", "orders", "dead_letters"];
 /// stays small).
 pub const COPY_CHUNK: u64 = 10_000;
 
-const HISTORY_COPY: &str = "COPY order_events (event_id, order_id, customer_id, event_type, \
-     schema_version, payload, occurred_at, kafka_topic, kafka_partition, kafka_incarnation, \
-     kafka_offset, kafka_timestamp) FROM STDIN (FORMAT binary)";
-const HISTORY_TYPES: [Type; 12] = [
-    Type::UUID,
-    Type::UUID,
-    Type::TEXT,
-    Type::TEXT,
-    Type::INT4,
-    Type::JSONB,
-    Type::TIMESTAMPTZ,
-    Type::TEXT,
-    Type::INT4,
-    Type::INT4,
-    Type::INT8,
-    Type::TIMESTAMPTZ,
-];
-const DEAD_LETTER_COPY: &str = "COPY dead_letters (group_id, topic, partition, \
-     kafka_incarnation, kafka_offset, kafka_timestamp, key, value, error_kind, error, headers, \
-     event_id) FROM STDIN (FORMAT binary)";
-const DEAD_LETTER_TYPES: [Type; 12] = [
-    Type::TEXT,
-    Type::TEXT,
-    Type::INT4,
-    Type::INT4,
-    Type::INT8,
-    Type::TIMESTAMPTZ,
-    Type::BYTEA,
-    Type::BYTEA,
-    Type::TEXT,
-    Type::TEXT,
-    Type::JSONB,
-    Type::UUID,
-];
-const ORDERS_COPY: &str = "COPY orders (order_id, customer_id, restaurant_id, status, items, \
-     total_cents, created_at, updated_at, last_event_id, source_topic, source_partition, \
-     source_incarnation, source_offset) FROM STDIN (FORMAT binary)";
-const ORDERS_TYPES: [Type; 13] = [
-    Type::UUID,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::JSONB,
-    Type::INT8,
-    Type::TIMESTAMPTZ,
-    Type::TIMESTAMPTZ,
-    Type::UUID,
-    Type::TEXT,
-    Type::INT4,
-    Type::INT4,
-    Type::INT8,
-];
+// The columns each COPY writes, in the order its rows give them. Their
+// types come from the catalog (`CopyStream::open`), so the COPY follows
+// the migrations.
+const HISTORY: (&str, &str) = (
+    "order_events",
+    "event_id, order_id, customer_id, event_type, schema_version, payload, occurred_at, \
+     kafka_topic, kafka_partition, kafka_incarnation, kafka_offset, kafka_timestamp",
+);
+const DEAD_LETTERS: (&str, &str) = (
+    "dead_letters",
+    "group_id, topic, partition, kafka_incarnation, kafka_offset, kafka_timestamp, key, \
+     value, error_kind, error, headers, event_id",
+);
+const ORDERS: (&str, &str) = (
+    "orders",
+    "order_id, customer_id, restaurant_id, status, items, total_cents, created_at, \
+     updated_at, last_event_id, source_topic, source_partition, source_incarnation, \
+     source_offset",
+);
 
 /// The incarnation of every partition of a fresh fold (a first take's).
 const INCARNATION: i32 = 0;
@@ -131,34 +98,59 @@ impl ToSql for RawJsonb<'_> {
 /// [`COPY_CHUNK`] rows.
 struct CopyStream {
     client: deadpool_postgres::Object,
-    statement: &'static str,
-    types: &'static [Type],
+    statement: String,
+    types: Vec<Type>,
     writer: Option<Pin<Box<BinaryCopyInWriter>>>,
     rows: u64,
 }
 
 impl CopyStream {
-    fn new(
+    /// A COPY of `columns` (comma-separated) into `table` of the
+    /// connection's schema, sent as the catalog says those columns are
+    /// typed.
+    async fn open(
         client: deadpool_postgres::Object,
-        statement: &'static str,
-        types: &'static [Type],
-    ) -> Self {
-        Self {
+        (table, columns): (&str, &str),
+    ) -> Result<Self> {
+        let rows = client
+            .query(
+                "SELECT a.atttypid, c.name FROM unnest(string_to_array($2, ',')) \
+                     WITH ORDINALITY AS c(name, pos) \
+                 LEFT JOIN pg_attribute a ON a.attrelid = $1::text::regclass \
+                     AND a.attname = trim(c.name) AND NOT a.attisdropped \
+                 ORDER BY c.pos",
+                &[&table, &columns],
+            )
+            .await?;
+        let mut types = Vec::with_capacity(rows.len());
+        for row in rows {
+            let oid: Option<u32> = row.get(0);
+            let name: String = row.get(1);
+            let ty = oid.and_then(Type::from_oid).ok_or_else(|| {
+                store::Error::Migrate(format!(
+                    "bulk fill: column {}.{} is missing or of a type it cannot copy",
+                    table,
+                    name.trim()
+                ))
+            })?;
+            types.push(ty);
+        }
+        Ok(Self {
             client,
-            statement,
+            statement: format!("COPY {table} ({columns}) FROM STDIN (FORMAT binary)"),
             types,
             writer: None,
             rows: 0,
-        }
+        })
     }
 
     async fn write(&mut self, row: &[&(dyn ToSql + Sync)]) -> Result<()> {
         let writer = match &mut self.writer {
             Some(w) => w,
             None => {
-                let sink = self.client.copy_in(self.statement).await?;
+                let sink = self.client.copy_in(&self.statement).await?;
                 self.writer
-                    .insert(Box::pin(BinaryCopyInWriter::new(sink, self.types)))
+                    .insert(Box::pin(BinaryCopyInWriter::new(sink, &self.types)))
             }
         };
         writer.as_mut().write(row).await?;
@@ -284,9 +276,8 @@ impl BulkFill {
             client.batch_execute(&drop.join(";\n")).await?;
             deferred.push((table, constraints));
         }
-        let history = CopyStream::new(store.client().await?, HISTORY_COPY, &HISTORY_TYPES);
-        let dead_letters =
-            CopyStream::new(store.client().await?, DEAD_LETTER_COPY, &DEAD_LETTER_TYPES);
+        let history = CopyStream::open(store.client().await?, HISTORY).await?;
+        let dead_letters = CopyStream::open(store.client().await?, DEAD_LETTERS).await?;
         Ok(BulkFill {
             store: store.clone(),
             group: group.to_owned(),
@@ -423,7 +414,7 @@ impl BulkFill {
     pub async fn finish(mut self) -> Result<BulkReport> {
         self.history.flush().await?;
         self.dead_letters.flush().await?;
-        let mut orders = CopyStream::new(self.store.client().await?, ORDERS_COPY, &ORDERS_TYPES);
+        let mut orders = CopyStream::open(self.store.client().await?, ORDERS).await?;
         let count = self.orders.len() as u64;
         for c in std::mem::take(&mut self.orders).into_values() {
             let s = &c.state;
