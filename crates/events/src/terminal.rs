@@ -27,6 +27,35 @@ use std::fmt::Write as _;
 /// printed as it is (`tail --format json` gives exact values).
 pub fn escape_for_terminal(bytes: &[u8]) -> String {
     let mut out = String::with_capacity(bytes.len());
+    let mut rest = bytes;
+    // Runs of printable ASCII, most of a record, are copied as they are;
+    // only what lies between them is looked at character by character.
+    // Cutting there changes nothing: an ASCII byte is never inside a UTF-8
+    // sequence, valid or not.
+    while !rest.is_empty() {
+        let plain = rest
+            .iter()
+            .position(|&b| !is_printable_ascii(b))
+            .unwrap_or(rest.len());
+        let (run, after) = rest.split_at(plain);
+        out.push_str(std::str::from_utf8(run).unwrap_or_default());
+        let odd = after
+            .iter()
+            .position(|&b| is_printable_ascii(b))
+            .unwrap_or(after.len());
+        let (odd, after) = after.split_at(odd);
+        escape_chars(odd, &mut out);
+        rest = after;
+    }
+    out
+}
+
+fn is_printable_ascii(b: u8) -> bool {
+    (0x20..0x7f).contains(&b)
+}
+
+/// [`escape_for_terminal`] of `bytes`, character by character, onto `out`.
+fn escape_chars(bytes: &[u8], out: &mut String) {
     for chunk in bytes.utf8_chunks() {
         for c in chunk.valid().chars() {
             if c.is_ascii_control() {
@@ -41,7 +70,6 @@ pub fn escape_for_terminal(bytes: &[u8]) -> String {
             let _ = write!(out, "\\x{byte:02x}");
         }
     }
-    out
 }
 
 /// Compact JSON (as `serde_json::to_string` writes it) with every other
@@ -77,6 +105,46 @@ fn is_unsafe(c: char) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// The whole input character by character: what the run-copying
+    /// [`escape_for_terminal`] must print, byte for byte.
+    fn escaped_char_by_char(bytes: &[u8]) -> String {
+        let mut out = String::new();
+        escape_chars(bytes, &mut out);
+        out
+    }
+
+    proptest! {
+        /// Copying printable ASCII runs whole prints the same as looking
+        /// at every character, for any bytes: ASCII, UTF-8 (controls,
+        /// bidirectional marks, emoji), cut-off and invalid sequences.
+        #[test]
+        fn copying_plain_runs_prints_what_char_by_char_prints(
+            parts in proptest::collection::vec(
+                prop_oneof![
+                    "[ -~]{0,12}".prop_map(String::into_bytes),
+                    any::<String>().prop_map(String::into_bytes),
+                    Just("\u{202e}\u{9b}\u{1b}[2J\u{7f}".as_bytes().to_vec()),
+                    proptest::collection::vec(any::<u8>(), 0..6),
+                ],
+                0..8,
+            )
+        ) {
+            let bytes = parts.concat();
+            prop_assert_eq!(escape_for_terminal(&bytes), escaped_char_by_char(&bytes));
+        }
+    }
+
+    /// A multi-byte sequence cut by a printable ASCII byte is escaped byte by byte on both sides.
+    #[test]
+    fn a_sequence_cut_by_ascii_is_escaped_byte_by_byte() {
+        assert_eq!(
+            escape_for_terminal(&[0xe2, b'a', 0x82, 0xac]),
+            "\\xe2a\\x82\\xac"
+        );
+        assert_eq!(escape_for_terminal("é a".as_bytes()), "é a");
+    }
 
     /// An ESC sequence and other C0 controls are shown, not sent to the terminal.
     #[test]
