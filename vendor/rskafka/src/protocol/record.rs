@@ -21,6 +21,8 @@
 //! [KIP-98]: https://cwiki.apache.org/confluence/display/KAFKA/KIP-98+-+Exactly+Once+Delivery+and+Transactional+Messaging
 use std::io::{Cursor, Read, Write};
 
+use integer_encoding::VarInt;
+
 #[cfg(test)]
 use proptest::prelude::*;
 
@@ -165,34 +167,60 @@ where
     }
 }
 
+impl Record {
+    /// The bytes [`WriteType::write`] writes after the length varint: the
+    /// record's body, counted instead of written to a buffer first.
+    fn body_len(&self) -> Result<i32, WriteError> {
+        fn bytes_len(bytes: Option<&[u8]>) -> Result<usize, WriteError> {
+            Ok(match bytes {
+                Some(b) => {
+                    let l = i32::try_from(b.len()).map_err(|e| WriteError::Malformed(Box::new(e)))?;
+                    l.required_space() + b.len()
+                }
+                None => (-1i32).required_space(),
+            })
+        }
+        let headers = i32::try_from(self.headers.len()).map_err(|e| WriteError::Malformed(Box::new(e)))?;
+        let mut len = 1 // attributes
+            + self.timestamp_delta.required_space()
+            + self.offset_delta.required_space()
+            + bytes_len(self.key.as_deref())?
+            + bytes_len(self.value.as_deref())?
+            + headers.required_space();
+        for header in &self.headers {
+            len += bytes_len(Some(header.key.as_bytes()))? + bytes_len(Some(&header.value))?;
+        }
+        i32::try_from(len).map_err(|e| WriteError::Malformed(Box::new(e)))
+    }
+}
+
 impl<W> WriteType<W> for Record
 where
     W: Write,
 {
     fn write(&self, writer: &mut W) -> Result<(), WriteError> {
-        // ============================================================================================
-        // ======================================== inner data ========================================
-        // write data to buffer because we need to prepend the length
-        let mut data = vec![];
+        // The length comes first; it is counted, so the body is written
+        // straight to `writer` (no buffer, no second copy of key and value).
+        Varint(self.body_len()?).write(writer)?;
 
         // attributes
-        Int8(0).write(&mut data)?;
+        Int8(0).write(writer)?;
 
         // timestampDelta
-        Varlong(self.timestamp_delta).write(&mut data)?;
+        Varlong(self.timestamp_delta).write(writer)?;
 
         // offsetDelta
-        Varint(self.offset_delta).write(&mut data)?;
+        Varint(self.offset_delta).write(writer)?;
 
         // key
         match &self.key {
             Some(key) => {
                 let l = i32::try_from(key.len()).map_err(|e| WriteError::Malformed(Box::new(e)))?;
-                Varint(l).write(&mut data)?;
-                data.write_all(key)?;
+                Varint(l).write(writer)?;
+                writer.write_all(key)?;
             }
             None => {
-                Varint(-1).write(&mut data)?;
+                Varint(-1).write(writer)?;
             }
         }
 
@@ -201,11 +229,11 @@ where
             Some(value) => {
                 let l =
                     i32::try_from(value.len()).map_err(|e| WriteError::Malformed(Box::new(e)))?;
-                Varint(l).write(&mut data)?;
-                data.write_all(value)?;
+                Varint(l).write(writer)?;
+                writer.write_all(value)?;
             }
             None => {
-                Varint(-1).write(&mut data)?;
+                Varint(-1).write(writer)?;
             }
         }
 
@@ -213,18 +241,10 @@ where
         // Note: This is NOT a normal array but uses a Varint instead.
         let l =
             i32::try_from(self.headers.len()).map_err(|e| WriteError::Malformed(Box::new(e)))?;
-        Varint(l).write(&mut data)?;
-        for header in &self.headers {
-            header.write(&mut data)?;
-        }
-
-        // ============================================================================================
-        // ============================================================================================
-
-        // now write accumulated data
-        let l = i32::try_from(data.len()).map_err(|e| WriteError::Malformed(Box::new(e)))?;
         Varint(l).write(writer)?;
-        writer.write_all(&data)?;
+        for header in &self.headers {
+            header.write(writer)?;
+        }
 
         Ok(())
     }
@@ -1086,6 +1106,43 @@ mod tests {
     test_roundtrip!(RecordHeader, test_record_header_roundtrip);
 
     test_roundtrip!(Record, test_record_roundtrip);
+
+    /// The record as rskafka 0.6.0 wrote it: the body into a buffer, then
+    /// its length and the buffer.
+    fn write_buffered(record: &Record) -> Vec<u8> {
+        let mut body = vec![];
+        Int8(0).write(&mut body).unwrap();
+        Varlong(record.timestamp_delta).write(&mut body).unwrap();
+        Varint(record.offset_delta).write(&mut body).unwrap();
+        for bytes in [&record.key, &record.value] {
+            match bytes {
+                Some(b) => {
+                    Varint(b.len() as i32).write(&mut body).unwrap();
+                    body.write_all(b).unwrap();
+                }
+                None => Varint(-1).write(&mut body).unwrap(),
+            }
+        }
+        Varint(record.headers.len() as i32).write(&mut body).unwrap();
+        for header in &record.headers {
+            header.write(&mut body).unwrap();
+        }
+        let mut out = vec![];
+        Varint(body.len() as i32).write(&mut out).unwrap();
+        out.extend_from_slice(&body);
+        out
+    }
+
+    proptest! {
+        /// Counting the body's length instead of buffering the body writes
+        /// the same bytes (foodpipe patch item 10).
+        #[test]
+        fn test_record_write_counts_what_the_buffer_held(record: Record) {
+            let mut direct = vec![];
+            record.write(&mut direct).unwrap();
+            prop_assert_eq!(direct, write_buffered(&record));
+        }
+    }
 
     test_roundtrip!(ControlBatchRecord, test_control_batch_record_roundtrip);
 
