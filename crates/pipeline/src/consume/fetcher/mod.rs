@@ -219,9 +219,10 @@ pub(crate) fn spawn(
 
 /// The wait of an idle round while the stream is live (see
 /// [`Fetcher::idle_wait`]). Measured at 2,000 events/s on the memory
-/// engine (`make bench`'s latency breakdown, 2 cores): 10 ms gave p50 30
-/// ms and p99 47 ms, 5 ms p50 21 ms and p99 31-42 ms, 2 ms p50 19 ms but
-/// p99 53-57 ms (batches of 7 records, commits queueing behind each other).
+/// engine (docs/benchmarks.md, "The latest run", 2 cores): 5 ms gave p50
+/// 19-21 ms and p99 27-31 ms in five runs; 2 ms p50 11-13 ms but p99
+/// anywhere from 18 to 57 ms (smaller batches, more commits, and the
+/// commits' own tail); 1 ms worse still. A steady p99 wins.
 const LIVE_WAIT: Duration = Duration::from_millis(5);
 /// How long after its last records a stream counts as live.
 const LIVE_FOR: Duration = Duration::from_secs(1);
