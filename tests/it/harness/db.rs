@@ -69,18 +69,7 @@ pub async fn damage_orders(pg: &tokio_postgres::Client, schema: &str, n: i64) ->
 
 /// Builds source records from events, at offsets 0, 1, 2, ...
 pub fn source_records(events: &[events::OrderEvent]) -> Vec<store::SourceRecord> {
-    events
-        .iter()
-        .enumerate()
-        .map(|(i, e)| store::SourceRecord {
-            offset: i as i64,
-            timestamp: e.occurred_at,
-            key: Some(e.customer_id.clone().into_bytes()),
-            value: Some(e.to_json()),
-            headers: Vec::new(),
-            event: Ok(e.clone()),
-        })
-        .collect()
+    store::SourceRecord::from_events(events)
 }
 
 /// Connects to PostgreSQL or fails the test saying what is missing.

@@ -30,6 +30,25 @@ pub struct SourceRecord {
     pub event: Result<OrderEvent, DecodeError>,
 }
 
+impl SourceRecord {
+    /// `events` as the records a producer keyed by customer would have
+    /// written, at offsets 0, 1, 2, ... (tests and benchmarks).
+    pub fn from_events(events: &[OrderEvent]) -> Vec<SourceRecord> {
+        events
+            .iter()
+            .enumerate()
+            .map(|(i, e)| SourceRecord {
+                offset: i as i64,
+                timestamp: e.occurred_at,
+                key: Some(e.customer_id.clone().into_bytes()),
+                value: Some(e.to_json()),
+                headers: Vec::new(),
+                event: Ok(e.clone()),
+            })
+            .collect()
+    }
+}
+
 /// An order's state and the record it came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Current {

@@ -18,18 +18,7 @@ const SRC: Source<'static> = Source {
 };
 
 fn records(events: &[OrderEvent]) -> Vec<SourceRecord> {
-    events
-        .iter()
-        .enumerate()
-        .map(|(i, e)| SourceRecord {
-            offset: i as i64,
-            timestamp: e.occurred_at,
-            key: Some(e.customer_id.clone().into_bytes()),
-            value: Some(e.to_json()),
-            headers: Vec::new(),
-            event: Ok(e.clone()),
-        })
-        .collect()
+    SourceRecord::from_events(events)
 }
 
 fn stream(n: usize) -> Vec<OrderEvent> {
