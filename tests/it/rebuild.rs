@@ -228,3 +228,77 @@ async fn the_rebuild_comparison_finds_every_changed_row_and_only_those() {
     drop(client);
     db.drop_db().await;
 }
+
+/// `rebuild` compares its tables side by side, each on a connection of its
+/// own (`ops::rebuild::compare::compare_side_by_side`), in the snapshot the
+/// swap's transaction exported: rows committed after that snapshot, by
+/// anyone, are not what it compares, and the results come back in the
+/// order asked, whichever connection finished first.
+#[tokio::test]
+async fn the_side_by_side_comparison_sees_the_swap_transactions_snapshot() {
+    use ops::rebuild::compare::{COMPARE_CONNECTIONS, Pending, compare_side_by_side};
+    let db = TestDb::create().await;
+    let store = db.migrated_store(None).await;
+    let tables = COMPARE_CONNECTIONS + 2;
+    let mut script = "CREATE SCHEMA l; CREATE SCHEMA s;".to_owned();
+    for t in 0..tables {
+        // Table t differs in t keys.
+        script.push_str(&format!(
+            "CREATE TABLE l.t{t} (k int PRIMARY KEY, v int);
+             CREATE TABLE s.t{t} (k int PRIMARY KEY, v int);
+             INSERT INTO l.t{t} SELECT i, i FROM generate_series(1, 2000) i;
+             INSERT INTO s.t{t} SELECT i, CASE WHEN i <= {t} THEN -i ELSE i END
+               FROM generate_series(1, 2000) i;"
+        ));
+    }
+    let mut client = store.client().await.expect("client");
+    client.batch_execute(&script).await.expect("tables");
+    let tx = client.transaction().await.expect("transaction");
+    let snapshot: String = tx
+        .query_one("SELECT pg_export_snapshot()", &[])
+        .await
+        .expect("export")
+        .get(0);
+    // Committed after the snapshot, on another connection: a new key on
+    // one side and a changed value on the other.
+    store
+        .client()
+        .await
+        .expect("client")
+        .batch_execute("INSERT INTO s.t0 VALUES (5000, 1); UPDATE l.t1 SET v = 0 WHERE k = 1000")
+        .await
+        .expect("later writes");
+    let pending: Vec<Pending> = (0..tables)
+        .map(|t| Pending {
+            projection: "p".to_owned(),
+            table: format!("t{t}"),
+            live_has: true,
+        })
+        .collect();
+    let compared = compare_side_by_side(&store, &snapshot, ("l", "s"), &pending)
+        .await
+        .expect("compare");
+    let counts: Vec<i64> = compared.iter().map(|(n, _)| *n).collect();
+    let expected: Vec<i64> = (0..tables as i64).collect();
+    assert_eq!(counts, expected, "table t differs in t keys, as of the snapshot");
+    assert_eq!(compared[2].1[0].key, "[1]", "{:?}", compared[2]);
+    drop(tx);
+    // The same tables now, in a snapshot taken after the writes.
+    let tx = client.transaction().await.expect("transaction");
+    let snapshot: String = tx
+        .query_one("SELECT pg_export_snapshot()", &[])
+        .await
+        .expect("export")
+        .get(0);
+    let compared = compare_side_by_side(&store, &snapshot, ("l", "s"), &pending[..2])
+        .await
+        .expect("compare");
+    assert_eq!(
+        (compared[0].0, compared[1].0),
+        (1, 2),
+        "the later writes, in a later snapshot"
+    );
+    drop(tx);
+    drop(client);
+    db.drop_db().await;
+}

@@ -1,5 +1,5 @@
 //! Step 1 at bulk speed: the shadow filled up to the live offsets by
-//! [`bulk_fill`](super::bulk_fill) (binary COPY into unlogged tables without indexes, the
+//! [`bulk_fill`](super::bulk_fill) (binary COPY into tables without indexes, the
 //! fold in memory, indexes built once at the end) instead of one consumer
 //! transaction per fetched batch.
 //!

@@ -3,7 +3,7 @@
 //!
 //! 1. Read the live group's offsets, then fold the topic from its earliest
 //!    offset up to them into a fresh shadow schema (`<schema>_rebuild`):
-//!    in bulk ([`bulk`]: binary COPY into unlogged tables without indexes,
+//!    in bulk ([`bulk`]: binary COPY into tables without indexes,
 //!    the fold in memory, indexes built once), then through the consumer
 //!    path, as a group of its own there, for whatever the bulk fill
 //!    stopped short of. The shadow is never ahead of the live view, so the

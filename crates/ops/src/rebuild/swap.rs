@@ -4,10 +4,12 @@
 
 use std::collections::BTreeMap;
 
-use store::{RebuildClaim, Store};
+use std::time::Duration;
+
+use store::{RebuildClaim, Store, StoreConfig};
 use tokio_util::sync::CancellationToken;
 
-use super::compare::compare_tables;
+use super::compare::{COMPARE_CONNECTIONS, Pending, compare_side_by_side};
 use super::{Difference, RebuildReport, Scope, reached, rebuild_identity};
 use pipeline::consume::{ConsumeConfig, run as consume};
 
@@ -171,6 +173,10 @@ pub(super) async fn compare_only(
     Ok(compared)
 }
 
+/// The least time between the swap transaction's keep-alive queries while
+/// the comparisons run.
+const KEEP_ALIVE_MIN: Duration = Duration::from_millis(100);
+
 /// Folds the shadow up to exactly `live_offsets` where it is behind.
 async fn catch_up(
     live: &Store,
@@ -221,16 +227,12 @@ async fn compare_and_swap(
     scope: &Scope<'_>,
 ) -> anyhow::Result<RebuildReport> {
     let (live_schema, shadow) = (scope.live, scope.shadow);
-    // The comparison hash-joins every key of each table (a million for a
-    // million events): with the default 4 MB it spills to disk in batches.
-    tx.batch_execute("SET LOCAL work_mem = '256MB'").await?;
-    let mut differing = 0;
-    let mut first_differences = Vec::new();
     // The tables to swap, in the order a live batch writes them (history,
     // orders, dead letters, then the SQL projections by name): a batch still
     // under way when the fence went up holds some of them and waits for the
     // next, so taking them in any other order could wait in a cycle with it.
     let mut swapped: Vec<SwapGroup> = Vec::new();
+    let mut pending = Vec::new();
     for projection in &scope.projections {
         let tables =
             |schema: &str| format!("SELECT tables FROM {schema}.projections WHERE name = $1");
@@ -244,19 +246,57 @@ async fn compare_and_swap(
             .await?
             .map(|r| r.get(0))
             .unwrap_or_default();
-        for table in &shadow_t {
-            let (n, first) =
-                compare_tables(tx, (live_schema, shadow), table, live_t.contains(table)).await?;
-            differing += n;
-            first_differences.extend(first.into_iter().take(5).map(|d| Difference {
-                projection: projection.clone(),
-                table: table.clone(),
-                key: d.key,
-                live: d.live,
-                rebuilt: d.rebuilt,
-            }));
-        }
+        pending.extend(shadow_t.iter().map(|table| Pending {
+            projection: projection.clone(),
+            table: table.clone(),
+            live_has: live_t.contains(table),
+        }));
         swapped.push((write_order(projection), live_t, shadow_t));
+    }
+    // Every table is compared in this transaction's snapshot, side by side
+    // on connections of their own. This transaction waits meanwhile: it
+    // answers a `SELECT 1` now and then, so the server's idle timeout ends
+    // it only if the rebuild itself stops (paused, cut off).
+    let snapshot: String = tx
+        .query_one("SELECT pg_export_snapshot()", &[])
+        .await?
+        .get(0);
+    let compare_db = Store::connect(&StoreConfig {
+        pool_size: COMPARE_CONNECTIONS,
+        idle_in_transaction_timeout: Some(config.session_timeout),
+        ..config.store.clone()
+    })
+    .await?;
+    let comparing_since = std::time::Instant::now();
+    let compared = {
+        let comparing =
+            compare_side_by_side(&compare_db, &snapshot, (live_schema, shadow), &pending);
+        tokio::pin!(comparing);
+        let mut keep_alive =
+            tokio::time::interval((config.session_timeout / 4).max(KEEP_ALIVE_MIN));
+        loop {
+            tokio::select! {
+                compared = &mut comparing => break compared?,
+                _ = keep_alive.tick() => { tx.simple_query("SELECT 1").await?; }
+            }
+        }
+    };
+    tracing::info!(
+        tables = pending.len(),
+        seconds = comparing_since.elapsed().as_secs_f64(),
+        "compared every table side by side"
+    );
+    let mut differing = 0;
+    let mut first_differences = Vec::new();
+    for (job, (n, first)) in pending.into_iter().zip(compared) {
+        differing += n;
+        first_differences.extend(first.into_iter().take(5).map(|d| Difference {
+            projection: job.projection.clone(),
+            table: job.table.clone(),
+            key: d.key,
+            live: d.live,
+            rebuilt: d.rebuilt,
+        }));
     }
     let events: i64 = tx
         .query_one(&format!("SELECT count(*) FROM {shadow}.order_events"), &[])
@@ -375,26 +415,6 @@ async fn swap_tables(
     live_tables: &[String],
     shadow_tables: &[String],
 ) -> anyhow::Result<()> {
-    // A bulk fill writes the shadow's tables unlogged and sets them logged
-    // before the catch-up; an unlogged table swapped in would lose the live
-    // rows on a crash.
-    let unlogged: Vec<String> = tx
-        .query(
-            "SELECT c.relname::text FROM pg_class c \
-             JOIN pg_namespace n ON n.oid = c.relnamespace \
-             WHERE n.nspname = $1 AND c.relpersistence = 'u'",
-            &[&shadow],
-        )
-        .await?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    if !unlogged.is_empty() {
-        anyhow::bail!(
-            "the shadow's {} are unlogged (a bulk fill did not finish); nothing was swapped",
-            unlogged.join(", ")
-        );
-    }
     let parking = store::derived_schema_name(live_schema, PARKING_SUFFIX)?;
     tx.batch_execute(&format!(
         "SET LOCAL lock_timeout = {}; CREATE SCHEMA {parking}",
