@@ -78,8 +78,10 @@ pub(super) async fn fill(
 ) -> anyhow::Result<BTreeMap<i32, i64>> {
     let started = Instant::now();
     // Long COPY statements and index builds: no statement timeout here.
+    // Connections: two per COPY stream (history, dead letters, then the
+    // view), then one per table and per index build.
     let store = Store::connect(&StoreConfig {
-        pool_size: 6,
+        pool_size: 8,
         statement_timeout: None,
         idle_in_transaction_timeout: None,
         ..shadow_store.clone()
