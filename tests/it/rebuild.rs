@@ -280,7 +280,10 @@ async fn the_side_by_side_comparison_sees_the_swap_transactions_snapshot() {
         .expect("compare");
     let counts: Vec<i64> = compared.iter().map(|(n, _)| *n).collect();
     let expected: Vec<i64> = (0..tables as i64).collect();
-    assert_eq!(counts, expected, "table t differs in t keys, as of the snapshot");
+    assert_eq!(
+        counts, expected,
+        "table t differs in t keys, as of the snapshot"
+    );
     assert_eq!(compared[2].1[0].key, "[1]", "{:?}", compared[2]);
     drop(tx);
     // The same tables now, in a snapshot taken after the writes.

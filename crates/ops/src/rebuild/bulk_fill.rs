@@ -226,13 +226,20 @@ impl CopyStream {
 fn encode_row(buf: &mut BytesMut, types: &[Type], row: &[&(dyn ToSql + Sync)]) -> Result<()> {
     let bad = |e: String| store::Error::Migrate(format!("bulk fill: {e}"));
     if row.len() != types.len() {
-        return Err(bad(format!("{} values for {} columns", row.len(), types.len())));
+        return Err(bad(format!(
+            "{} values for {} columns",
+            row.len(),
+            types.len()
+        )));
     }
     buf.put_i16(row.len() as i16);
     for (value, ty) in row.iter().zip(types) {
         let at = buf.len();
         buf.put_i32(0);
-        let length = match value.to_sql_checked(ty, buf).map_err(|e| bad(e.to_string()))? {
+        let length = match value
+            .to_sql_checked(ty, buf)
+            .map_err(|e| bad(e.to_string()))?
+        {
             IsNull::Yes => -1,
             IsNull::No => i32::try_from(buf.len() - at - 4)
                 .map_err(|_| bad("a value over 2 GiB".to_owned()))?,
@@ -374,7 +381,11 @@ impl BulkFill {
                 again.indexes.push(index);
                 // The index's own name, schema-qualified as regclass
                 // printed it: USING INDEX takes it unqualified.
-                let index_name = index_name.rsplit('.').next().unwrap_or(&index_name).to_owned();
+                let index_name = index_name
+                    .rsplit('.')
+                    .next()
+                    .unwrap_or(&index_name)
+                    .to_owned();
                 again.constraints.push(format!(
                     "ALTER TABLE {schema}.{table} ADD CONSTRAINT {name} {kind} USING INDEX {index_name}"
                 ));
@@ -625,7 +636,9 @@ impl BulkFill {
                     });
                 }
                 while let Some(built) = builds.join_next().await {
-                    built.map_err(|e| store::Error::Migrate(format!("an index build failed: {e}")))??;
+                    built.map_err(|e| {
+                        store::Error::Migrate(format!("an index build failed: {e}"))
+                    })??;
                 }
                 let mut script = constraints;
                 script.push(format!("ANALYZE {schema}.{table}"));

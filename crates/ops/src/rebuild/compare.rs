@@ -60,7 +60,8 @@ pub async fn compare_side_by_side(
     );
     let mut workers = tokio::task::JoinSet::new();
     for _ in 0..COMPARE_CONNECTIONS.min(pending.len()) {
-        let (db, next, pending, import) = (db.clone(), next.clone(), pending.clone(), import.clone());
+        let (db, next, pending, import) =
+            (db.clone(), next.clone(), pending.clone(), import.clone());
         let (live, shadow) = (live.to_owned(), shadow.to_owned());
         workers.spawn(async move {
             let mut client = db.client().await?;
@@ -255,7 +256,10 @@ async fn by_join(
             .map(|(i, c)| format!("t.{} = f.k{i}", quote(c)))
             .collect::<Vec<_>>()
             .join(" AND ");
-        format!("(SELECT {} FROM {schema}.{t} t WHERE {by_key})", row_text("t"))
+        format!(
+            "(SELECT {} FROM {schema}.{t} t WHERE {by_key})",
+            row_text("t")
+        )
     };
     let select = format!(
         "WITH d AS ( \
