@@ -127,7 +127,8 @@ pub(crate) enum Command {
     /// which bootstrap entries answered.
     Cluster(ClusterArgs),
     /// Check each bootstrap entry, each advertised broker address,
-    /// PostgreSQL, the migrations and the topic; one line each, with the fix.
+    /// PostgreSQL, the migrations, whether history's indexes fit in
+    /// PostgreSQL's shared_buffers, and the topic; one line each, with the fix.
     Doctor(DoctorArgs),
     /// Topics, like kafka-topics: list, describe, create, delete.
     #[command(subcommand)]

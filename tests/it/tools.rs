@@ -65,6 +65,27 @@ async fn doctor_passes_on_a_healthy_stack() {
     cmd.env("DATABASE_URL", &db.url);
     let out = run_ok(cmd).await;
     assert!(out.contains("all ") && !out.contains("FAIL"), "{out}");
+    // The memory line names the server's shared_buffers as PostgreSQL
+    // itself prints it.
+    let buffers: String = db
+        .migrated_store(None)
+        .await
+        .client()
+        .await
+        .expect("client")
+        .query_one(
+            "SELECT pg_size_pretty(pg_size_bytes(current_setting('shared_buffers')))",
+            &[],
+        )
+        .await
+        .expect("shared_buffers")
+        .get(0);
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("ok   history's indexes (")
+                && l.ends_with(&format!("fit in PostgreSQL's shared_buffers ({buffers})"))),
+        "{out}"
+    );
     db.drop_db().await;
 }
 
