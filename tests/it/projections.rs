@@ -752,3 +752,130 @@ async fn members_starting_together_add_every_projection() {
     assert_db_is_fold_of_topic(&db, &topic, "order-processors").await;
     db.drop_db().await;
 }
+
+/// The built-in `restaurant_daily` (`crates/store/src/projections/restaurant_daily/apply.sql`).
+fn restaurant_daily() -> store::Definition {
+    store::projection::builtins()
+        .into_iter()
+        .find(|d| d.name == "restaurant_daily")
+        .expect("restaurant_daily is built in")
+}
+
+/// `restaurant_daily` upserts its rows in key order, so two members'
+/// batches touching the same restaurants' days cannot each hold a row the
+/// other waits for (in hash order they deadlocked: one retried batch in a
+/// 10,000,000-event fold). A trigger records the order in which the
+/// statement takes its rows, for a batch whose events come in descending
+/// key order and are many enough for a hash aggregate.
+#[tokio::test]
+async fn restaurant_daily_takes_its_rows_in_key_order() {
+    let db = TestDb::create().await;
+    let store = db.migrated_store(None).await;
+    let def = restaurant_daily();
+    let mut client = store.client().await.expect("client");
+    let tx = client.transaction().await.expect("transaction");
+    tx.batch_execute(&def.schema_sql).await.expect("schema.sql");
+    tx.batch_execute(
+        "CREATE TABLE taken (n serial, restaurant_id text, day date);
+         CREATE FUNCTION record_taken() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN INSERT INTO taken (restaurant_id, day) VALUES (NEW.restaurant_id, NEW.day);
+               RETURN NEW; END $$;
+         CREATE TRIGGER taken BEFORE INSERT ON restaurant_daily
+             FOR EACH ROW EXECUTE FUNCTION record_taken();
+         INSERT INTO applied_events
+             (event_id, event_type, order_id, customer_id, occurred_at, payload, kafka_topic,
+              kafka_partition, kafka_incarnation, kafka_offset, kafka_timestamp, status,
+              restaurant_id, total_cents, items, order_created_at)
+         SELECT gen_random_uuid(), 'OrderCreated', gen_random_uuid(), 'c', now(), '{}', 't',
+                0, 0, i, now(), 'pending', 'restaurant-' || (i % 500),
+                100, '[]', timestamptz '2026-12-01' + (i % 3) * interval '1 day'
+         FROM generate_series(3000, 1, -1) i;
+         ANALYZE applied_events;",
+    )
+    .await
+    .expect("setup");
+    for statement in def.statements() {
+        tx.batch_execute(&statement).await.expect("apply.sql");
+    }
+    let taken: Vec<(String, chrono::NaiveDate)> = tx
+        .query("SELECT restaurant_id, day FROM taken ORDER BY n", &[])
+        .await
+        .expect("taken")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(taken.len(), 1500, "500 restaurants on 3 days");
+    let mut sorted = taken.clone();
+    sorted.sort();
+    assert!(
+        taken == sorted,
+        "rows taken out of key order: {:?}",
+        &taken[..10]
+    );
+    drop(tx);
+    drop(client);
+    db.drop_db().await;
+}
+
+/// Upgrading a database whose registry holds `restaurant_daily` as it was
+/// added before its apply.sql gained `ORDER BY`: migration V12 moves the
+/// registry to the binary's definition, so the member starts instead of
+/// refusing a changed projection.
+#[tokio::test]
+async fn an_upgrade_moves_restaurant_daily_to_its_key_ordered_definition() {
+    let db = TestDb::create().await;
+    let store = db.migrated_store(None).await;
+    let def = restaurant_daily();
+    store
+        .ensure_projection(&def, "upgrade-group")
+        .await
+        .expect("added");
+    let migration = include_str!("../../migrations/V12__restaurant_daily_in_key_order.sql");
+    let earlier = migration
+        .split("$apply$")
+        .nth(5)
+        .expect("the earlier apply.sql is the migration's third quoted text");
+    assert!(!earlier.contains("ORDER BY"), "{earlier}");
+    let client = store.client().await.expect("client");
+    let registry =
+        |c: &'static str| format!("SELECT {c} FROM projections WHERE name = 'restaurant_daily'");
+    let fresh_hash: String = client
+        .query_one(&registry("definition_hash"), &[])
+        .await
+        .expect("hash")
+        .get(0);
+    // The registry as an earlier release left it.
+    client
+        .execute(
+            "UPDATE projections SET apply_sql = $1, \
+                 definition_hash = md5(schema_sql || E'\\n-- apply.sql\\n' || $1) \
+             WHERE name = 'restaurant_daily'",
+            &[&earlier],
+        )
+        .await
+        .expect("as before");
+    let refused = store.ensure_projection(&def, "upgrade-group").await;
+    assert!(
+        matches!(refused, Err(store::Error::ProjectionChanged { .. })),
+        "without the migration the member refuses: {refused:?}"
+    );
+    client.batch_execute(migration).await.expect("V12");
+    store
+        .ensure_projection(&def, "upgrade-group")
+        .await
+        .expect("starts after the migration");
+    let hash: String = client
+        .query_one(&registry("definition_hash"), &[])
+        .await
+        .expect("hash")
+        .get(0);
+    assert_eq!(hash, fresh_hash, "the hash a fresh registration computes");
+    let apply: String = client
+        .query_one(&registry("apply_sql"), &[])
+        .await
+        .expect("apply")
+        .get(0);
+    assert_eq!(apply, def.apply_sql);
+    drop(client);
+    db.drop_db().await;
+}

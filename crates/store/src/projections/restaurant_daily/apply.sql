@@ -1,5 +1,9 @@
 -- One row per restaurant and day the batch touched; a batch may hold
 -- several events of one order, so they are summed before the upsert.
+-- Members of a group upsert the same rows from different partitions at
+-- once: taken in key order (ORDER BY), two batches cannot each hold a row
+-- the other waits for, so they never deadlock (in hash order they did,
+-- once in a 10,000,000-event fold).
 INSERT INTO restaurant_daily AS r
     (restaurant_id, day, orders, delivered, revenue_cents, cancellations)
 SELECT restaurant_id,
@@ -10,6 +14,7 @@ SELECT restaurant_id,
        count(*) FILTER (WHERE event_type = 'OrderCancelled')
 FROM applied_events
 GROUP BY 1, 2
+ORDER BY 1, 2
 ON CONFLICT (restaurant_id, day) DO UPDATE SET
     orders = r.orders + EXCLUDED.orders,
     delivered = r.delivered + EXCLUDED.delivered,
