@@ -209,3 +209,44 @@ async fn a_reader_that_stops_early_ends_the_command_quietly() {
         );
     }
 }
+
+/// A broker slow to answer (its connection accepted, nothing said for 4 s:
+/// a broker busy with other clients) still passes `doctor`, which gives
+/// each address the Kafka timeout (`--kafka-timeout-secs`, 10 s by default)
+/// as every other request gets, rather than failing it after 3 s.
+#[tokio::test]
+async fn doctor_waits_for_a_slow_bootstrap_within_the_kafka_timeout() {
+    let topic = crate::harness::random_topic_name();
+    let db = TestDb::create().await;
+    crate::harness::consume_until_caught_up_after_produce(&topic, &db).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("listen");
+    let slow = listener.local_addr().expect("address").to_string();
+    let upstream = crate::harness::bootstrap_servers()
+        .split(',')
+        .next()
+        .expect("a bootstrap entry")
+        .to_owned();
+    let relay = tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            let upstream = upstream.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(4)).await;
+                if let Ok(mut broker) = tokio::net::TcpStream::connect(&upstream).await {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut broker).await;
+                }
+            });
+        }
+    });
+    let mut cmd = foodpipe(&["doctor", "--topic", &topic]);
+    cmd.env("DATABASE_URL", &db.url)
+        .env("KAFKA_BOOTSTRAP_SERVERS", &slow);
+    let out = run_ok(cmd).await;
+    assert!(
+        out.contains(&format!("ok   bootstrap {slow} answered")) && !out.contains("FAIL"),
+        "{out}"
+    );
+    relay.abort();
+    db.drop_db().await;
+}

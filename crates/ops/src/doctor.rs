@@ -1,13 +1,8 @@
 //! `foodpipe cluster` and `foodpipe doctor`: what the bootstrap servers
 //! say, and whether everything foodpipe needs answers, each with the fix.
 
-use std::time::Duration;
-
 use kafka::{ClusterView, KafkaConfig};
 use store::{Store, StoreConfig};
-
-/// How long one bootstrap or advertised address may take to answer.
-const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// One bootstrap entry and what it answered.
 #[derive(Debug, Clone)]
@@ -25,14 +20,16 @@ impl std::fmt::Display for BootstrapAnswer {
     }
 }
 
-/// Asks every bootstrap entry for the cluster's brokers. The probe is a
-/// raw Metadata request in plaintext: with TLS or SASL configured it is
-/// not sent, and each entry says so.
+/// Asks every bootstrap entry for the cluster's brokers, each given the
+/// Kafka timeout (`--kafka-timeout-secs`) to answer, as every other request
+/// is (a fixed 3 s failed a loaded broker that answered in 4). The probe
+/// is a raw Metadata request in plaintext: with TLS or SASL configured it
+/// is not sent, and each entry says so.
 pub async fn cluster(kafka: &KafkaConfig) -> Vec<BootstrapAnswer> {
     let mut answers = Vec::new();
     for address in &kafka.bootstrap_servers {
         let answer = if kafka.security.is_plaintext() {
-            kafka::describe_cluster(address, PROBE_TIMEOUT).await
+            kafka::describe_cluster(address, kafka.timeout).await
         } else {
             Err(format!(
                 "not probed: the raw metadata probe speaks PLAINTEXT and this cluster is {}; \
@@ -215,7 +212,7 @@ pub async fn doctor(kafka: &KafkaConfig, store: &StoreConfig, topic: &str) -> Ve
                     ));
                 }
                 Ok(_) => match tokio::time::timeout(
-                    PROBE_TIMEOUT,
+                    kafka.timeout,
                     tokio::net::TcpStream::connect(&target),
                 )
                 .await
@@ -234,7 +231,7 @@ pub async fn doctor(kafka: &KafkaConfig, store: &StoreConfig, topic: &str) -> Ve
                     Err(_) => {
                         advertised_ok = false;
                         checks.push(Check::fail(
-                            format!("bootstrap {address} answered, but it advertises {target}, which does not answer within {PROBE_TIMEOUT:?}"),
+                            format!("bootstrap {address} answered, but it advertises {target}, which does not answer within {:?}", kafka.timeout),
                             listeners,
                         ));
                     }
@@ -274,11 +271,7 @@ pub async fn doctor(kafka: &KafkaConfig, store: &StoreConfig, topic: &str) -> Ve
     }
 
     if advertised_ok {
-        let quick = KafkaConfig {
-            timeout: Duration::from_secs(5),
-            ..kafka.clone()
-        };
-        match kafka::connect(&quick).await {
+        match kafka::connect(kafka).await {
             Ok(client) => match kafka::topic_partitions(&client, topic).await {
                 Ok(Some(n)) => {
                     checks.push(Check::ok(format!("topic {topic} has {n} partition(s)")))
