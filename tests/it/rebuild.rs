@@ -229,6 +229,14 @@ async fn the_rebuild_comparison_finds_every_changed_row_and_only_those() {
     db.drop_db().await;
 }
 
+/// The snapshot `tx` exports, for other sessions to import.
+async fn export_snapshot(tx: &store::Transaction<'_>) -> String {
+    tx.query_one("SELECT pg_export_snapshot()", &[])
+        .await
+        .expect("export")
+        .get(0)
+}
+
 /// `rebuild` compares its tables side by side, each on a connection of its
 /// own (`ops::rebuild::compare::compare_side_by_side`), in the snapshot the
 /// swap's transaction exported: rows committed after that snapshot, by
@@ -254,11 +262,7 @@ async fn the_side_by_side_comparison_sees_the_swap_transactions_snapshot() {
     let mut client = store.client().await.expect("client");
     client.batch_execute(&script).await.expect("tables");
     let tx = client.transaction().await.expect("transaction");
-    let snapshot: String = tx
-        .query_one("SELECT pg_export_snapshot()", &[])
-        .await
-        .expect("export")
-        .get(0);
+    let snapshot = export_snapshot(&tx).await;
     // Committed after the snapshot, on another connection: a new key on
     // one side and a changed value on the other.
     store
@@ -288,11 +292,7 @@ async fn the_side_by_side_comparison_sees_the_swap_transactions_snapshot() {
     drop(tx);
     // The same tables now, in a snapshot taken after the writes.
     let tx = client.transaction().await.expect("transaction");
-    let snapshot: String = tx
-        .query_one("SELECT pg_export_snapshot()", &[])
-        .await
-        .expect("export")
-        .get(0);
+    let snapshot = export_snapshot(&tx).await;
     let compared = compare_side_by_side(&store, &snapshot, ("l", "s"), &pending[..2])
         .await
         .expect("compare");
