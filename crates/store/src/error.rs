@@ -24,6 +24,10 @@ pub enum Error {
     Db(#[from] tokio_postgres::Error),
     #[error("migrations failed: {0}")]
     Migrate(String),
+    /// `rebuild`'s bulk fill could not write the shadow (a column it cannot
+    /// copy, a COPY that stopped).
+    #[error("the rebuild's bulk fill failed: {0}")]
+    BulkFill(String),
     /// A read-only command found no foodpipe tables where it looked.
     #[error(
         "schema {schema} has no foodpipe tables; run `foodpipe consume` or `foodpipe migrate` first"

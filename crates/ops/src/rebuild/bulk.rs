@@ -79,7 +79,7 @@ pub(super) async fn fill(
     let started = Instant::now();
     // Long COPY statements and index builds: no statement timeout here.
     // Connections: two per COPY stream (history, dead letters, then the
-    // view), then one per table and per index build.
+    // view), then one per index build, then one per table.
     let store = Store::connect(&StoreConfig {
         pool_size: 8,
         statement_timeout: None,

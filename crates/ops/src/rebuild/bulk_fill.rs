@@ -35,7 +35,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::pin::Pin;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use futures::SinkExt;
+use futures::{SinkExt, StreamExt, TryStreamExt, stream};
 use tokio_postgres::CopyInSink;
 use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
 use uuid::Uuid;
@@ -150,8 +150,8 @@ impl CopyStream {
             let oid: Option<u32> = row.get(0);
             let name: String = row.get(1);
             let ty = oid.and_then(Type::from_oid).ok_or_else(|| {
-                store::Error::Migrate(format!(
-                    "bulk fill: column {}.{} is missing or of a type it cannot copy",
+                store::Error::BulkFill(format!(
+                    "column {}.{} is missing or of a type it cannot copy",
                     table,
                     name.trim()
                 ))
@@ -171,47 +171,49 @@ impl CopyStream {
     }
 
     async fn write(&mut self, row: &[&(dyn ToSql + Sync)]) -> Result<()> {
-        if self.sink.is_none() {
-            // The connection's previous chunk has ended first.
-            if let Some(ending) = self.ending[self.turn].take() {
-                joined(ending.await)?;
+        let sink = match &mut self.sink {
+            Some(sink) => sink,
+            None => {
+                // The connection's previous chunk has ended first.
+                if let Some(ending) = self.ending[self.turn].take() {
+                    joined(ending.await)?;
+                }
+                let sink = self.clients[self.turn].copy_in(&self.statement).await?;
+                self.buf.extend_from_slice(COPY_HEADER);
+                self.sink.insert(Box::pin(sink))
             }
-            let sink = self.clients[self.turn].copy_in(&self.statement).await?;
-            self.sink = Some(Box::pin(sink));
-            self.buf.extend_from_slice(COPY_HEADER);
-        }
+        };
         encode_row(&mut self.buf, &self.types, row)?;
         self.rows += 1;
-        let chunk_done = self.rows.is_multiple_of(COPY_CHUNK);
-        if chunk_done || self.buf.len() >= SEND_BYTES {
-            let mut sink = self.sink.take().expect("a chunk is under way");
-            if chunk_done {
-                self.buf.put_i16(-1);
-            }
+        if self.rows.is_multiple_of(COPY_CHUNK) {
+            self.end_chunk().await?;
+        } else if self.buf.len() >= SEND_BYTES {
             sink.send(self.buf.split().freeze()).await?;
-            if chunk_done {
-                // Ends beside the next chunk, which goes to the other
-                // connection.
-                self.ending[self.turn] = Some(tokio::spawn(async move {
-                    sink.as_mut().finish().await?;
-                    Ok(())
-                }));
-                self.turn = 1 - self.turn;
-            } else {
-                self.sink = Some(sink);
-            }
         }
         Ok(())
     }
 
-    /// Ends the COPY under way, if any, and waits for every chunk to end:
+    /// Sends the chunk under way, if any, with the trailer, and lets it end
+    /// (commit) in a task of its own while the next chunk goes to the other
+    /// connection.
+    async fn end_chunk(&mut self) -> Result<()> {
+        let Some(mut sink) = self.sink.take() else {
+            return Ok(());
+        };
+        self.buf.put_i16(-1);
+        sink.send(self.buf.split().freeze()).await?;
+        self.ending[self.turn] = Some(tokio::spawn(async move {
+            sink.as_mut().finish().await?;
+            Ok(())
+        }));
+        self.turn = 1 - self.turn;
+        Ok(())
+    }
+
+    /// Ends the chunk under way, if any, and waits for every chunk to end:
     /// all rows written so far are committed.
     async fn flush(&mut self) -> Result<()> {
-        if let Some(mut sink) = self.sink.take() {
-            self.buf.put_i16(-1);
-            sink.send(self.buf.split().freeze()).await?;
-            sink.as_mut().finish().await?;
-        }
+        self.end_chunk().await?;
         for ending in &mut self.ending {
             if let Some(ending) = ending.take() {
                 joined(ending.await)?;
@@ -224,7 +226,7 @@ impl CopyStream {
 /// Appends one row in the binary COPY format: the field count, then each
 /// field's length (-1: NULL) and bytes, as `types` says it is typed.
 fn encode_row(buf: &mut BytesMut, types: &[Type], row: &[&(dyn ToSql + Sync)]) -> Result<()> {
-    let bad = |e: String| store::Error::Migrate(format!("bulk fill: {e}"));
+    let bad = store::Error::BulkFill;
     if row.len() != types.len() {
         return Err(bad(format!(
             "{} values for {} columns",
@@ -251,7 +253,7 @@ fn encode_row(buf: &mut BytesMut, types: &[Type], row: &[&(dyn ToSql + Sync)]) -
 
 /// A chunk's end, from its task.
 fn joined(ended: std::result::Result<Result<()>, tokio::task::JoinError>) -> Result<()> {
-    ended.map_err(|e| store::Error::Migrate(format!("bulk fill: a COPY stopped: {e}")))?
+    ended.map_err(|e| store::Error::BulkFill(format!("a COPY stopped: {e}")))?
 }
 
 /// A partition's position in a bulk fill.
@@ -602,58 +604,52 @@ impl BulkFill {
         } = self;
         drop((history, dead_letters));
 
-        // Per table, on a connection of its own: its indexes, each on a
-        // connection of its own beside the other tables' (at most
-        // INDEX_BUILDS at once), then its keys from their indexes, then
-        // statistics for the planner.
-        let schema = store.schema_name().to_owned();
-        let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(INDEX_BUILDS));
-        let mut tables = tokio::task::JoinSet::new();
-        for Deferred {
-            table,
-            indexes,
-            constraints,
-        } in deferred
-        {
-            let (store, schema, slots) = (store.clone(), schema.clone(), slots.clone());
-            tables.spawn(async move {
-                let started = std::time::Instant::now();
-                let client = store.client().await?;
-                let mut builds = tokio::task::JoinSet::new();
-                for index in indexes {
-                    let (store, slots) = (store.clone(), slots.clone());
-                    builds.spawn(async move {
-                        let _slot = slots.acquire_owned().await;
-                        store
-                            .client()
-                            .await?
-                            .batch_execute(&format!(
-                                "SET maintenance_work_mem = '{INDEX_BUILD_MEMORY}'; {index}; \
-                                 RESET maintenance_work_mem"
-                            ))
-                            .await?;
-                        Result::<()>::Ok(())
-                    });
+        // Every table's indexes, each on a connection of its own, at most
+        // INDEX_BUILDS at once; then per table its keys from their indexes
+        // and statistics for the planner.
+        let started = std::time::Instant::now();
+        // Each future owns what it uses, as in `compare_side_by_side`.
+        let indexes: Vec<String> = deferred.iter().flat_map(|d| d.indexes.clone()).collect();
+        stream::iter(indexes)
+            .map(|index| {
+                let store = store.clone();
+                async move {
+                    store
+                        .client()
+                        .await?
+                        .batch_execute(&format!(
+                            "SET maintenance_work_mem = '{INDEX_BUILD_MEMORY}'; {index}; \
+                             RESET maintenance_work_mem"
+                        ))
+                        .await?;
+                    Result::<()>::Ok(())
                 }
-                while let Some(built) = builds.join_next().await {
-                    built.map_err(|e| {
-                        store::Error::Migrate(format!("an index build failed: {e}"))
-                    })??;
+            })
+            .buffer_unordered(INDEX_BUILDS)
+            .try_collect::<()>()
+            .await?;
+        stream::iter(deferred)
+            .map(|table| {
+                let store = store.clone();
+                async move {
+                    let mut script = table.constraints;
+                    script.push(format!("ANALYZE {}.{}", store.schema_name(), table.table));
+                    store
+                        .client()
+                        .await?
+                        .batch_execute(&script.join(";\n"))
+                        .await?;
+                    tracing::info!(
+                        table = table.table,
+                        seconds = started.elapsed().as_secs_f64(),
+                        "indexed and analyzed"
+                    );
+                    Result::<()>::Ok(())
                 }
-                let mut script = constraints;
-                script.push(format!("ANALYZE {schema}.{table}"));
-                client.batch_execute(&script.join(";\n")).await?;
-                tracing::info!(
-                    table,
-                    seconds = started.elapsed().as_secs_f64(),
-                    "indexed and analyzed"
-                );
-                Result::<()>::Ok(())
-            });
-        }
-        while let Some(result) = tables.join_next().await {
-            result.map_err(|e| store::Error::Migrate(format!("an index build failed: {e}")))??;
-        }
+            })
+            .buffer_unordered(TABLES.len())
+            .try_collect::<()>()
+            .await?;
         Ok(report)
     }
 }

@@ -1,8 +1,7 @@
 //! Comparing one table in two schemas key by key: how `rebuild` finds the
 //! rows its rebuilt copy would change before it swaps that copy in.
 
-use std::sync::{Arc, Mutex};
-
+use futures::{StreamExt, TryStreamExt, stream};
 use store::{Result, Store, Transaction, primary_key, quote_identifier as quote};
 use tokio_postgres::IsolationLevel;
 
@@ -50,29 +49,21 @@ pub async fn compare_side_by_side(
     snapshot: &str,
     (live, shadow): (&str, &str),
     pending: &[Pending],
-) -> anyhow::Result<Vec<(i64, Vec<KeyDifference>)>> {
-    let next = Arc::new(Mutex::new(0_usize));
-    let pending: Arc<[Pending]> = pending.into();
+) -> Result<Vec<(i64, Vec<KeyDifference>)>> {
     let import = format!(
         "SET TRANSACTION SNAPSHOT '{}'; SET LOCAL work_mem = '{COMPARE_WORK_MEM}'; \
          SET LOCAL jit = off",
         snapshot.replace('\'', "''")
     );
-    let mut workers = tokio::task::JoinSet::new();
-    for _ in 0..COMPARE_CONNECTIONS.min(pending.len()) {
-        let (db, next, pending, import) =
-            (db.clone(), next.clone(), pending.clone(), import.clone());
-        let (live, shadow) = (live.to_owned(), shadow.to_owned());
-        workers.spawn(async move {
-            let mut client = db.client().await?;
-            let mut done = Vec::new();
-            loop {
-                let i = {
-                    let mut n = next.lock().unwrap_or_else(|p| p.into_inner());
-                    *n += 1;
-                    *n - 1
-                };
-                let Some(job) = pending.get(i) else { break };
+    // Each comparison's future owns what it uses: borrowed, the stream's
+    // futures would not be provably `Send` (rustc's higher-ranked lifetime
+    // limitation for closures returning futures).
+    let compared = stream::iter(pending.to_vec())
+        .map(|job| {
+            let (db, import) = (db.clone(), import.clone());
+            let (live, shadow) = (live.to_owned(), shadow.to_owned());
+            async move {
+                let mut client = db.client().await?;
                 let tx = client
                     .build_transaction()
                     .isolation_level(IsolationLevel::RepeatableRead)
@@ -83,19 +74,13 @@ pub async fn compare_side_by_side(
                 let compared =
                     compare_tables(&tx, (&live, &shadow), &job.table, job.live_has).await?;
                 tx.rollback().await?;
-                done.push((i, compared));
+                Ok::<_, store::Error>(compared)
             }
-            Ok::<_, store::Error>(done)
-        });
-    }
-    let mut results: Vec<Option<(i64, Vec<KeyDifference>)>> = vec![None; pending.len()];
-    while let Some(worker) = workers.join_next().await {
-        let done = worker.map_err(|e| anyhow::anyhow!("a comparison stopped: {e}"))??;
-        for (i, compared) in done {
-            results[i] = Some(compared);
-        }
-    }
-    Ok(results.into_iter().map(|r| r.unwrap_or_default()).collect())
+        })
+        .buffered(COMPARE_CONNECTIONS)
+        .try_collect()
+        .await?;
+    Ok(compared)
 }
 
 /// Memory for one comparison's hash join: a million keys fit without

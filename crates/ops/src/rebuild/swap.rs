@@ -3,8 +3,7 @@
 //! comparison under a share lock and a rollback).
 
 use std::collections::BTreeMap;
-
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use store::{RebuildClaim, Store, StoreConfig};
 use tokio_util::sync::CancellationToken;
@@ -267,7 +266,7 @@ async fn compare_and_swap(
         ..config.store.clone()
     })
     .await?;
-    let comparing_since = std::time::Instant::now();
+    let comparing_since = Instant::now();
     let compared = {
         let comparing =
             compare_side_by_side(&compare_db, &snapshot, (live_schema, shadow), &pending);
