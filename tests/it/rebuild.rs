@@ -305,3 +305,54 @@ async fn the_side_by_side_comparison_sees_the_swap_transactions_snapshot() {
     drop(client);
     db.drop_db().await;
 }
+
+/// The rebuild fills its projections partition by partition side by side
+/// (`Store::fill_projections_from_history`), so two chunks can deadlock on
+/// rows they share when a projection's SQL takes them in different orders;
+/// the chunk PostgreSQL ends is tried again. What it tries again, and only
+/// that: a real deadlock between two transactions is
+/// `store::Error::is_conflict`, a broken constraint is not.
+#[tokio::test]
+async fn a_deadlock_is_a_conflict_to_try_again_and_a_broken_constraint_is_not() {
+    let db = TestDb::create().await;
+    let store = db.migrated_store(None).await;
+    let mut a = store.client().await.expect("client");
+    let mut b = store.client().await.expect("client");
+    a.batch_execute(
+        "CREATE TABLE d (k int PRIMARY KEY, n int); INSERT INTO d VALUES (1, 0), (2, 0)",
+    )
+    .await
+    .expect("table");
+    let ta = a.transaction().await.expect("transaction");
+    let tb = b.transaction().await.expect("transaction");
+    let take = "UPDATE d SET n = n + 1 WHERE k = $1";
+    ta.execute(take, &[&1]).await.expect("a takes 1");
+    tb.execute(take, &[&2]).await.expect("b takes 2");
+    // Each now waits for the other's row: PostgreSQL ends one of them.
+    let (ra, rb) = tokio::join!(ta.execute(take, &[&2]), tb.execute(take, &[&1]));
+    let ended: Vec<store::Error> = [ra, rb]
+        .into_iter()
+        .filter_map(|r| r.err().map(store::Error::from))
+        .collect();
+    assert_eq!(
+        ended.len(),
+        1,
+        "one transaction of the two is ended: {ended:?}"
+    );
+    assert!(
+        ended[0].is_conflict(),
+        "a deadlock is a conflict: {:?}",
+        ended[0]
+    );
+    drop((ta, tb));
+    let duplicate = a
+        .execute("INSERT INTO d VALUES (1, 0)", &[])
+        .await
+        .map_err(store::Error::from)
+        .expect_err("the key exists");
+    assert!(
+        !duplicate.is_conflict(),
+        "a broken key is no conflict: {duplicate:?}"
+    );
+    db.drop_db().await;
+}

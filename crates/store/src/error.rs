@@ -176,4 +176,18 @@ impl Error {
     }
 }
 
+impl Error {
+    /// True when PostgreSQL ended the transaction for a deadlock or a
+    /// serialization failure (class 40): nothing was written, and the
+    /// same transaction tried again can succeed.
+    pub fn is_conflict(&self) -> bool {
+        match self {
+            Error::Db(e) | Error::ProjectionFailed { source: e, .. } => {
+                e.code().is_some_and(|c| c.code().starts_with("40"))
+            }
+            _ => false,
+        }
+    }
+}
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -26,6 +26,7 @@ mod migrate;
 mod offsets;
 pub mod projection;
 mod projection_fill;
+pub use projection_fill::FILL_PARTITIONS_AT_ONCE;
 mod projection_store;
 mod report;
 mod schema_name;

@@ -1,10 +1,26 @@
 //! Filling every SQL projection of a rebuild's shadow from its history in
 //! one pass: each chunk of history becomes `applied_events` once and every
-//! projection's `apply.sql` runs over it.
+//! projection's `apply.sql` runs over it. Partitions are filled side by
+//! side, each on a connection of its own, as the live fold's members
+//! apply them: a projection's SQL already has to allow that.
+
+use futures::{StreamExt, TryStreamExt};
 
 use crate::projection::{Definition, split_statements};
 use crate::projection_store::{fill_chunk, run_statements};
 use crate::{Result, Store};
+
+/// Partitions whose projections are filled at once; the pool of the
+/// [`Store`] filling them should hold one connection more.
+pub const FILL_PARTITIONS_AT_ONCE: usize = 3;
+
+/// Times a chunk is tried when PostgreSQL ends it for a deadlock or a
+/// serialization failure (two partitions' chunks upserting the same rows
+/// in different orders), before the fill fails.
+const CHUNK_ATTEMPTS: u32 = 5;
+
+/// The projections being filled: each name with its `apply.sql`'s statements.
+type Applying = std::sync::Arc<Vec<(String, Vec<String>)>>;
 
 impl Store {
     /// Makes and fills `definitions` in a schema that nothing else writes
@@ -35,39 +51,82 @@ impl Store {
                 tracing::debug!(projection = %def.name, ?ensured, "projection was registered");
             } else {
                 self.install_projection(def).await?;
-                new.push((def.name.as_str(), split_statements(&def.apply_sql)));
+                new.push((def.name.clone(), split_statements(&def.apply_sql)));
             }
         }
         if new.is_empty() {
             return Ok(0);
         }
-        let mut client = self.client().await?;
-        let partitions: Vec<(String, i32)> = client
+        let partitions: Vec<(String, i32)> = self
+            .client()
+            .await?
             .query(include_str!("sql/history_partitions.sql"), &[])
             .await?
             .iter()
             .map(|r| (r.get(0), r.get(1)))
             .collect();
-        let mut events: i64 = 0;
-        for (topic, partition) in partitions {
-            let mut after = (i32::MIN, i64::MIN);
-            loop {
-                let tx = client.transaction().await?;
-                let (n, last) = fill_chunk(&tx, &topic, partition, after, None).await?;
-                if n == 0 {
-                    break;
-                }
-                after = last;
-                for (name, statements) in &new {
-                    run_statements(&tx, name, statements, None).await?;
-                }
-                tx.commit().await?;
-                events += n;
-            }
-        }
-        for (name, _) in &new {
+        let applying: Applying = std::sync::Arc::new(new);
+        let events: i64 =
+            futures::stream::iter(partitions.into_iter().map(|(topic, partition)| {
+                // Owned, so the futures are Send for any caller's runtime.
+                let (store, applying) = (self.clone(), std::sync::Arc::clone(&applying));
+                async move { store.fill_partition(topic, partition, applying).await }
+            }))
+            .buffer_unordered(FILL_PARTITIONS_AT_ONCE)
+            .try_fold(0, |sum, n| async move { Ok(sum + n) })
+            .await?;
+        for (name, _) in applying.iter() {
             tracing::info!(projection = %name, events, "projection filled and attached");
         }
         Ok(events)
     }
+
+    /// Applies one partition's history to `applying`, a chunk per
+    /// transaction, in offset order. Returns the events applied.
+    async fn fill_partition(
+        &self,
+        topic: String,
+        partition: i32,
+        applying: Applying,
+    ) -> Result<i64> {
+        let mut client = self.client().await?;
+        let mut after = (i32::MIN, i64::MIN);
+        let mut events = 0;
+        loop {
+            let mut attempt = 1;
+            let chunk = loop {
+                match fill_one_chunk(&mut client, &topic, partition, after, &applying).await {
+                    Err(e) if e.is_conflict() && attempt < CHUNK_ATTEMPTS => {
+                        tracing::debug!(partition, attempt, error = %e, "projection fill chunk retried");
+                        attempt += 1;
+                    }
+                    chunk => break chunk?,
+                }
+            };
+            let (n, last) = chunk;
+            if n == 0 {
+                return Ok(events);
+            }
+            after = last;
+            events += n;
+        }
+    }
+}
+
+/// One chunk of a partition's history after `after`, applied to every
+/// projection of `applying` in one transaction.
+async fn fill_one_chunk(
+    client: &mut deadpool_postgres::Object,
+    topic: &str,
+    partition: i32,
+    after: (i32, i64),
+    applying: &Applying,
+) -> Result<(i64, (i32, i64))> {
+    let tx = client.transaction().await?;
+    let chunk = fill_chunk(&tx, topic, partition, after, None).await?;
+    for (name, statements) in applying.iter() {
+        run_statements(&tx, name, statements, None).await?;
+    }
+    tx.commit().await?;
+    Ok(chunk)
 }

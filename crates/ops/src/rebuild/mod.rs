@@ -307,9 +307,10 @@ async fn phases(
     }
     if bulk {
         // From history, in chunks, every projection over each chunk (one
-        // the consumer path above attached already is left as it is).
+        // the consumer path above attached already is left as it is),
+        // partitions side by side.
         let shadow_db = Store::connect(&StoreConfig {
-            pool_size: 2,
+            pool_size: store::FILL_PARTITIONS_AT_ONCE + 1,
             ..shadow_store
         })
         .await?;
