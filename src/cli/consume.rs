@@ -235,6 +235,9 @@ const MIN_BROKER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// `consume`: a member of the group folding its partitions.
 pub(crate) async fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
+    // A long-running member: large freed blocks (fetch answers) go back
+    // to the system instead of piling up in the allocator (crates/heap).
+    heap::hand_back_large_blocks();
     let config = ConsumeConfig {
         kafka: args.kafka.config()?,
         store: args.db.config()?,
