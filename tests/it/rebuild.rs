@@ -356,3 +356,81 @@ async fn a_deadlock_is_a_conflict_to_try_again_and_a_broken_constraint_is_not() 
     );
     db.drop_db().await;
 }
+
+/// The projections of a rebuild's shadow are filled partition by
+/// partition side by side (`Store::fill_projections_from_history`). A
+/// projection that takes two shared rows in an order that depends on the
+/// partition makes the chunks of partitions 0 and 1 deadlock, for
+/// certain: each takes its first row, waits (`pg_sleep`), then asks for
+/// the other's (other partitions, and empty chunks, take neither).
+/// PostgreSQL ends one; that chunk rolls back whole and is tried again,
+/// and the fill ends with every event of history applied exactly once.
+#[tokio::test]
+async fn a_projection_fill_chunk_ended_by_a_deadlock_is_tried_again() {
+    let topic = random_topic_name();
+    let db = TestDb::create().await;
+    produce_events(&topic, 300, 4244).await;
+    let summary = consume_until_caught_up(&topic, &db, &[]).await;
+    assert_eq!(summary["caught_up"], true, "{summary}");
+    let store = db.migrated_store(None).await;
+    let pg = db.client().await;
+    let history: i64 = pg
+        .query_one("SELECT count(*) FROM order_events", &[])
+        .await
+        .expect("history")
+        .get(0);
+    let partitions: i64 = pg
+        .query_one(
+            "SELECT count(DISTINCT kafka_partition) FROM order_events",
+            &[],
+        )
+        .await
+        .expect("partitions")
+        .get(0);
+    assert_eq!(partitions, 3, "history spans every partition");
+    // Partition 0 takes row 'a' then 'b', partition 1 'b' then 'a'.
+    let first = "(SELECT CASE min(kafka_partition) WHEN 0 THEN 'a' WHEN 1 THEN 'b' END \
+                 FROM applied_events)";
+    let second = "(SELECT CASE min(kafka_partition) WHEN 0 THEN 'b' WHEN 1 THEN 'a' END \
+                  FROM applied_events)";
+    let def = store::Definition {
+        name: "crossed".to_owned(),
+        kind: store::ProjectionKind::Sql,
+        schema_sql: "CREATE TABLE crossed_gate (k text PRIMARY KEY, chunks int NOT NULL);
+                     INSERT INTO crossed_gate VALUES ('a', 0), ('b', 0);
+                     CREATE TABLE crossed_events (event_id uuid PRIMARY KEY);"
+            .to_owned(),
+        apply_sql: format!(
+            "UPDATE crossed_gate SET chunks = chunks + 1 WHERE k = {first};
+             SELECT pg_sleep(0.3);
+             UPDATE crossed_gate SET chunks = chunks + 1 WHERE k = {second};
+             INSERT INTO crossed_events SELECT event_id FROM applied_events;"
+        ),
+        origin: "test".to_owned(),
+    };
+    let applied = store
+        .fill_projections_from_history(&[def], "order-processors")
+        .await
+        .expect("the fill ends despite the deadlock");
+    assert_eq!(applied, history, "every event of history applied");
+    let rows: i64 = pg
+        .query_one("SELECT count(*) FROM crossed_events", &[])
+        .await
+        .expect("events")
+        .get(0);
+    assert_eq!(
+        rows, history,
+        "each event once: the ended chunk left nothing"
+    );
+    let chunks: Vec<i32> = pg
+        .query("SELECT chunks FROM crossed_gate ORDER BY k", &[])
+        .await
+        .expect("gate")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    // The one chunk of partition 0 and of partition 1, each committed
+    // once: the ended attempt's update is gone with it.
+    assert_eq!(chunks, [2, 2], "committed chunks only");
+    db.drop_db().await;
+}
