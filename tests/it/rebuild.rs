@@ -362,7 +362,7 @@ async fn a_deadlock_is_a_conflict_to_try_again_and_a_broken_constraint_is_not() 
 /// projection that takes two shared rows in an order that depends on the
 /// partition makes the chunks of partitions 0 and 1 deadlock, for
 /// certain: each takes its first row, waits (`pg_sleep`), then asks for
-/// the other's (other partitions, and empty chunks, take neither).
+/// the other's (other partitions take neither).
 /// PostgreSQL ends one; that chunk rolls back whole and is tried again,
 /// and the fill ends with every event of history applied exactly once.
 #[tokio::test]

@@ -174,9 +174,7 @@ impl Error {
             _ => false,
         }
     }
-}
 
-impl Error {
     /// True when PostgreSQL ended the transaction for a deadlock or a
     /// serialization failure (class 40): nothing was written, and the
     /// same transaction tried again can succeed.

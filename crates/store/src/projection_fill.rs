@@ -114,7 +114,8 @@ impl Store {
 }
 
 /// One chunk of a partition's history after `after`, applied to every
-/// projection of `applying` in one transaction.
+/// projection of `applying` in one transaction. An empty chunk (the
+/// partition is done) runs nothing and is rolled back.
 async fn fill_one_chunk(
     client: &mut deadpool_postgres::Object,
     topic: &str,
@@ -124,6 +125,9 @@ async fn fill_one_chunk(
 ) -> Result<(i64, (i32, i64))> {
     let tx = client.transaction().await?;
     let chunk = fill_chunk(&tx, topic, partition, after, None).await?;
+    if chunk.0 == 0 {
+        return Ok(chunk);
+    }
     for (name, statements) in applying.iter() {
         run_statements(&tx, name, statements, None).await?;
     }
