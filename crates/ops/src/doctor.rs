@@ -108,10 +108,13 @@ pub struct Size {
 
 impl HistoryMemory {
     /// Fine while the indexes fit in shared buffers. Once they outgrow
-    /// them, each new event's id (random) lands on an index page read from
-    /// outside them, and the fold slows as history grows: measured over a
-    /// 10,000,000-event fold with 128 MB shared buffers, 0.49 of its first
-    /// rate at the end, against 0.74 with 4 GB (docs/benchmarks.md).
+    /// them, each new event whose id is random (UUID v4) lands on an index
+    /// page read from outside them, and the fold slows as history grows:
+    /// measured over a 10,000,000-event fold with 128 MB shared buffers,
+    /// 0.49-0.75 of its first rate at the end, against 0.74 with 4 GB; ids
+    /// that grow with time (UUID v7, what `produce` writes) kept 0.95 with
+    /// 128 MB, and the fold took 305 s instead of 470 (docs/benchmarks.md,
+    /// "Growth").
     pub fn check(&self) -> Check {
         let (indexes, buffers) = (&self.indexes.pretty, &self.shared_buffers.pretty);
         if self.indexes.bytes <= self.shared_buffers.bytes {
@@ -126,7 +129,8 @@ impl HistoryMemory {
                 ),
                 format!(
                     "raise shared_buffers above {indexes} (a restart of PostgreSQL), and \
-                     max_wal_size so that checkpoints stay minutes apart"
+                     max_wal_size so that checkpoints stay minutes apart; producers that \
+                     write ids growing with time (UUID v7) slow it far less"
                 ),
             )
         }
