@@ -355,7 +355,8 @@ mod tests {
                 .get_timestamp()
                 .expect("a v7 id has a timestamp")
                 .to_unix();
-            let millis = i64::try_from(secs).unwrap() * 1000 + i64::from(nanos / 1_000_000);
+            let millis = i64::try_from(secs).expect("a time after 1970") * 1000
+                + i64::from(nanos / 1_000_000);
             assert_eq!(millis, event.occurred_at.timestamp_millis());
         }
     }
