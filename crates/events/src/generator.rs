@@ -347,9 +347,10 @@ mod tests {
         assert!(switches > 1800, "only {switches} switches in 2000 events");
     }
 
-    /// Ids are version 7 and carry their event's time (from the default start), so each new event id
-    /// sorts after every earlier one (the clock moves at least 1 ms per
-    /// event) and history's primary key grows at its right end.
+    /// Ids are version 7 and carry their event's time (with the default
+    /// start), so each new event id sorts after every earlier one (the
+    /// clock moves at least 1 ms per event) and history's primary key grows
+    /// at its right end.
     #[test]
     fn event_ids_are_version_7_and_grow_with_time() {
         let events: Vec<_> = Generator::new(config(6)).take(5000).collect();
