@@ -46,7 +46,7 @@ pub(crate) struct ConsumeArgs {
     fetch_max_bytes: i32,
     /// How long a fetch may wait for records when no owned partition has
     /// any waiting (Kafka's fetch.max.wait.ms), e.g. 500ms. While records
-    /// came in the last second it waits at most 10ms, because some brokers
+    /// came in the last second it waits at most 5ms, because some brokers
     /// (Tansu) hold a fetch for the whole wait even when records arrive.
     #[arg(long, default_value = "500ms", value_parser = parse_duration)]
     fetch_max_wait: Duration,
