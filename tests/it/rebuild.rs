@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use crate::harness::{
-    TestDb, consume_until_caught_up, foodpipe, produce_events, random_topic_name, run_within,
-    send_lines,
+    TestDb, consume_until_caught_up, foodpipe, history_len, produce_events, random_topic_name,
+    run_within, send_lines,
 };
 
 /// Every row a rebuild swaps in, as text, without what legitimately
@@ -374,20 +374,12 @@ async fn a_projection_fill_chunk_ended_by_a_deadlock_is_tried_again() {
     assert_eq!(summary["caught_up"], true, "{summary}");
     let store = db.migrated_store(None).await;
     let pg = db.client().await;
-    let history: i64 = pg
-        .query_one("SELECT count(*) FROM order_events", &[])
-        .await
-        .expect("history")
-        .get(0);
-    let partitions: i64 = pg
-        .query_one(
-            "SELECT count(DISTINCT kafka_partition) FROM order_events",
-            &[],
-        )
-        .await
-        .expect("partitions")
-        .get(0);
-    assert_eq!(partitions, 3, "history spans every partition");
+    let history = history_len(&pg).await;
+    assert_eq!(
+        history_partitions(&pg).await,
+        3,
+        "history spans every partition"
+    );
     // Partition 0 takes row 'a' then 'b', partition 1 'b' then 'a'.
     let first = "(SELECT CASE min(kafka_partition) WHEN 0 THEN 'a' WHEN 1 THEN 'b' END \
                  FROM applied_events)";
@@ -432,5 +424,59 @@ async fn a_projection_fill_chunk_ended_by_a_deadlock_is_tried_again() {
     // The one chunk of partition 0 and of partition 1, each committed
     // once: the ended attempt's update is gone with it.
     assert_eq!(chunks, [2, 2], "committed chunks only");
+    db.drop_db().await;
+}
+
+/// Partitions that history holds events of.
+async fn history_partitions(pg: &tokio_postgres::Client) -> i64 {
+    pg.query_one(
+        "SELECT count(DISTINCT kafka_partition) FROM order_events",
+        &[],
+    )
+    .await
+    .expect("partitions")
+    .get(0)
+}
+
+/// A projection's SQL runs once per chunk of history that holds events,
+/// and never over a partition's final, empty chunk (which ends that
+/// partition's fill): a projection that counts its own runs, or does
+/// anything that is not per event, sees no run with nothing applied.
+#[tokio::test]
+async fn a_projection_fill_runs_its_sql_only_over_chunks_that_hold_events() {
+    let topic = random_topic_name();
+    let db = TestDb::create().await;
+    produce_events(&topic, 300, 4245).await;
+    let summary = consume_until_caught_up(&topic, &db, &[]).await;
+    assert_eq!(summary["caught_up"], true, "{summary}");
+    let store = db.migrated_store(None).await;
+    let pg = db.client().await;
+    let history = history_len(&pg).await;
+    // 300 events are far below a chunk's 20,000: one chunk per partition.
+    let partitions = history_partitions(&pg).await;
+    assert_eq!(partitions, 3, "history spans every partition");
+    let def = store::Definition {
+        name: "runs".to_owned(),
+        kind: store::ProjectionKind::Sql,
+        schema_sql: "CREATE TABLE fill_runs (n int NOT NULL, empty int NOT NULL);
+                     INSERT INTO fill_runs VALUES (0, 0);"
+            .to_owned(),
+        apply_sql: "UPDATE fill_runs SET n = n + 1, \
+                        empty = empty + (NOT EXISTS (SELECT FROM applied_events))::int;"
+            .to_owned(),
+        origin: "test".to_owned(),
+    };
+    let applied = store
+        .fill_projections_from_history(&[def], "order-processors")
+        .await
+        .expect("fill");
+    assert_eq!(applied, history, "every event of history applied");
+    let row = pg
+        .query_one("SELECT n::bigint, empty FROM fill_runs", &[])
+        .await
+        .expect("runs");
+    let (runs, empty): (i64, i32) = (row.get(0), row.get(1));
+    assert_eq!(empty, 0, "no run over an empty chunk");
+    assert_eq!(runs, partitions, "one run per partition's one chunk");
     db.drop_db().await;
 }
