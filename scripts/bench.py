@@ -600,7 +600,8 @@ def kafka_rows(binary, engine, args, path, lines, notes, workdir, state):
         if engine == "memory" and args.capture:
             print(f"== [{engine}] capture the fetch answers of {topic}", flush=True)
             capture = os.path.join(workdir, "capture.bin")
-            got = bench_capture.capture(broker.bootstrap, topic, capture, 3, 1024 * 1024)
+            got = bench_capture.capture(broker.bootstrap, topic, capture, 3,
+                                          bench_capture.DEFAULT_MAX_BYTES)
             print(f"  {got['answers']} answers, {got['bytes']:,} bytes", flush=True)
             rows += broker_free_rows(capture, args.events, notes, state)
 

@@ -6,7 +6,7 @@ Usage: bench_capture.py BOOTSTRAP TOPIC OUT_FILE [--partitions P] [--max-bytes B
 
 Sends the very Fetch request rskafka sends (v4, read_committed, min_bytes
 1), one partition at a time from offset 0, with B bytes per partition
-(default 1 MiB, `consume`'s --fetch-max-bytes), and writes every answer's
+(default 512 KiB, `consume`'s --fetch-max-bytes), and writes every answer's
 partition fields and raw `records` bytes to OUT_FILE until the high
 watermark is reached. Nothing is decoded here beyond the batch headers'
 offsets (to know where to fetch next); the bench decodes the bytes with
@@ -26,6 +26,8 @@ import sys
 
 FETCH, FETCH_VERSION = 1, 4
 MAGIC = b"FPCAP1"
+# `consume`'s default --fetch-max-bytes: the answers it would fold.
+DEFAULT_MAX_BYTES = 512 * 1024
 
 
 class Connection:
@@ -134,7 +136,7 @@ def main() -> int:
     parser.add_argument("topic")
     parser.add_argument("out")
     parser.add_argument("--partitions", type=int, default=3)
-    parser.add_argument("--max-bytes", type=int, default=1024 * 1024)
+    parser.add_argument("--max-bytes", type=int, default=DEFAULT_MAX_BYTES)
     args = parser.parse_args()
     result = capture(args.bootstrap, args.topic, args.out, args.partitions, args.max_bytes)
     print(f"{result['answers']} fetch answers, {result['bytes']:,} bytes of record batches")

@@ -41,8 +41,9 @@ pub(crate) struct ConsumeArgs {
     /// corrupt_batch) and goes on after it.
     #[arg(long, value_enum, default_value_t = CorruptArg::Stop)]
     on_corrupt_batch: CorruptArg,
-    /// Upper bound of one fetch from one partition, in bytes.
-    #[arg(long, default_value_t = 1024 * 1024, value_parser = clap::value_parser!(i32).range(1024..))]
+    /// Upper bound of one fetch from one partition, in bytes. Peak memory
+    /// follows it; Kafka's own default is 1 MiB (1048576).
+    #[arg(long, default_value_t = 512 * 1024, value_parser = clap::value_parser!(i32).range(1024..))]
     fetch_max_bytes: i32,
     /// How long a fetch may wait for records when no owned partition has
     /// any waiting (Kafka's fetch.max.wait.ms), e.g. 500ms. While records

@@ -178,7 +178,7 @@ impl Default for ConsumeConfig {
             topic: "food-orders".to_owned(),
             group: "order-processors".to_owned(),
             until_caught_up: false,
-            fetch_max_bytes: 1024 * 1024,
+            fetch_max_bytes: 512 * 1024,
             fetch_max_wait: Duration::from_millis(500),
             max_record_bytes: 1024 * 1024,
             offset_reset: OffsetReset::Earliest,
