@@ -1,7 +1,7 @@
 //! `produce`, `send` and `generate`: records into the topic, generated or
 //! read from lines, and generated lines on stdout.
 
-use std::io::{BufRead, IsTerminal};
+use std::io::IsTerminal;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -207,13 +207,16 @@ pub(crate) async fn produce(args: ProduceArgs) -> anyhow::Result<()> {
 
 /// `send`: lines from stdin or a file, byte for byte, into the topic.
 pub(crate) async fn send(args: SendArgs) -> anyhow::Result<()> {
-    let input: Box<dyn BufRead + Send> = match &args.input {
-        Some(path) => Box::new(std::io::BufReader::new(
+    let input: Box<dyn std::io::Read + Send> = match &args.input {
+        Some(path) => Box::new(
             std::fs::File::open(path)
                 .with_context(|| format!("cannot open --input {}", path.display()))?,
-        )),
-        None => Box::new(std::io::BufReader::new(std::io::stdin())),
+        ),
+        None => Box::new(std::io::stdin()),
     };
+    // Large enough that a read brings many lines, which cross to the
+    // producer in one chunk.
+    let input = std::io::BufReader::with_capacity(256 * 1024, input);
     let config = SendConfig {
         destination: args.producer.destination(&args.kafka)?,
         separator: b'\t',

@@ -105,6 +105,69 @@ async fn partition_command_prints_key_and_partition() {
     );
 }
 
+/// `send` reading from a pipe that stays open (someone typing, a script
+/// writing now and then) sends each line as it comes: records are not
+/// held back for more input, whether the input so far ends with a whole
+/// line or stops inside one.
+#[tokio::test]
+async fn send_delivers_lines_while_its_input_stays_open() {
+    let topic = random_topic_name();
+    create_topic(&topic, 3).await;
+    let mut cmd = foodpipe(&["send", "--topic", &topic, "--json"]);
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("runs");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let values_in_topic = || async {
+        let (records, _) = read_topic_raw(&topic).await;
+        let mut values: Vec<Vec<u8>> = records.into_iter().filter_map(|r| r.value).collect();
+        values.sort();
+        values
+    };
+    let wait_for = |want: Vec<&'static [u8]>| async move {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let values = values_in_topic().await;
+            if values == want {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "within 30 s of writing them, with the input still open, the topic holds {values:?}, not {want:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    stdin
+        .write_all(b"CUST-1\tfirst\nCUST-2\tsecond\n")
+        .await
+        .expect("write");
+    stdin.flush().await.expect("flush");
+    wait_for(vec![b"first", b"second"]).await;
+    // A whole line, then half of the next: the whole one goes out.
+    stdin
+        .write_all(b"CUST-3\tthird\nCUST-4\tfou")
+        .await
+        .expect("write");
+    stdin.flush().await.expect("flush");
+    wait_for(vec![b"first", b"second", b"third"]).await;
+    stdin.write_all(b"rth\n").await.expect("write");
+    drop(stdin);
+    let output = child.wait_with_output().await.expect("output");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&output.stdout).expect("json");
+    assert_eq!(summary["events"], 4);
+    assert_eq!(
+        values_in_topic().await,
+        [&b"first"[..], b"fourth", b"second", b"third"]
+    );
+}
+
 /// `foodpipe send` writes keyed lines to the key's partition and keyless lines round-robin, bytes unchanged.
 #[tokio::test]
 async fn send_places_lines_by_key() {

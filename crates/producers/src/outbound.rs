@@ -3,11 +3,15 @@
 //! [`Producer`], then reports.
 //!
 //! ```text
-//! source (blocking thread) ──bounded channel──> partitioner ──> Producer ──> broker
+//! source (blocking thread) ──chunks, bounded channel──> partitioner ──> Producer ──> broker
 //! ```
 //!
 //! The channel is bounded and the producer's budget is bounded, so a source
-//! faster than the broker is slowed down, not buffered without end.
+//! faster than the broker is slowed down, not buffered without end. Records
+//! cross it in chunks ([`Chunks`]): one channel operation, and at most one
+//! wake-up of the producing side, per chunk instead of per record. A source
+//! sends what it gathered before anything that may wait (input, a paced
+//! rate), so a chunk never holds a record back.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -37,6 +41,49 @@ pub(crate) type SourceError = Arc<Mutex<Option<String>>>;
 /// Records in the channel between the source and the producer: enough to
 /// keep the producer busy, small enough not to matter for memory.
 const CHANNEL_RECORDS: usize = 4096;
+
+/// Records per chunk at most.
+const CHUNK_RECORDS: usize = 256;
+
+/// The producing side stopped (shutdown, or a failure): the source ends.
+#[derive(Debug)]
+pub(crate) struct Stopped;
+
+/// A source's end of the channel: records gathered into chunks.
+pub(crate) struct Chunks {
+    tx: mpsc::Sender<Vec<Outgoing>>,
+    chunk: Vec<Outgoing>,
+}
+
+impl Chunks {
+    fn new(tx: mpsc::Sender<Vec<Outgoing>>) -> Self {
+        Self {
+            tx,
+            chunk: Vec::with_capacity(CHUNK_RECORDS),
+        }
+    }
+
+    /// Adds a record, sending the chunk once it is full.
+    pub(crate) fn push(&mut self, out: Outgoing) -> Result<(), Stopped> {
+        self.chunk.push(out);
+        if self.chunk.len() >= CHUNK_RECORDS {
+            self.flush()
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Sends the records gathered so far. A source calls it before it may
+    /// wait (for input, for the next event's time), so that no record
+    /// waits in a chunk for records that are not there yet.
+    pub(crate) fn flush(&mut self) -> Result<(), Stopped> {
+        if self.chunk.is_empty() {
+            return Ok(());
+        }
+        let chunk = std::mem::replace(&mut self.chunk, Vec::with_capacity(CHUNK_RECORDS));
+        self.tx.blocking_send(chunk).map_err(|_| Stopped)
+    }
+}
 
 /// Where and how `produce` and `send` write: the one destination config
 /// both share.
@@ -136,7 +183,7 @@ pub(crate) async fn drive<S>(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<ProduceSummary>
 where
-    S: FnOnce(mpsc::Sender<Outgoing>, SourceError) + Send + 'static,
+    S: FnOnce(&mut Chunks, SourceError) + Send + 'static,
 {
     let DriveConfig {
         destination: config,
@@ -162,11 +209,16 @@ where
     .await?;
 
     let bar = progress_bar(config.progress, expected);
-    let (tx, mut rx) = mpsc::channel::<Outgoing>(CHANNEL_RECORDS);
+    let (tx, mut rx) = mpsc::channel::<Vec<Outgoing>>(CHANNEL_RECORDS / CHUNK_RECORDS);
     let source_error: SourceError = Arc::default();
     let source_thread = {
         let source_error = Arc::clone(&source_error);
-        tokio::task::spawn_blocking(move || source(tx, source_error))
+        tokio::task::spawn_blocking(move || {
+            let mut chunks = Chunks::new(tx);
+            source(&mut chunks, source_error);
+            // The last records; an error means the producing side stopped.
+            let _ = chunks.flush();
+        })
     };
 
     // ensure_topic refuses a topic without partitions; the type carries it.
@@ -185,21 +237,27 @@ where
             () = &mut shutdown => { interrupted = true; break; }
             next = rx.recv() => next,
         };
-        let Some(out) = next else { break };
-        let partition = match &out.key {
-            Some(key) => partition::partition_for_key(key, partitions),
-            None => round_robin.next(partitions),
-        };
-        let record = Record {
-            key: out.key,
-            value: Some(out.value),
-            headers: BTreeMap::new(),
-            timestamp: out.timestamp,
+        let Some(chunk) = next else { break };
+        let sent = async {
+            for out in chunk {
+                let partition = match &out.key {
+                    Some(key) => partition::partition_for_key(key, partitions),
+                    None => round_robin.next(partitions),
+                };
+                let record = Record {
+                    key: out.key,
+                    value: Some(out.value),
+                    headers: BTreeMap::new(),
+                    timestamp: out.timestamp,
+                };
+                producer.send(partition, record).await?;
+            }
+            Ok::<_, kafka::Error>(())
         };
         tokio::select! {
             biased;
             () = &mut shutdown => { interrupted = true; break; }
-            sent = producer.send(partition, record) => sent?,
+            sent = sent => sent?,
         }
         if last_tick.elapsed() > Duration::from_millis(100) {
             bar.set_position(producer.delivered());

@@ -3,11 +3,9 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use events::generator::{Generator, GeneratorConfig};
-use tokio::sync::mpsc;
-
-use crate::outbound::{self, DriveConfig, Outgoing};
+use crate::outbound::{self, Chunks, DriveConfig, Outgoing};
 pub use crate::outbound::{Destination, PartitionCount, ProduceSummary};
+use events::generator::{Generator, GeneratorConfig};
 
 /// When a produce run stops.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -47,14 +45,14 @@ pub async fn run(
     let generator = Generator::new(config.generator);
     outbound::drive(
         drive,
-        move |tx, _errors| generate(generator, amount, rate, &tx),
+        move |chunks, _errors| generate(generator, amount, rate, chunks),
         shutdown,
     )
     .await
 }
 
-/// Feeds generated events into `tx`, paced to `rate` if given.
-fn generate(generator: Generator, amount: Amount, rate: Option<f64>, tx: &mpsc::Sender<Outgoing>) {
+/// Feeds generated events into `chunks`, paced to `rate` if given.
+fn generate(generator: Generator, amount: Amount, rate: Option<f64>, chunks: &mut Chunks) {
     let started = Instant::now();
     for (n, event) in generator.enumerate() {
         match amount {
@@ -66,6 +64,10 @@ fn generate(generator: Generator, amount: Amount, rate: Option<f64>, tx: &mpsc::
             // Event n is due at n / rate seconds after the start.
             let due = Duration::from_secs_f64(n as f64 / rate);
             if let Some(wait) = due.checked_sub(started.elapsed()) {
+                // What is gathered goes out now, not after the wait.
+                if chunks.flush().is_err() {
+                    return;
+                }
                 std::thread::sleep(wait);
             }
         }
@@ -74,7 +76,7 @@ fn generate(generator: Generator, amount: Amount, rate: Option<f64>, tx: &mpsc::
             value: event.to_json(),
             timestamp: event.occurred_at,
         };
-        if tx.blocking_send(out).is_err() {
+        if chunks.push(out).is_err() {
             return; // The producer side stopped (shutdown).
         }
     }

@@ -7,7 +7,7 @@
 //! dead letters can be demonstrated.
 
 use std::future::Future;
-use std::io::BufRead;
+use std::io::{BufRead, BufReader, Read};
 
 use chrono::Utc;
 
@@ -33,7 +33,7 @@ fn split_line(line: &[u8], separator: u8) -> (Option<Vec<u8>>, Vec<u8>) {
 /// Produces one record per non-empty line of `input`.
 pub async fn run(
     config: SendConfig,
-    input: Box<dyn BufRead + Send>,
+    input: BufReader<Box<dyn Read + Send>>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<ProduceSummary> {
     let separator = config.separator;
@@ -43,11 +43,16 @@ pub async fn run(
     };
     outbound::drive(
         drive,
-        move |tx, errors| {
+        move |chunks, errors| {
             let mut input = input;
             let mut line = Vec::new();
             let mut number = 0u64;
             loop {
+                // Without a whole line buffered, reading may wait for
+                // input: what is gathered goes out first.
+                if !input.buffer().contains(&b'\n') && chunks.flush().is_err() {
+                    return;
+                }
                 line.clear();
                 number += 1;
                 match input.read_until(b'\n', &mut line) {
@@ -71,7 +76,7 @@ pub async fn run(
                     value,
                     timestamp: Utc::now(),
                 };
-                if tx.blocking_send(out).is_err() {
+                if chunks.push(out).is_err() {
                     return;
                 }
             }
