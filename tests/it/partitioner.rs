@@ -154,13 +154,7 @@ async fn send_delivers_lines_while_its_input_stays_open() {
     wait_for(vec![b"first", b"second", b"third"]).await;
     stdin.write_all(b"rth\n").await.expect("write");
     drop(stdin);
-    let output = child.wait_with_output().await.expect("output");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let summary: serde_json::Value = serde_json::from_slice(&output.stdout).expect("json");
+    let summary = send_summary(child).await;
     assert_eq!(summary["events"], 4);
     assert_eq!(
         values_in_topic().await,
@@ -189,13 +183,7 @@ async fn send_places_lines_by_key() {
     let mut stdin = child.stdin.take().expect("stdin");
     stdin.write_all(&input).await.expect("write");
     drop(stdin);
-    let output = child.wait_with_output().await.expect("output");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let summary: serde_json::Value = serde_json::from_slice(&output.stdout).expect("json");
+    let summary = send_summary(child).await;
     assert_eq!(summary["events"], 37);
 
     let (records, _) = read_topic_raw(&topic).await;
@@ -250,4 +238,16 @@ async fn existing_topic_keeps_its_partition_count() {
         stderr.contains("already exists with 2 partitions"),
         "says it uses the existing count: {stderr}"
     );
+}
+
+/// Waits for `foodpipe send --json` to exit, successfully, and returns the
+/// summary it printed.
+async fn send_summary(child: tokio::process::Child) -> serde_json::Value {
+    let output = child.wait_with_output().await.expect("output");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("json")
 }

@@ -367,14 +367,7 @@ async fn a_deadlock_is_a_conflict_to_try_again_and_a_broken_constraint_is_not() 
 /// and the fill ends with every event of history applied exactly once.
 #[tokio::test]
 async fn a_projection_fill_chunk_ended_by_a_deadlock_is_tried_again() {
-    let topic = random_topic_name();
-    let db = TestDb::create().await;
-    produce_events(&topic, 300, 4244).await;
-    let summary = consume_until_caught_up(&topic, &db, &[]).await;
-    assert_eq!(summary["caught_up"], true, "{summary}");
-    let store = db.migrated_store(None).await;
-    let pg = db.client().await;
-    let history = history_len(&pg).await;
+    let (db, store, pg, history) = folded_300_events(4244).await;
     assert_eq!(
         history_partitions(&pg).await,
         3,
@@ -427,6 +420,21 @@ async fn a_projection_fill_chunk_ended_by_a_deadlock_is_tried_again() {
     db.drop_db().await;
 }
 
+/// 300 generated events (of `seed`) on 3 partitions, folded by one
+/// `consume` into a new database: the database, a store and a client on
+/// it, and the length of history.
+async fn folded_300_events(seed: u64) -> (TestDb, store::Store, tokio_postgres::Client, i64) {
+    let topic = random_topic_name();
+    let db = TestDb::create().await;
+    produce_events(&topic, 300, seed).await;
+    let summary = consume_until_caught_up(&topic, &db, &[]).await;
+    assert_eq!(summary["caught_up"], true, "{summary}");
+    let store = db.migrated_store(None).await;
+    let pg = db.client().await;
+    let history = history_len(&pg).await;
+    (db, store, pg, history)
+}
+
 /// Partitions that history holds events of.
 async fn history_partitions(pg: &tokio_postgres::Client) -> i64 {
     pg.query_one(
@@ -444,14 +452,7 @@ async fn history_partitions(pg: &tokio_postgres::Client) -> i64 {
 /// anything that is not per event, sees no run with nothing applied.
 #[tokio::test]
 async fn a_projection_fill_runs_its_sql_only_over_chunks_that_hold_events() {
-    let topic = random_topic_name();
-    let db = TestDb::create().await;
-    produce_events(&topic, 300, 4245).await;
-    let summary = consume_until_caught_up(&topic, &db, &[]).await;
-    assert_eq!(summary["caught_up"], true, "{summary}");
-    let store = db.migrated_store(None).await;
-    let pg = db.client().await;
-    let history = history_len(&pg).await;
+    let (db, store, pg, history) = folded_300_events(4245).await;
     // 300 events are far below a chunk's 20,000: one chunk per partition.
     let partitions = history_partitions(&pg).await;
     assert_eq!(partitions, 3, "history spans every partition");
