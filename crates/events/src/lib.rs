@@ -17,7 +17,7 @@ mod terminal;
 mod wire;
 
 pub use state::{OrderState, Status, TransitionError};
-pub use terminal::{escape_for_terminal, json_for_terminal};
+pub use terminal::{escape_for_terminal, escape_for_terminal_onto, json_for_terminal};
 pub use wire::{
     CancelledBy, DecodeError, ErrorKind, EventBody, LineItem, OrderCancelled, OrderCreated,
     OrderDelivered, OrderEvent, OrderPaid, OrderShipped, SCHEMA_VERSION, decode,

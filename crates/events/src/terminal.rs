@@ -27,6 +27,13 @@ use std::fmt::Write as _;
 /// printed as it is (`tail --format json` gives exact values).
 pub fn escape_for_terminal(bytes: &[u8]) -> String {
     let mut out = String::with_capacity(bytes.len());
+    escape_for_terminal_onto(bytes, &mut out);
+    out
+}
+
+/// [`escape_for_terminal`] of `bytes`, appended to `out`: for a printer
+/// that builds each line in one buffer it reuses.
+pub fn escape_for_terminal_onto(bytes: &[u8], out: &mut String) {
     let mut rest = bytes;
     // Runs of printable ASCII, most of a record, are copied as they are;
     // only what lies between them is looked at character by character.
@@ -44,10 +51,9 @@ pub fn escape_for_terminal(bytes: &[u8]) -> String {
             .position(|&b| is_printable_ascii(b))
             .unwrap_or(after.len());
         let (odd, after) = after.split_at(odd);
-        escape_chars(odd, &mut out);
+        escape_chars(odd, out);
         rest = after;
     }
-    out
 }
 
 fn is_printable_ascii(b: u8) -> bool {

@@ -77,6 +77,8 @@ pub async fn run(
     }
     let mut shutdown = std::pin::pin!(shutdown);
     let mut printed = 0u64;
+    // Each record's line is built here, one buffer for all of them.
+    let mut line = String::new();
     loop {
         let mut progressed = false;
         for (reader, next, end) in &mut cursors {
@@ -103,7 +105,7 @@ pub async fn run(
                 if !config.follow && r.offset >= *end {
                     break;
                 }
-                print_record(out, config.format, reader.partition(), &r)?;
+                print_record(out, &mut line, config.format, reader.partition(), &r)?;
                 printed += 1;
             }
             // Past the whole batches fetched, markers and aborted records
@@ -131,32 +133,37 @@ pub async fn run(
     }
 }
 
-/// One record on one line. Text escapes the key and value for the
-/// terminal (an escape sequence in a record must not drive it; a tab or
-/// newline must not break the line); JSON is escaped by serde and
-/// `events::json_for_terminal`, with bytes that are not UTF-8 replaced by
-/// U+FFFD.
+/// One record on one line, built in `line`. Text escapes the key and
+/// value for the terminal (an escape sequence in a record must not drive
+/// it; a tab or newline must not break the line); JSON is escaped by serde
+/// and `events::json_for_terminal`, with bytes that are not UTF-8 replaced
+/// by U+FFFD.
 fn print_record(
     out: &mut (dyn Write + Send),
+    line: &mut String,
     format: Format,
     partition: i32,
     r: &kafka::RecordAndOffset,
 ) -> std::io::Result<()> {
     match format {
         Format::Text => {
-            let text = |b: &Option<Vec<u8>>| {
-                b.as_deref()
-                    .map(events::escape_for_terminal)
-                    .unwrap_or_default()
-            };
-            writeln!(
-                out,
-                "{partition}\t{}\t{}\t{}\t{}",
+            use std::fmt::Write as _;
+            line.clear();
+            let _ = write!(
+                line,
+                "{partition}\t{}\t{}\t",
                 r.offset,
-                r.record.timestamp.to_rfc3339(),
-                text(&r.record.key),
-                text(&r.record.value)
-            )
+                r.record.timestamp.to_rfc3339()
+            );
+            if let Some(key) = &r.record.key {
+                events::escape_for_terminal_onto(key, line);
+            }
+            line.push('\t');
+            if let Some(value) = &r.record.value {
+                events::escape_for_terminal_onto(value, line);
+            }
+            line.push('\n');
+            out.write_all(line.as_bytes())
         }
         Format::Json => {
             let text = |b: &Option<Vec<u8>>| {
